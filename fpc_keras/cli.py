@@ -1,0 +1,162 @@
+"""`fpc-keras train|evaluate|export|report|gradcam|datasets`: argument parsing only; the work is in the library.
+
+Errors in the user's data, config or files print one message naming the file and the fix (exit code 2),
+never a TensorFlow traceback. Heavy modules are imported inside the commands, so `--help` is instant.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+from .errors import user_message
+
+
+def _aliases(pairs: Sequence[str]) -> dict[str, str]:
+    from .errors import BadInputError
+
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise BadInputError(f"alias {pair!r} is not OLD=NEW", "write e.g. --alias pneu=pne")
+        old, new = pair.split("=", 1)
+        out[old.strip()] = new.strip()
+    return out
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .config import load_config
+    from .train import train
+
+    config = load_config(args.config, args.set)
+    run_dir = train(config)
+    if args.export:
+        from .export import export_run
+
+        export_run(run_dir, config.export.quant, config.export.representative_samples, config.export.latency_runs)
+    print(f"run folder: {run_dir}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from .evaluate import evaluate_path
+
+    evaluate_path(args.model, args.data, args.out, args.split, _aliases(args.alias), args.on_bad_input, args.threads)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from .export import export_run, ship
+
+    folders = export_run(args.model, args.quant, args.representative_samples, threads=args.threads,
+                         int8_io=args.int8_io)
+    for variant, folder in folders.items():
+        print(f"{variant}: {folder / 'model.tflite'}")
+    if args.ship:
+        print(f"shipped {args.quant[-1]} to {ship(folders[args.quant[-1]], args.ship)}")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from .report import build_report
+
+    print(f"report: {build_report(args.runs, args.out)}")
+
+
+def cmd_gradcam(args: argparse.Namespace) -> None:
+    from .explain import explain_file
+
+    info = explain_file(args.model, args.image, args.out, args.method, args.class_name)
+    print(f"{info['method']} for class {info['class']} (p={info['probability']:.3f}, predicted {info['predicted']})"
+          f" -> {info['out']}")
+
+
+def cmd_datasets(args: argparse.Namespace) -> None:
+    from .data import KINDS, parse_data_spec, prepare_records
+    from .data.records import split_counts
+
+    if not args.data:
+        for kind, description in KINDS.items():
+            print(f"{kind:14s} {description}")
+        return
+    kind, path = parse_data_spec(args.data)
+    records = prepare_records(kind, path, args.val_fraction, args.test_fraction, args.seed, _aliases(args.alias))
+    groups = len({r.group for r in records})
+    print(f"{args.data}: {len(records)} items in {groups} groups; no group in two splits")
+    for split, counts in split_counts(records).items():
+        print(f"  {split:6s} {sum(counts.values()):6d}  {counts}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fpc-keras", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model from a YAML config (resumes an interrupted run)")
+    p.add_argument("--config", required=True, help="YAML config, e.g. experiments/configs/demo.yaml")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.epochs=3 (repeatable)")
+    p.add_argument("--export", action="store_true", help="export the TFLite variants of export.quant afterwards")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a run folder, .keras or .tflite model on a dataset")
+    p.add_argument("--model", required=True, help="run folder, .keras file or .tflite file (model card beside it)")
+    p.add_argument("--data", required=True, metavar="KIND:PATH",
+                   help="fetal_planes:, folder:, prefix:, hc18: or videos: followed by the path")
+    p.add_argument("--split", choices=("train", "val", "test"), help="evaluate one split (default: all items; "
+                   "FETAL_PLANES_DB: its official test split)")
+    p.add_argument("--out", help="write the results JSON here")
+    p.add_argument("--alias", action="append", default=[], metavar="OLD=NEW", help="map a data label (repeatable)")
+    p.add_argument("--on-bad-input", choices=("error", "skip"), default="error",
+                   help="stop at an unreadable file (default) or count and skip it")
+    p.add_argument("--threads", type=int, default=2, help="TFLite interpreter threads")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", help="export a run's model to TFLite (fp32, fp16, dynamic, int8)")
+    p.add_argument("--model", required=True, help="run folder")
+    p.add_argument("--quant", nargs="+", default=["fp32", "int8"], choices=("fp32", "fp16", "dynamic", "int8"))
+    p.add_argument("--int8-io", action="store_true", help="int8 inputs and outputs (default: float I/O)")
+    p.add_argument("--representative-samples", type=int, default=64)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--ship", metavar="DIR", help="copy the last variant with its card to DIR (e.g. tflite/models/x)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("report", help="write the HTML report from runs/*/results.json")
+    p.add_argument("--runs", default="runs")
+    p.add_argument("--out", default="reports/index.html")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("gradcam", help="save a Grad-CAM / Grad-CAM++ / Score-CAM overlay for one image")
+    p.add_argument("--model", required=True, help="run folder or .keras file")
+    p.add_argument("--image", required=True)
+    p.add_argument("--out", required=True, help="output PNG")
+    p.add_argument("--method", choices=("gradcam", "gradcam++", "scorecam"), default="gradcam")
+    p.add_argument("--class", dest="class_name", help="class to explain (default: the predicted one)")
+    p.set_defaults(func=cmd_gradcam)
+
+    p = sub.add_parser("datasets", help="list dataset kinds, or read one and show its splits and classes")
+    p.add_argument("data", nargs="?", metavar="KIND:PATH")
+    p.add_argument("--val-fraction", type=float, default=0.15)
+    p.add_argument("--test-fraction", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--alias", action="append", default=[], metavar="OLD=NEW")
+    p.set_defaults(func=cmd_datasets)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter hides the progress
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as exc:  # user errors may arrive wrapped by TensorFlow; anything else is a real bug
+        message = user_message(exc)
+        if message is None:
+            raise
+        print(message.replace("[fpc_keras] ", "error: ", 1), file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

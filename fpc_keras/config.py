@@ -1,0 +1,229 @@
+"""Typed run configuration: dataclasses, YAML files, `--set a.b=c` overrides and validation messages.
+
+A config is plain data. `load_config` reads YAML, applies overrides, checks every key and type against the
+dataclasses below and returns a `RunConfig`; `save_config` writes the resolved config beside the run's results.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import BadInputError
+from .io import atomic_write_text
+
+DATA_KINDS = ("fetal_planes", "folder", "prefix", "hc18", "videos")
+RESIZE_MODES = ("pad", "crop", "stretch")
+ON_BAD_INPUT = ("error", "skip")
+
+
+@dataclass
+class DataConfig:
+    kind: str = "folder"
+    path: str = ""
+    image_size: tuple[int, int] = (224, 224)
+    channels: int = 3
+    resize: str = "pad"
+    # Splits carved from data without an official split; groups (patients, studies) never straddle splits.
+    val_fraction: float = 0.15
+    test_fraction: float = 0.2
+    folds: int = 0
+    fold: int = 0
+    aliases: dict[str, str] = field(default_factory=dict)
+    on_bad_input: str = "error"
+    clip_length: int = 16
+    clips_per_video: int = 4
+
+    def validate(self) -> None:
+        _one_of("data.kind", self.kind, DATA_KINDS)
+        _one_of("data.resize", self.resize, RESIZE_MODES)
+        _one_of("data.on_bad_input", self.on_bad_input, ON_BAD_INPUT)
+        if self.channels not in (1, 3):
+            raise BadInputError(f"data.channels is {self.channels}", "use 1 (grayscale) or 3 (RGB backbones)")
+        if min(self.image_size) < 8:
+            raise BadInputError(f"data.image_size {self.image_size} is too small", "use at least 8x8 pixels")
+        for name in ("val_fraction", "test_fraction"):
+            value = getattr(self, name)
+            if not 0 <= value < 1:
+                raise BadInputError(f"data.{name} is {value}", "use a fraction in [0, 1)")
+        if self.folds and not 0 <= self.fold < self.folds:
+            raise BadInputError(f"data.fold {self.fold} is outside 0..{self.folds - 1}", "pick a fold index below data.folds")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "efficientnet_attention"
+    backbone: str = "efficientnet_lite0"
+    weights: str = "imagenet"
+    attention: str = "se"
+    attention_heads: int = 4
+    head_units: tuple[int, ...] = (256, 128)
+    dropout: float = 0.3
+    batch_norm: bool = True
+    num_classes: int = 0
+
+    def validate(self) -> None:
+        if not 0 <= self.dropout < 1:
+            raise BadInputError(f"model.dropout is {self.dropout}", "use a rate in [0, 1)")
+        if any(units < 1 for units in self.head_units):
+            raise BadInputError(f"model.head_units {self.head_units} has a non-positive size", "use positive sizes")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    freeze_backbone: bool = True
+    cache_features: bool = True
+    label_smoothing: float = 0.0
+    class_weights: bool = True
+    augment: bool = True
+    early_stopping_patience: int = 5
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise BadInputError(f"train.epochs={self.epochs}, train.batch_size={self.batch_size}", "use values >= 1")
+        if self.learning_rate <= 0:
+            raise BadInputError(f"train.learning_rate is {self.learning_rate}", "use a positive learning rate")
+        if not 0 <= self.label_smoothing < 1:
+            raise BadInputError(f"train.label_smoothing is {self.label_smoothing}", "use a value in [0, 1)")
+
+
+@dataclass
+class ExportConfig:
+    quant: tuple[str, ...] = ("fp32", "int8")
+    representative_samples: int = 64
+    latency_runs: int = 30
+
+    def validate(self) -> None:
+        for variant in self.quant:
+            _one_of("export.quant", variant, QUANT_VARIANTS)
+
+
+QUANT_VARIANTS = ("fp32", "fp16", "dynamic", "int8")
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    runs_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+    def validate(self) -> None:
+        if not self.name or "/" in self.name:
+            raise BadInputError(f"run name {self.name!r} is not a folder name", "use letters, digits, '-' and '_'")
+        for section in (self.data, self.model, self.train, self.export):
+            section.validate()
+
+
+def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise BadInputError(f"{key} is {value!r}", f"use one of: {', '.join(allowed)}")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`train.epochs=3` -> (["train", "epochs"], 3); the value is read as YAML (numbers, lists, true/false)."""
+    if "=" not in text:
+        raise BadInputError(f"override {text!r} has no '='", "write --set section.key=value, e.g. --set train.epochs=3")
+    key, raw = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def apply_override(tree: dict, keys: list[str], value: Any) -> None:
+    node = tree
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise BadInputError(f"cannot set {'.'.join(keys)}: {key} is not a section", "check the key path")
+    node[keys[-1]] = value
+
+
+def from_dict(cls: type, values: dict, where: str = "") -> Any:
+    """Build dataclass `cls` from a dict, checking every key and coercing lists to tuples."""
+    if not isinstance(values, dict):
+        raise BadInputError(f"config section {where or 'root'} is {type(values).__name__}, not a mapping",
+                            "write it as `key: value` lines")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise BadInputError(f"unknown config key(s): {', '.join(prefix + k for k in unknown)}",
+                            f"valid keys{' in ' + where if where else ''}: {', '.join(sorted(known))}")
+    kwargs = {name: _coerce(hints[name], value, f"{where}.{name}" if where else name) for name, value in values.items()}
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value or {}, key)
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        item = typing.get_args(hint)[0]
+        return tuple(_coerce(item, v, key) for v in value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise BadInputError(f"{key} must be a mapping, got {value!r}", f"write {key}: {{a: b}}")
+        return {str(k): str(v) for k, v in value.items()}
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise BadInputError(f"{key} must be true or false, got {value!r}", f"write {key}=true or {key}=false")
+        return value
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if hint is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise BadInputError(f"{key} must be {getattr(hint, '__name__', hint)}, got {value!r}", f"fix the value of {key}")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read a YAML config (or the defaults), apply `a.b=c` overrides, validate, return a RunConfig."""
+    tree: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise BadInputError(f"config file {path} does not exist", "give the path of a YAML config")
+        try:
+            tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise BadInputError(f"config file {path} is not valid YAML: {exc}", "fix the YAML syntax") from None
+    for text in overrides:
+        apply_override(tree, *parse_override(text))
+    config = from_dict(RunConfig, tree)
+    config.validate()
+    return config
+
+
+def config_to_dict(config: RunConfig) -> dict:
+    def plain(value: Any) -> Any:
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return {k: plain(v) for k, v in dataclasses.asdict(config).items()}
+
+
+def save_config(config: RunConfig, path: str | Path) -> None:
+    atomic_write_text(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))

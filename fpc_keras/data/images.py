@@ -1,0 +1,141 @@
+"""Image decoding and resizing with numpy and Pillow only (no TensorFlow).
+
+The training pipeline, the evaluator and the TF-free edge runner all resize through `fit_image`, so a model sees
+the same pixels wherever it runs. Every failure names the file and the fix.
+"""
+from __future__ import annotations
+
+import io
+import zipfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import BadInputError
+
+ZIP_SEPARATOR = "::"  # "archive.zip::member/path.png" addresses a file inside a zip without unpacking it
+MAX_PIXELS = 100_000_000
+SKIP_HINT = "replace or remove the file, or set data.on_bad_input=skip to count and skip such files"
+
+
+def read_bytes(source: str) -> bytes:
+    """The bytes of a file, or of a member of a zip addressed as `archive.zip::member`."""
+    if ZIP_SEPARATOR in source:
+        archive, member = source.split(ZIP_SEPARATOR, 1)
+        try:
+            return _open_zip(archive).read(member)
+        except KeyError:
+            raise BadInputError(f"{member} is not in {archive}", "check the archive's contents") from None
+    path = Path(source)
+    if not path.is_file():
+        raise BadInputError(f"image file not found: {source}", "check the path, or re-extract the dataset")
+    return path.read_bytes()
+
+
+@lru_cache(maxsize=8)
+def _open_zip(archive: str) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(archive)
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise BadInputError(f"cannot open zip archive {archive}: {exc}", "download the archive again") from None
+
+
+def read_image(source: str, channels: int = 3) -> np.ndarray:
+    """Decode any common image (8/16-bit, gray, RGB(A), palette, CMYK) to uint8 HxWxC with C = `channels`."""
+    data = read_bytes(source)
+    if not data:
+        raise BadInputError(f"{source} is an empty (0-byte) file", SKIP_HINT)
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise BadInputError(f"{source} is {width}x{height} pixels, over the {MAX_PIXELS:,}-pixel limit",
+                                    "downsize the image before training, or " + SKIP_HINT)
+            image.load()
+            array = _to_uint8(image)
+    except BadInputError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise BadInputError(f"{source} is too large to decode safely ({exc})",
+                            "downsize the image before training, or " + SKIP_HINT) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise BadInputError(f"{source} cannot be decoded as an image ({exc})", SKIP_HINT) from None
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if channels == 1 and array.shape[2] == 3:
+        array = np.asarray(Image.fromarray(array).convert("L"))[:, :, None]
+    elif channels == 3 and array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    return np.ascontiguousarray(array)
+
+
+def _to_uint8(image: Image.Image) -> np.ndarray:
+    """Gray stays one channel, colour becomes RGB; 16-bit and float images are scaled by their own range."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        low, high = float(array.min()), float(array.max())
+        scale = 255.0 / (high - low) if high > low else 0.0
+        return ((array - low) * scale).round().astype(np.uint8)
+    if image.mode in ("L", "1"):
+        return np.asarray(image.convert("L"))
+    if image.mode in ("LA", "RGBA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (0, 0, 0, 255))
+        return np.asarray(Image.alpha_composite(background, image).convert("RGB"))
+    return np.asarray(image.convert("RGB"))
+
+
+def fit_image(array: np.ndarray, size: tuple[int, int], mode: str = "pad",
+              resample: int = Image.BILINEAR) -> np.ndarray:
+    """Resize HxWxC uint8 to `size` (height, width): `pad` keeps aspect and pads with black (centred),
+    `crop` keeps aspect and centre-crops, `stretch` ignores aspect."""
+    height, width = size
+    channels = array.shape[2]
+    image = Image.fromarray(array[:, :, 0] if channels == 1 else array)
+    if mode == "stretch":
+        out = image.resize((width, height), resample)
+    else:
+        src_h, src_w = array.shape[:2]
+        scale = (min if mode == "pad" else max)(height / src_h, width / src_w)
+        new_w, new_h = max(1, round(src_w * scale)), max(1, round(src_h * scale))
+        resized = image.resize((new_w, new_h), resample)
+        out = Image.new(resized.mode, (width, height))
+        out.paste(resized, ((width - new_w) // 2, (height - new_h) // 2))
+    result = np.asarray(out)
+    return result[:, :, None] if result.ndim == 2 else result
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """What the model expects: (height, width), channels, resize mode. Travels with the model (its card)."""
+    size: tuple[int, int]
+    channels: int = 3
+    resize: str = "pad"
+
+    def load(self, source: str) -> np.ndarray:
+        """Decode and resize one image to the model's input grid (uint8; the model takes it as float 0-255)."""
+        return fit_image(read_image(source, self.channels), self.size, self.resize)
+
+
+def unfit_image(array: np.ndarray, original: tuple[int, int], mode: str = "pad",
+                resample: int = Image.BILINEAR) -> np.ndarray:
+    """Map a model-size HxW(xC) array (a mask or heat map) back onto the original image's pixel grid:
+    the inverse of `fit_image` (padding removed, or the cropped margin left at zero)."""
+    height, width = array.shape[:2]
+    src_h, src_w = original
+    squeeze = array.ndim == 2
+    plane = array.astype(np.float32) if squeeze else array[:, :, 0].astype(np.float32)
+    image = Image.fromarray(plane, mode="F")
+    if mode == "stretch":
+        out = np.asarray(image.resize((src_w, src_h), resample))
+    else:
+        scale = (min if mode == "pad" else max)(height / src_h, width / src_w)
+        new_w, new_h = max(1, round(src_w * scale)), max(1, round(src_h * scale))
+        left, top = (width - new_w) // 2, (height - new_h) // 2
+        canvas = Image.new("F", (new_w, new_h))
+        canvas.paste(image, (-left, -top))
+        out = np.asarray(canvas.resize((src_w, src_h), resample))
+    return out if squeeze else out[:, :, None]

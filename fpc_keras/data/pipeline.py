@@ -1,0 +1,118 @@
+"""Records -> tf.data: parallel decode (Pillow, through `fit_image`), resize with pad/crop/stretch, channels,
+in-memory cache of the decoded uint8 images where they fit, shuffling, augmentation, batching, prefetch.
+
+A file that fails to decode raises BadInputError naming it (the CLI prints only that message), or, with
+`on_bad_input="skip"`, is dropped and counted in `SkipLog`.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from ..errors import BadInputError
+from .hc18 import read_mask
+from .images import ImageSpec, fit_image
+from .records import Record
+
+CACHE_LIMIT_BYTES = 1_500_000_000
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+@dataclass
+class SkipLog:
+    """Files skipped under on_bad_input=skip: counted, and reported by name."""
+    skipped: dict[str, str] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, source: str, reason: str) -> None:
+        with self.lock:
+            self.skipped[source] = reason
+
+    def summary(self) -> str:
+        if not self.skipped:
+            return "no file skipped"
+        first = next(iter(self.skipped.items()))
+        return f"{len(self.skipped)} unreadable file(s) skipped, e.g. {first[0]}: {first[1]}"
+
+
+def _loader(spec: ImageSpec, records: Sequence[Record], skip_log: SkipLog | None,
+            with_mask: bool) -> Callable:
+    shape = (*spec.size, spec.channels)
+
+    def load(index: np.int64):
+        record = records[int(index)]
+        try:
+            image = spec.load(record.source)
+            if not with_mask:
+                return image, np.bool_(True)
+            mask = fit_image(read_mask(record.extras["mask"]).astype(np.uint8)[:, :, None], spec.size,
+                             spec.resize, resample=0)
+            return image, mask, np.bool_(True)
+        except BadInputError as exc:
+            if skip_log is None:
+                raise
+            skip_log.add(record.source, exc.what)
+            empty = np.zeros(shape, np.uint8)
+            return (empty, np.bool_(False)) if not with_mask else (empty, np.zeros((*spec.size, 1), np.uint8),
+                                                                   np.bool_(False))
+
+    return load
+
+
+def image_dataset(records: Sequence[Record], spec: ImageSpec, labels: Sequence[str] | None = None,
+                  batch_size: int = 16, shuffle: bool = False, seed: int = 0,
+                  augment: Callable | None = None, skip_log: SkipLog | None = None,
+                  with_mask: bool = False) -> tf.data.Dataset:
+    """Batches of (float32 images 0-255, one-hot labels) or (images, float32 masks) with `with_mask`.
+
+    Without labels and masks it yields (images, record indices), so that predictions can be matched to the
+    records that were loaded (skipped files leave gaps).
+    """
+    records = list(records)
+    if not records:
+        raise BadInputError("no records to load (empty split)", "check the dataset path and its splits")
+    load = _loader(spec, records, skip_log, with_mask)
+    out_types = (tf.uint8, tf.uint8, tf.bool) if with_mask else (tf.uint8, tf.bool)
+    ds = tf.data.Dataset.from_tensor_slices(np.arange(len(records), dtype=np.int64))
+    ds = ds.map(lambda i: (i, *tf.numpy_function(load, [i], out_types)), num_parallel_calls=AUTOTUNE,
+                deterministic=True)
+    ds = ds.filter(lambda i, *rest: rest[-1])
+    shape = (*spec.size, spec.channels)
+    if with_mask:
+        ds = ds.map(lambda i, x, m, ok: (i, tf.ensure_shape(x, shape), tf.ensure_shape(m, (*spec.size, 1))))
+    else:
+        ds = ds.map(lambda i, x, ok: (i, tf.ensure_shape(x, shape)))
+    if len(records) * int(np.prod(shape)) < CACHE_LIMIT_BYTES:
+        ds = ds.cache()
+    if shuffle:
+        ds = ds.shuffle(min(len(records), 4096), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.map(_targets(records, labels, with_mask), num_parallel_calls=AUTOTUNE)
+    ds = ds.batch(batch_size)
+    if augment is not None:
+        ds = ds.map(lambda x, *y: (augment(x, training=True), *y), num_parallel_calls=AUTOTUNE)
+    return ds.prefetch(AUTOTUNE)
+
+
+def _targets(records: Sequence[Record], labels: Sequence[str] | None, with_mask: bool) -> Callable:
+    if with_mask:
+        return lambda i, x, m: (tf.cast(x, tf.float32), tf.cast(m, tf.float32))
+    if labels is None:
+        return lambda i, x: (tf.cast(x, tf.float32), i)
+    index = {label: k for k, label in enumerate(labels)}
+    unknown = sorted({r.label for r in records if r.label not in index}, key=str)
+    if unknown:
+        example = next(r.source for r in records if r.label == unknown[0])
+        raise BadInputError(f"class(es) {unknown} (e.g. {example}) are not among the model's classes {list(labels)}",
+                            "map them with data.aliases / --alias OLD=NEW, or remove those files")
+    label_ids = tf.constant([index[r.label] for r in records], dtype=tf.int32)
+    depth = len(labels)
+    return lambda i, x: (tf.cast(x, tf.float32), tf.one_hot(tf.gather(label_ids, i), depth))
+
+
+def label_ids(records: Sequence[Record], labels: Sequence[str]) -> np.ndarray:
+    index = {label: k for k, label in enumerate(labels)}
+    return np.array([index[r.label] for r in records], dtype=np.int64)

@@ -1,0 +1,113 @@
+"""The one kind of record every reader returns, and the splits built from them.
+
+A Record is one item: an image, an image with a mask, or a video. `group` is the unit that must never straddle
+splits (patient, study, subject, video source); readers without such ids use one group per file.
+"""
+from __future__ import annotations
+
+import random
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field, replace
+from typing import Iterable, Sequence
+
+from ..errors import BadInputError
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Record:
+    source: str
+    label: str | None
+    group: str
+    split: str | None = None
+    extras: dict = field(default_factory=dict, compare=False, hash=False)
+
+
+def labels_of(records: Iterable[Record]) -> list[str]:
+    """Sorted class names: the label index is the position in this list."""
+    return sorted({r.label for r in records if r.label is not None})
+
+
+def in_split(records: Sequence[Record], split: str | None) -> list[Record]:
+    if split is None:
+        return list(records)
+    chosen = [r for r in records if r.split == split]
+    if not chosen:
+        counts = Counter(r.split for r in records)
+        raise BadInputError(f"the {split!r} split is empty (splits present: {dict(counts)})",
+                            "choose another --split, or give the data a split (data.val_fraction, data.test_fraction)")
+    return chosen
+
+
+def validate_splits(records: Sequence[Record]) -> None:
+    """No group (patient, study, source) may appear in two splits."""
+    splits_of: dict[str, set] = defaultdict(set)
+    for record in records:
+        if record.split is not None:
+            splits_of[record.group].add(record.split)
+    leaked = sorted(g for g, s in splits_of.items() if len(s) > 1)
+    if leaked:
+        shown = ", ".join(f"{g} ({'/'.join(sorted(splits_of[g]))})" for g in leaked[:20])
+        more = f" and {len(leaked) - 20} more" if len(leaked) > 20 else ""
+        raise BadInputError(f"{len(leaked)} group(s) appear in more than one split: {shown}{more}",
+                            "split by patient/study id so that each group lies in one split only")
+
+
+def assign_splits(records: Sequence[Record], val_fraction: float, test_fraction: float, seed: int = 0,
+                  keep_existing: bool = True) -> list[Record]:
+    """Give every record a split by whole groups, stratified by each group's majority label.
+
+    Records that already have a split (an official one) keep it where `keep_existing`; then only the records
+    of the `train` split are divided into train and val (validation carved from the training groups).
+    """
+    if keep_existing and any(r.split for r in records):
+        train = [r for r in records if r.split == "train"]
+        others = [r for r in records if r.split != "train"]
+        return others + _divide(train, {"val": val_fraction}, seed)
+    return _divide(list(records), {"test": test_fraction, "val": val_fraction}, seed)
+
+
+def _divide(records: list[Record], fractions: dict[str, float], seed: int) -> list[Record]:
+    """Split whole groups off `records`, per majority label, into the named splits; the rest is train."""
+    groups: dict[str, list[Record]] = defaultdict(list)
+    for record in records:
+        groups[record.group].append(record)
+    by_label: dict[str, list[str]] = defaultdict(list)
+    for group, members in groups.items():
+        majority = Counter(str(r.label) for r in members).most_common(1)[0][0]
+        by_label[majority].append(group)
+    rng = random.Random(seed)
+    split_of: dict[str, str] = {}
+    for label in sorted(by_label):
+        names = sorted(by_label[label])
+        rng.shuffle(names)
+        start = 0
+        for split, fraction in fractions.items():
+            count = int(round(fraction * len(names)))
+            if fraction > 0 and count == 0 and len(names) - start > 1:
+                count = 1
+            for name in names[start:start + count]:
+                split_of[name] = split
+            start += count
+        for name in names[start:]:
+            split_of[name] = "train"
+    return [replace(r, split=split_of[r.group]) for r in records]
+
+
+def assign_folds(records: Sequence[Record], folds: int, fold: int, val_fraction: float, seed: int = 0) -> list[Record]:
+    """Group K-fold: fold `fold` is the test split, validation carved from the remaining groups."""
+    groups = sorted({r.group for r in records})
+    if len(groups) < folds:
+        raise BadInputError(f"{len(groups)} groups cannot make {folds} folds", "use fewer folds (data.folds)")
+    random.Random(seed).shuffle(groups)
+    test_groups = set(groups[fold::folds])
+    marked = [replace(r, split="test" if r.group in test_groups else "train") for r in records]
+    return assign_splits(marked, val_fraction, 0.0, seed)
+
+
+def split_counts(records: Sequence[Record]) -> dict[str, dict[str, int]]:
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for record in records:
+        counts[str(record.split)][str(record.label)] += 1
+    return {split: dict(sorted(c.items())) for split, c in sorted(counts.items())}

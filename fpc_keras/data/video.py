@@ -1,0 +1,109 @@
+"""Video decoding (mp4/avi/mov/mpeg/gif through imageio + its bundled ffmpeg, DICOM cine through pydicom) and
+fixed-length clip sampling. Frames are resized while decoding, so a long cine never sits in memory at full size.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BadInputError
+from .images import fit_image
+
+DECODE_HINT = "re-encode it (e.g. ffmpeg -i in.avi out.mp4), or set data.on_bad_input=skip to count and skip it"
+
+
+def read_video(source: str, size: tuple[int, int], channels: int = 3, mode: str = "pad",
+               max_frames: int = 0) -> np.ndarray:
+    """All frames (or the first `max_frames`) as uint8 TxHxWxC, each resized by `fit_image`."""
+    path = Path(source)
+    if not path.is_file():
+        raise BadInputError(f"video file not found: {source}", "check the path")
+    if path.stat().st_size == 0:
+        raise BadInputError(f"{source} is an empty (0-byte) file", DECODE_HINT)
+    frames = _dicom_frames(path) if path.suffix.lower() == ".dcm" else _imageio_frames(path)
+    out = []
+    try:
+        for frame in frames:
+            out.append(fit_image(_as_channels(frame, channels), size, mode))
+            if max_frames and len(out) >= max_frames:
+                break
+    except BadInputError:
+        raise
+    except Exception as exc:  # decoders raise many types (OSError, RuntimeError, ValueError...)
+        if not out:
+            raise BadInputError(f"{source} cannot be decoded as a video ({type(exc).__name__}: {exc})",
+                                DECODE_HINT) from None
+        # A damaged tail after good frames: keep what decoded.
+    if not out:
+        raise BadInputError(f"{source} has no frames", DECODE_HINT)
+    return np.stack(out)
+
+
+def _imageio_frames(path: Path):
+    import imageio.v3 as iio
+
+    plugin = "pillow" if path.suffix.lower() == ".gif" else "FFMPEG"
+    try:
+        yield from iio.imiter(path, plugin=plugin)
+    except Exception as exc:
+        raise BadInputError(f"{path} cannot be decoded as a video ({type(exc).__name__}: {exc})",
+                            DECODE_HINT) from None
+
+
+def _dicom_frames(path: Path):
+    import pydicom
+
+    try:
+        dataset = pydicom.dcmread(path)
+    except Exception as exc:
+        raise BadInputError(f"{path} is not a readable DICOM file ({exc})", DECODE_HINT) from None
+    if "PixelData" not in dataset:
+        raise BadInputError(f"{path} is a DICOM file without pixel data", "export the cine loop with its images")
+    try:
+        pixels = dataset.pixel_array
+    except Exception as exc:
+        raise BadInputError(f"{path}: DICOM pixel data cannot be decoded ({exc})",
+                            "install the decoder it names (e.g. pylibjpeg) or export uncompressed") from None
+    frames = int(getattr(dataset, "NumberOfFrames", 1) or 1)
+    if frames == 1:
+        pixels = pixels[None]
+    for frame in pixels:
+        yield _to_uint8(frame)
+
+
+def _to_uint8(frame: np.ndarray) -> np.ndarray:
+    if frame.dtype == np.uint8:
+        return frame
+    frame = frame.astype(np.float64)
+    low, high = frame.min(), frame.max()
+    return ((frame - low) * (255.0 / (high - low) if high > low else 0)).astype(np.uint8)
+
+
+def _as_channels(frame: np.ndarray, channels: int) -> np.ndarray:
+    frame = np.asarray(frame)
+    if frame.ndim == 2:
+        frame = frame[:, :, None]
+    if frame.shape[2] == 4:
+        frame = frame[:, :, :3]
+    if channels == 3 and frame.shape[2] == 1:
+        return np.repeat(frame, 3, axis=2)
+    if channels == 1 and frame.shape[2] == 3:
+        return np.round(frame @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)[:, :, None]
+    return np.ascontiguousarray(frame)
+
+
+def clip_starts(n_frames: int, clip_length: int, clips: int, rng: np.random.Generator | None = None) -> list[int]:
+    """Start frames of `clips` clips: evenly spaced over the video, or random where `rng` is given."""
+    last = max(n_frames - clip_length, 0)
+    if rng is not None:
+        return sorted(int(s) for s in rng.integers(0, last + 1, size=clips))
+    if clips == 1:
+        return [last // 2]
+    return [int(round(i * last / (clips - 1))) for i in range(clips)]
+
+
+def take_clip(frames: np.ndarray, start: int, clip_length: int) -> np.ndarray:
+    """`clip_length` consecutive frames from `start`; a short video repeats its last frame."""
+    indices = np.minimum(np.arange(start, start + clip_length), len(frames) - 1)
+    return frames[indices]

@@ -1,0 +1,230 @@
+"""One evaluator for every task and every model format (run folder, `.keras`, `.tflite`).
+
+    fpc-keras evaluate --model PATH --data KIND:PATH [--split test] --out FILE.json
+
+The model's card (labels, label rule, preprocessing) travels with it, so nothing else is needed. Results are
+written atomically as {"model", "data", "split", "task", "n", "metrics": {name: {"value", "ci95"}}, ...}.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .card import provenance, read_card
+from .data import TASK_OF_KIND, parse_data_spec, read_dataset
+from .data.hc18 import read_mask
+from .data.images import ImageSpec, unfit_image
+from .data.records import Record, in_split
+from .data.video import clip_starts, read_video, take_clip
+from .errors import BadInputError
+from .io import atomic_write_json
+from .metrics import classification_metrics, dice_iou, mean_metrics
+
+PredictFn = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class Predictor:
+    path: str
+    card: dict
+    predict: PredictFn
+
+    @property
+    def task(self) -> str:
+        return self.card["task"]
+
+    @property
+    def labels(self) -> list[str]:
+        return self.card["labels"]
+
+    def image_spec(self) -> ImageSpec:
+        pre = self.card["preprocessing"]
+        return ImageSpec(tuple(pre["image_size"]), pre["channels"], pre["resize"])
+
+
+def load_predictor(path: str | Path, threads: int = 2) -> Predictor:
+    """A run folder (its model.keras), a `.keras` file or a `.tflite` file, with the card beside it."""
+    path = Path(path)
+    model_file = path / "model.keras" if path.is_dir() else path
+    if not model_file.is_file():
+        raise BadInputError(f"model not found: {model_file}",
+                            "give a run folder that finished training, a .keras file or a .tflite file")
+    card = read_card(model_file)
+    if model_file.suffix == ".tflite":
+        from .litert import TFLiteModel
+
+        return Predictor(str(model_file), card, TFLiteModel(model_file, threads))
+    if model_file.suffix == ".keras":
+        return Predictor(str(model_file), card, _keras_predict(model_file))
+    raise BadInputError(f"{model_file} is neither .keras nor .tflite", "give a run folder, .keras or .tflite")
+
+
+def _keras_predict(model_file: Path) -> PredictFn:
+    import keras
+    import tensorflow as tf
+
+    from . import models  # noqa: F401  (registers custom layers)
+
+    model = keras.saving.load_model(model_file, compile=False)
+    infer = tf.function(lambda x: model(x, training=False))
+    return lambda batch: np.asarray(infer(tf.convert_to_tensor(batch, tf.float32)))
+
+
+def evaluate(predictor: Predictor, records: Sequence[Record], data: str, split: str | None,
+             on_bad_input: str = "error", batch_size: int = 16, progress: Callable[[str], None] = print) -> dict:
+    """Run the predictor over `records` and compute the metrics of its task."""
+    start = time.perf_counter()
+    if predictor.task == "classification":
+        metrics, n, skipped = _classification(predictor, records, on_bad_input, batch_size)
+    elif predictor.task == "segmentation":
+        metrics, n, skipped = _segmentation(predictor, records, on_bad_input, batch_size)
+    elif predictor.task == "video":
+        metrics, n, skipped = _video(predictor, records, on_bad_input, progress)
+    else:
+        raise BadInputError(f"model card task {predictor.task!r} unknown", "re-export the model")
+    seconds = time.perf_counter() - start
+    return {"model": predictor.path, "model_name": predictor.card.get("name"), "data": data, "split": split,
+            "task": predictor.task, "n": n, "n_skipped": len(skipped), "skipped": skipped, "metrics": metrics,
+            "timings": {"seconds": seconds, "per_item_ms": 1000 * seconds / max(n, 1)},
+            "params": predictor.card.get("params", {}), "provenance": provenance()}
+
+
+def _predict_images(predictor: Predictor, records: Sequence[Record], on_bad_input: str,
+                    batch_size: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    from .data.pipeline import SkipLog, image_dataset
+
+    log = SkipLog() if on_bad_input == "skip" else None
+    ds = image_dataset(records, predictor.image_spec(), None, batch_size, skip_log=log)
+    outputs, kept = [], []
+    for images, indices in ds:
+        outputs.append(predictor.predict(images.numpy()))
+        kept.append(indices.numpy())
+    if not outputs:
+        raise BadInputError("no readable item to evaluate", "check the data; every file was skipped")
+    return np.concatenate(outputs), np.concatenate(kept), dict(log.skipped) if log else {}
+
+
+def _classification(predictor: Predictor, records: Sequence[Record], on_bad_input: str, batch_size: int):
+    _check_labels(records, predictor.labels)
+    probs, kept, skipped = _predict_images(predictor, records, on_bad_input, batch_size)
+    index = {label: i for i, label in enumerate(predictor.labels)}
+    y_true = np.array([index[records[i].label] for i in kept])
+    return classification_metrics(y_true, probs, predictor.labels), len(kept), skipped
+
+
+def _check_labels(records: Sequence[Record], labels: Sequence[str]) -> None:
+    unknown = sorted({str(r.label) for r in records} - set(labels))
+    if unknown:
+        example = next(r.source for r in records if str(r.label) == unknown[0])
+        raise BadInputError(f"class(es) {unknown} (e.g. {example}) are not among the model's classes {list(labels)}",
+                            "map them with --alias OLD=NEW, or evaluate only data of the model's classes")
+
+
+def _segmentation(predictor: Predictor, records: Sequence[Record], on_bad_input: str, batch_size: int):
+    annotated = [r for r in records if "mask" in r.extras]
+    if not annotated:
+        raise BadInputError("no annotated item (mask) in this data", "evaluate on HC18's training_set or a split of it")
+    masks, kept, skipped = _predict_images(predictor, annotated, on_bad_input, batch_size)
+    resize = predictor.card["preprocessing"]["resize"]
+    per_item: dict[str, list[float]] = {"dice": [], "iou": [], "hc_mad_mm": []}
+    from .biometry import head_circumference_mm
+
+    for mask, i in zip(masks, kept):
+        record = annotated[i]
+        truth = read_mask(record.extras["mask"])
+        predicted = unfit_image(mask, truth.shape, resize)[:, :, 0] > 0.5
+        dice, iou = dice_iou(predicted, truth)
+        per_item["dice"].append(dice)
+        per_item["iou"].append(iou)
+        hc = head_circumference_mm(predicted, record.extras["pixel_mm"])
+        reference = record.extras.get("hc_mm")
+        per_item["hc_mad_mm"].append(abs(hc - reference) if hc is not None and reference else np.nan)
+    return mean_metrics(per_item), len(kept), skipped
+
+
+def _video(predictor: Predictor, records: Sequence[Record], on_bad_input: str, progress: Callable[[str], None]):
+    """Mean of the softmax outputs over evenly spaced clips (clip models) or frames (frame models)."""
+    _check_labels(records, predictor.labels)
+    pre = predictor.card["preprocessing"]
+    clip_length = int(pre.get("clip_length", 1))
+    clips = int(pre.get("clips_per_video", 4))
+    size, channels, resize = tuple(pre["image_size"]), pre["channels"], pre["resize"]
+    probs, y_true, skipped = [], [], {}
+    index = {label: i for i, label in enumerate(predictor.labels)}
+    for n, record in enumerate(records, start=1):
+        try:
+            frames = read_video(record.source, size, channels, resize).astype(np.float32)
+        except BadInputError as exc:
+            if on_bad_input != "skip":
+                raise
+            skipped[record.source] = exc.what
+            continue
+        starts = clip_starts(len(frames), clip_length, clips)
+        batch = np.stack([take_clip(frames, s, clip_length) for s in starts])
+        if clip_length == 1:
+            batch = batch[:, 0]
+        probs.append(predictor.predict(batch).mean(axis=0))
+        y_true.append(index[record.label])
+        if n % 10 == 0:
+            progress(f"  videos: {n}/{len(records)}")
+    if not probs:
+        raise BadInputError("no readable video to evaluate", "check the data; every file was skipped")
+    metrics = classification_metrics(np.array(y_true), np.stack(probs), predictor.labels)
+    metrics["video_top1"] = metrics["top1"]
+    return metrics, len(y_true), skipped
+
+
+def _split_as_trained(records: list[Record], card: dict) -> list[Record]:
+    """Data without an official split, split by the rule (fractions, seed) the model was trained with, so
+    `--split test` on the training data means the test split of training."""
+    from .data.records import assign_folds, assign_splits
+
+    rule = card.get("training", {}).get("split_rule")
+    if not rule:
+        raise BadInputError("this data has no split and the model card records no split rule",
+                            "evaluate all items (leave out --split)")
+    if rule.get("folds"):
+        return assign_folds(records, rule["folds"], rule["fold"], rule["val_fraction"], rule["seed"])
+    return assign_splits(records, rule["val_fraction"], rule["test_fraction"], rule["seed"])
+
+
+def summary_line(results: dict) -> str:
+    parts = []
+    for name in ("top1", "top2", "macro_f1", "video_top1", "dice", "iou", "hc_mad_mm"):
+        metric = results["metrics"].get(name)
+        if isinstance(metric, dict) and "value" in metric:
+            lo, hi = metric["ci95"]
+            parts.append(f"{name} {metric['value']:.4f} [{lo:.4f}, {hi:.4f}]")
+    skipped = f", {results['n_skipped']} skipped" if results.get("n_skipped") else ""
+    return f"{results.get('model_name') or results['model']} on {results['data']} " \
+           f"({results['split'] or 'all'}, n={results['n']}{skipped}): " + "; ".join(parts)
+
+
+def evaluate_path(model: str, data: str, out: str | None = None, split: str | None = None,
+                  aliases: dict[str, str] | None = None, on_bad_input: str = "error", threads: int = 2,
+                  progress: Callable[[str], None] = print) -> dict:
+    """The CLI's evaluate: model path + `KIND:PATH` (+ split) -> results (written to `out` when given)."""
+    kind, path = parse_data_spec(data)
+    predictor = load_predictor(model, threads)
+    expected = TASK_OF_KIND[kind]
+    if expected != predictor.task:
+        raise BadInputError(f"{model} is a {predictor.task} model but {kind} data is for {expected}",
+                            "evaluate it on data of its own task")
+    rule = dict(predictor.card.get("label_rule", {}).get("aliases", {}))
+    rule.update(aliases or {})
+    records = read_dataset(kind, path, rule)
+    if split is None and kind == "fetal_planes":
+        split = "test"
+    if split is not None and not any(r.split for r in records):
+        records = _split_as_trained(records, predictor.card)
+    records = in_split(records, split)
+    results = evaluate(predictor, records, data, split, on_bad_input, progress=progress)
+    if out:
+        atomic_write_json(out, results)
+    progress(summary_line(results))
+    return results
+

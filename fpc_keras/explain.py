@@ -1,0 +1,77 @@
+"""Grad-CAM, Grad-CAM++ and Score-CAM (tf-keras-vis) on the backbone's feature map, saved as overlays.
+
+The backbone's layers live in the classifier's own graph, ending in `backbone_features`, so tf-keras-vis can
+reach that feature map without the "Graph disconnected" error of nested backbones.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+from matplotlib import colormaps
+from PIL import Image
+
+from .data.images import read_image, unfit_image
+from .errors import BadInputError
+from .io import atomic_path
+from .models.backbones import FEATURES_LAYER
+
+METHODS = ("gradcam", "gradcam++", "scorecam")
+
+
+def heatmap(model: keras.Model, image: np.ndarray, class_index: int, method: str = "gradcam") -> np.ndarray:
+    """A class-activation map in [0, 1] at the model's input size for one image (HxWx3 float 0-255)."""
+    from tf_keras_vis.gradcam import Gradcam
+    from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
+    from tf_keras_vis.scorecam import Scorecam
+    from tf_keras_vis.utils.scores import CategoricalScore
+
+    kinds = {"gradcam": Gradcam, "gradcam++": GradcamPlusPlus, "scorecam": Scorecam}
+    if method not in kinds:
+        raise BadInputError(f"unknown explanation method {method!r}", f"use one of: {', '.join(METHODS)}")
+    names = {layer.name for layer in model.layers}
+    if FEATURES_LAYER not in names:
+        raise BadInputError(f"model {model.name} has no `{FEATURES_LAYER}` layer", "explain models built by fpc_keras")
+    explainer = kinds[method](model, clone=False)
+    options = {"max_N": 32} if method == "scorecam" else {}
+    cam = explainer(CategoricalScore([class_index]), image[None].astype(np.float32),
+                    penultimate_layer=FEATURES_LAYER, **options)
+    cam = np.nan_to_num(np.asarray(cam[0], dtype=np.float32))
+    span = cam.max() - cam.min()
+    return (cam - cam.min()) / span if span > 0 else np.zeros_like(cam)
+
+
+def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.4) -> np.ndarray:
+    """The heat map (jet) blended over an RGB or gray uint8 image of the same size."""
+    rgb = np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image
+    colours = (colormaps["jet"](cam)[:, :, :3] * 255).astype(np.float32)
+    return np.clip((1 - alpha) * rgb.astype(np.float32) + alpha * colours, 0, 255).astype(np.uint8)
+
+
+def explain_file(model_path: str | Path, image_path: str, out: str | Path, method: str = "gradcam",
+                 class_name: str | None = None) -> dict:
+    """Explain one image with a run folder or .keras model; writes the overlay PNG at the original size."""
+    from .evaluate import load_predictor
+
+    predictor = load_predictor(model_path)
+    if not predictor.path.endswith(".keras"):
+        raise BadInputError("Grad-CAM needs the Keras model (run folder or .keras), not a .tflite file",
+                            "give the run folder the .tflite was exported from")
+    from . import models  # noqa: F401
+
+    model = keras.saving.load_model(predictor.path, compile=False)
+    spec = predictor.image_spec()
+    x = spec.load(image_path).astype(np.float32)
+    probs = np.asarray(model(x[None], training=False))[0]
+    labels = predictor.labels
+    if class_name is not None and class_name not in labels:
+        raise BadInputError(f"class {class_name!r} is not one of the model's {labels}", "pick one of those")
+    target = labels.index(class_name) if class_name else int(probs.argmax())
+    cam = heatmap(model, x, target, method)
+    original = read_image(image_path, 3)
+    cam_full = np.clip(unfit_image(cam, original.shape[:2], spec.resize), 0, 1)
+    with atomic_path(out, suffix=".png") as tmp:
+        Image.fromarray(overlay(original, cam_full)).save(tmp, format="PNG")
+    return {"image": image_path, "class": labels[target], "probability": float(probs[target]),
+            "predicted": labels[int(probs.argmax())], "method": method, "out": str(out)}

@@ -1,0 +1,112 @@
+"""TFLite export: fp32, fp16 weights, dynamic-range int8, full-integer int8 (representative images from the
+training split). Each variant goes to `exports/<variant>/model.tflite` with its model card, which records its
+size, latency and its own accuracy on the evaluation split beside the Keras model's.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import shutil
+from pathlib import Path
+from typing import Callable, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from . import models  # noqa: F401  (registers custom layers)
+from .card import read_card, write_card
+from .config import QUANT_VARIANTS
+from .data.images import ImageSpec
+from .data.records import Record
+from .errors import BadInputError
+from .evaluate import evaluate, load_predictor, summary_line
+from .io import atomic_write_bytes
+from .litert import TFLiteModel
+
+Progress = Callable[[str], None]
+
+
+def convert(model: keras.Model, variant: str, representative: np.ndarray | None = None,
+            int8_io: bool = False) -> bytes:
+    """The `.tflite` bytes of `model` as `variant` (one of QUANT_VARIANTS)."""
+    if variant not in QUANT_VARIANTS:
+        raise BadInputError(f"unknown export variant {variant!r}", f"use one of: {', '.join(QUANT_VARIANTS)}")
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if variant != "fp32":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if variant == "fp16":
+        converter.target_spec.supported_types = [tf.float16]
+    if variant == "int8":
+        if representative is None or not len(representative):
+            raise BadInputError("int8 export needs representative images", "export from a run with a train split")
+        converter.representative_dataset = lambda: ([item[None].astype(np.float32)] for item in representative)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if int8_io:
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
+    with contextlib.redirect_stdout(io.StringIO()):  # Keras prints every captured tensor while exporting
+        return converter.convert()
+
+
+def representative_images(records: Sequence[Record], spec: ImageSpec, count: int, seed: int = 0) -> np.ndarray:
+    """Up to `count` training images, chosen at random, as the model sees them."""
+    rng = np.random.default_rng(seed)
+    chosen = rng.permutation(len(records))[:count]
+    return np.stack([spec.load(records[i].source).astype(np.float32) for i in chosen])
+
+
+def _train_records(run_dir: Path) -> list[Record]:
+    path = run_dir / "splits.csv"
+    if not path.is_file():
+        raise BadInputError(f"{path} not found", "export from a run folder written by `fpc-keras train`")
+    with path.open() as handle:
+        return [Record(r["source"], r["label"], r["group"], r["split"]) for r in csv.DictReader(handle)]
+
+
+def export_run(run_dir: str | Path, variants: Sequence[str] = ("fp32", "int8"), representative_samples: int = 64,
+               latency_runs: int = 30, evaluate_split: str = "test", threads: int = 2, int8_io: bool = False,
+               progress: Progress = print) -> dict[str, Path]:
+    """Export the run's model as each variant, measure size, latency and accuracy; return variant -> folder."""
+    run_dir = Path(run_dir)
+    card = read_card(run_dir / "model.keras")
+    model = keras.saving.load_model(run_dir / "model.keras", compile=False)
+    records = _train_records(run_dir)
+    spec = ImageSpec(tuple(card["preprocessing"]["image_size"]), card["preprocessing"]["channels"],
+                     card["preprocessing"]["resize"])
+    train = [r for r in records if r.split == "train"]
+    evaluation = [r for r in records if r.split == evaluate_split]
+    representative = representative_images(train, spec, representative_samples) if "int8" in variants else None
+    keras_results = card.get("metrics", {}).get(evaluate_split)
+    out = {}
+    for variant in variants:
+        progress(f"      exporting {variant}")
+        folder = run_dir / "exports" / variant
+        folder.mkdir(parents=True, exist_ok=True)
+        tflite_path = folder / "model.tflite"
+        atomic_write_bytes(tflite_path, convert(model, variant, representative, int8_io and variant == "int8"))
+        variant_card = dict(card, name=f"{card['name']}_{variant}")
+        variant_card["export"] = {"variant": variant, "size_bytes": tflite_path.stat().st_size,
+                                  "int8_io": bool(int8_io and variant == "int8"),
+                                  "latency": {f"{threads}_threads": TFLiteModel(tflite_path, threads).latency_ms(
+                                      latency_runs)}}
+        write_card(folder, variant_card)
+        if evaluation:
+            predictor = load_predictor(tflite_path, threads)
+            results = evaluate(predictor, evaluation, card["training"]["data"], evaluate_split, progress=progress)
+            variant_card["metrics"] = {evaluate_split: results["metrics"], f"n_{evaluate_split}": results["n"],
+                                       "keras_" + evaluate_split: keras_results}
+            write_card(folder, variant_card)
+            progress("      " + summary_line(results))
+        out[variant] = folder
+    return out
+
+
+def ship(variant_folder: str | Path, destination: str | Path) -> Path:
+    """Copy an exported variant (model.tflite + model_card.json) to e.g. tflite/models/<name>/."""
+    destination = Path(destination)
+    destination.mkdir(parents=True, exist_ok=True)
+    for name in ("model.tflite", "model_card.json"):
+        shutil.copy2(Path(variant_folder) / name, destination / name)
+    return destination

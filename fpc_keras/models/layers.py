@@ -1,0 +1,25 @@
+"""Small custom layers, registered so that saved `.keras` models load with `fpc_keras.models` imported."""
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+VGG_BGR_MEAN = (103.939, 116.779, 123.68)
+
+
+@keras.saving.register_keras_serializable(package="fpc_keras")
+class CaffePreprocess(keras.layers.Layer):
+    """RGB 0-255 -> BGR minus the ImageNet mean: what Keras' VGG16 weights expect."""
+
+    def call(self, inputs):
+        bgr = ops.flip(inputs, axis=-1)
+        return bgr - ops.convert_to_tensor(VGG_BGR_MEAN, dtype=inputs.dtype)
+
+
+@keras.saving.register_keras_serializable(package="fpc_keras")
+class ChannelPool(keras.layers.Layer):
+    """Mean and max over channels, stacked: the input of CBAM's spatial attention."""
+
+    def call(self, inputs):
+        return ops.concatenate([ops.mean(inputs, axis=-1, keepdims=True),
+                                ops.max(inputs, axis=-1, keepdims=True)], axis=-1)

@@ -1,0 +1,64 @@
+"""Shared fixtures: generated tiny datasets (32x32), and the real data in ../shared/data (marked `realdata`)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("FPC_SHARED_DATA", REPO.parent / "shared" / "data"))
+SAMPLE = REPO / "samples" / "busi_small"
+
+
+def pytest_collection_modifyitems(config, items):
+    if SHARED_DATA.is_dir():
+        return
+    skip = pytest.mark.skip(reason=f"real data not found at {SHARED_DATA} (set FPC_SHARED_DATA to its folder)")
+    for item in items:
+        if "realdata" in item.keywords:
+            item.add_marker(skip)
+
+
+def class_image(label: int, rng: np.random.Generator, size: int = 32) -> np.ndarray:
+    """A gray image whose bright blob position depends on the class: learnable in a few epochs."""
+    image = rng.normal(60, 20, (size, size)).clip(0, 255)
+    yy, xx = np.mgrid[0:size, 0:size]
+    cx, cy = [(size * 0.3, size * 0.3), (size * 0.7, size * 0.7), (size * 0.3, size * 0.7)][label % 3]
+    image[(xx - cx) ** 2 + (yy - cy) ** 2 < (size * 0.18) ** 2] += 150
+    return image.clip(0, 255).astype(np.uint8)
+
+
+def write_folder_dataset(root: Path, per_class: int = 12, classes=("alpha", "beta", "gamma"),
+                         size: int = 32, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    for k, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(class_image(k, rng, size)).save(root / name / f"{name} ({i}).png")
+    return root
+
+
+@pytest.fixture
+def folder_dataset(tmp_path: Path) -> Path:
+    return write_folder_dataset(tmp_path / "folder_data")
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    return SHARED_DATA
+
+
+def tiny_overrides(data_path: Path, runs: Path, **extra: str) -> list[str]:
+    """A 32x32 EfficientNet-Lite0 (random weights) config: builds in about a second."""
+    values = {"name": "tiny", "runs_dir": str(runs), "data.kind": "folder", "data.path": str(data_path),
+              "data.image_size": "[32, 32]", "data.val_fraction": "0.25", "data.test_fraction": "0.25",
+              "model.weights": "none", "model.head_units": "[16, 8]", "model.attention": "se",
+              "train.epochs": "2", "train.batch_size": "8", "train.learning_rate": "0.01",
+              "export.representative_samples": "8", "export.latency_runs": "3"}
+    values.update(extra)
+    return [f"{k}={v}" for k, v in values.items()]

@@ -1,0 +1,52 @@
+import pytest
+
+from fpc_keras.config import RunConfig, load_config, save_config
+from fpc_keras.errors import BadInputError
+
+
+def test_defaults_validate():
+    config = load_config()
+    assert isinstance(config, RunConfig)
+    assert config.data.image_size == (224, 224)
+
+
+def test_yaml_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: x\ntrain:\n  epochs: 7\ndata:\n  image_size: [64, 48]\n")
+    config = load_config(path, ["train.epochs=3", "model.head_units=[8, 4]", "data.aliases={pneu: pne}"])
+    assert config.train.epochs == 3
+    assert config.data.image_size == (64, 48)
+    assert config.model.head_units == (8, 4)
+    assert config.data.aliases == {"pneu": "pne"}
+    assert isinstance(config.train.learning_rate, float)
+
+
+def test_saved_config_loads_back(tmp_path):
+    config = load_config(None, ["name=r1", "train.epochs=4", "model.attention=cbam"])
+    save_config(config, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == config
+
+
+@pytest.mark.parametrize("override, words", [
+    (["train.epoch=3"], "unknown config key(s): train.epoch"),
+    (["train.epochs=three"], "train.epochs must be int"),
+    (["train.freeze_backbone=1"], "true or false"),
+    (["data.kind=csv"], "data.kind is 'csv'"),
+    (["data.val_fraction=1.5"], "fraction in [0, 1)"),
+    (["train.epochs"], "has no '='"),
+    (["export.quant=[fp32, int4]"], "export.quant is 'int4'"),
+])
+def test_bad_configs_name_the_key_and_fix(override, words):
+    with pytest.raises(BadInputError) as info:
+        load_config(None, override)
+    assert words in str(info.value)
+    assert "Fix:" in str(info.value)
+
+
+def test_missing_and_broken_yaml(tmp_path):
+    with pytest.raises(BadInputError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    broken = tmp_path / "b.yaml"
+    broken.write_text("train: [epochs: 3\n")
+    with pytest.raises(BadInputError, match="not valid YAML"):
+        load_config(broken)

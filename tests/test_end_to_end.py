@@ -1,0 +1,176 @@
+"""Train a tiny model once, then pin the run folder, the evaluation contract, export parity, the CLI's
+error handling, Grad-CAM and the report on it."""
+import json
+import shutil
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import tiny_overrides, write_folder_dataset
+from fpc_keras.cli import main
+from fpc_keras.config import load_config
+from fpc_keras.io import read_json
+from fpc_keras.litert import TFLiteModel
+from fpc_keras.train import train
+
+CONTRACT_METRICS = {"top1", "top2", "macro_f1", "per_class", "confusion"}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    data = write_folder_dataset(root / "data")
+    config = load_config(None, tiny_overrides(data, root / "runs"))
+    run_dir = train(config, progress=lambda m: None)
+    return {"root": root, "data": data, "run": run_dir, "config": config}
+
+
+def test_run_folder_contents(trained):
+    run = trained["run"]
+    for name in ("config.yaml", "model.keras", "model_card.json", "results.json", "history.csv", "splits.csv",
+                 "checkpoints/last.keras", "checkpoints/best.keras", "checkpoints/state.json"):
+        assert (run / name).is_file(), name
+    results = read_json(run / "results.json")
+    assert CONTRACT_METRICS <= set(results["metrics"]) and results["split"] == "test" and results["n"] > 0
+    card = read_json(run / "model_card.json")
+    assert card["labels"] == ["alpha", "beta", "gamma"]
+    assert card["preprocessing"]["image_size"] == [32, 32]
+    assert card["params"]["trainable"] < card["params"]["total"]
+    assert load_config(run / "config.yaml").model.num_classes == 3
+    assert len((run / "history.csv").read_text().strip().splitlines()) == 1 + 2
+
+
+def test_rerun_resumes_and_extends(trained, tmp_path):
+    run = tmp_path / "runs" / "tiny"
+    shutil.copytree(trained["run"], run)
+    messages = []
+    config = load_config(None, tiny_overrides(trained["data"], tmp_path / "runs", **{"train.epochs": "4"}))
+    state = read_json(run / "checkpoints" / "state.json")
+    state["done"] = False  # as if killed after epoch 2
+    (run / "checkpoints" / "state.json").write_text(json.dumps(state))
+    train(config, progress=messages.append)
+    assert any("resuming from" in m and "2 epoch(s) done" in m for m in messages), messages
+    assert any("epochs 3..4" in m for m in messages), messages
+    epochs = [line.split(",")[0] for line in (run / "history.csv").read_text().splitlines()[1:]]
+    assert epochs == ["1", "2", "3", "4"]
+
+
+def test_rerun_of_a_finished_run_does_not_train_again(trained, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(trained["run"], runs / "tiny")
+    messages = []
+    train(load_config(None, tiny_overrides(trained["data"], runs)), progress=messages.append)
+    assert not any(m.startswith("[3/4]") for m in messages)
+    assert read_json(runs / "tiny" / "results.json")["metrics"]["top1"] == \
+        read_json(trained["run"] / "results.json")["metrics"]["top1"]
+
+
+@pytest.mark.parametrize("target", ["run", "keras"])
+def test_evaluate_contract(trained, target, capsys):
+    model = trained["run"] if target == "run" else trained["run"] / "model.keras"
+    out = trained["root"] / f"eval_{target}.json"
+    assert main(["evaluate", "--model", str(model), "--data", f"folder:{trained['data']}", "--out", str(out)]) == 0
+    results = read_json(out)
+    assert results["n"] == 36 and CONTRACT_METRICS <= set(results["metrics"])
+    assert results["model"] and results["data"] == f"folder:{trained['data']}"
+    lo, hi = results["metrics"]["top1"]["ci95"]
+    assert lo <= results["metrics"]["top1"]["value"] <= hi
+    assert "top1" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def exported(trained):
+    assert main(["export", "--model", str(trained["run"]), "--quant", "fp32", "fp16", "int8",
+                 "--representative-samples", "8"]) == 0
+    return {v: trained["run"] / "exports" / v for v in ("fp32", "fp16", "int8")}
+
+
+def test_keras_tflite_parity(trained, exported):
+    model = keras.saving.load_model(trained["run"] / "model.keras")
+    x = np.random.default_rng(1).uniform(0, 255, (6, 32, 32, 3)).astype("float32")
+    reference = np.asarray(model(x, training=False))
+    fp32 = TFLiteModel(exported["fp32"] / "model.tflite")(x)
+    fp16 = TFLiteModel(exported["fp16"] / "model.tflite")(x)
+    int8 = TFLiteModel(exported["int8"] / "model.tflite")(x)
+    assert np.abs(fp32 - reference).max() <= 1e-4
+    assert np.abs(fp16 - reference).max() <= 1e-2
+    agreement = float((int8.argmax(1) == reference.argmax(1)).mean())
+    print(f"int8 top-1 agreement with Keras on random inputs: {agreement:.2f}")
+    assert int8.shape == reference.shape
+
+
+def test_export_cards_and_tflite_evaluation(trained, exported, tmp_path):
+    card = read_json(exported["int8"] / "model_card.json")
+    assert card["export"]["variant"] == "int8" and card["export"]["size_bytes"] > 0
+    assert card["export"]["latency"]["2_threads"]["median_ms"] > 0
+    assert "top1" in card["metrics"]["test"]
+    out = tmp_path / "tflite.json"
+    assert main(["evaluate", "--model", str(exported["int8"] / "model.tflite"), "--data",
+                 f"folder:{trained['data']}", "--split", "test", "--out", str(out)]) == 0
+    assert read_json(out)["n"] == card["metrics"]["n_test"]
+
+
+def test_cli_help_for_every_command(capsys):
+    for command in ("train", "evaluate", "export", "report", "gradcam", "datasets"):
+        with pytest.raises(SystemExit) as info:
+            main([command, "--help"])
+        assert info.value.code == 0
+        assert "usage: fpc-keras " + command in capsys.readouterr().out
+
+
+def _error_of(argv, capsys) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith("error: ")
+    return err
+
+
+def test_cli_errors_are_one_clear_message(trained, tmp_path, capsys):
+    run = str(trained["run"])
+    assert "dataset folder not found" in _error_of(["evaluate", "--model", run, "--data",
+                                                    f"folder:{tmp_path}/none"], capsys)
+    assert "model not found" in _error_of(["evaluate", "--model", str(tmp_path), "--data",
+                                           f"folder:{trained['data']}"], capsys)
+    other = write_folder_dataset(tmp_path / "other", per_class=2, classes=("alpha", "delta"))
+    err = _error_of(["evaluate", "--model", run, "--data", f"folder:{other}"], capsys)
+    assert "['delta']" in err and "--alias" in err
+    assert main(["evaluate", "--model", run, "--data", f"folder:{other}", "--alias", "delta=beta"]) == 0
+
+
+def test_corrupt_image_error_and_skip(trained, tmp_path, capsys):
+    data = write_folder_dataset(tmp_path / "data", per_class=3)
+    bad = data / "beta" / "broken scan.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    err = _error_of(["evaluate", "--model", str(trained["run"]), "--data", f"folder:{data}"], capsys)
+    assert str(bad) in err and "on_bad_input=skip" in err and err.count("\n") <= 3
+    out = tmp_path / "r.json"
+    assert main(["evaluate", "--model", str(trained["run"]), "--data", f"folder:{data}", "--on-bad-input", "skip",
+                 "--out", str(out)]) == 0
+    results = read_json(out)
+    assert results["n"] == 9 and results["n_skipped"] == 1 and str(bad) in results["skipped"]
+
+
+def test_gradcam_overlay(trained, tmp_path, capsys):
+    image = next((trained["data"] / "beta").glob("*.png"))
+    out = tmp_path / "cam.png"
+    assert main(["gradcam", "--model", str(trained["run"]), "--image", str(image), "--out", str(out),
+                 "--method", "gradcam++"]) == 0
+    assert Image.open(out).size == Image.open(image).size
+    assert "gradcam++" in capsys.readouterr().out
+
+
+def test_report_has_every_paper_table(trained, exported, tmp_path):
+    out = tmp_path / "index.html"
+    assert main(["report", "--runs", str(trained["run"].parent), "--out", str(out)]) == 0
+    page = out.read_text()
+    for paper in ("efficientnet_attention", "frozen_features", "fetalnet", "slowfast"):
+        assert f'data-paper="{paper}"' in page
+    assert "tiny" in page and "data:image/png;base64," in page and "int8" in page
+
+
+def test_datasets_command(folder_dataset, capsys):
+    assert main(["datasets", f"folder:{folder_dataset}"]) == 0
+    out = capsys.readouterr().out
+    assert "36 items" in out and "test" in out

@@ -1,0 +1,35 @@
+import numpy as np
+import pytest
+
+from fpc_keras.metrics import classification_metrics, dice_iou, macro_f1, mean_metrics
+
+
+def test_classification_metrics_known_values():
+    y = np.array([0, 0, 1, 1, 2, 2])
+    probs = np.array([[.8, .1, .1], [.4, .5, .1], [.1, .8, .1], [.2, .7, .1], [.1, .2, .7], [.5, .1, .4]])
+    m = classification_metrics(y, probs, ["a", "b", "c"], n_boot=200)
+    assert m["top1"]["value"] == pytest.approx(4 / 6)
+    assert m["top2"]["value"] == pytest.approx(1.0)
+    assert m["confusion"]["matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    assert m["per_class"]["b"]["precision"] == pytest.approx(2 / 3)
+    lo, hi = m["top1"]["ci95"]
+    assert lo <= m["top1"]["value"] <= hi and hi - lo > 0
+
+
+def test_macro_f1_matches_hand_computation():
+    y, p = np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1])
+    f1_a, f1_b = 2 * 1 / (2 * 1 + 1), 2 * 2 / (2 * 2 + 1)
+    assert macro_f1(y, p, 2) == pytest.approx((f1_a + f1_b) / 2)
+
+
+def test_dice_iou():
+    a = np.zeros((10, 10), bool)
+    b = np.zeros((10, 10), bool)
+    a[:5], b[:, :5] = True, True
+    assert dice_iou(a, b) == pytest.approx((0.5, 25 / 75))
+    assert dice_iou(a, a) == (1.0, 1.0)
+
+
+def test_mean_metrics_skip_nan():
+    out = mean_metrics({"hc_mad_mm": [1.0, np.nan, 3.0]}, n_boot=100)
+    assert out["hc_mad_mm"]["value"] == 2.0

@@ -1,0 +1,58 @@
+import pytest
+
+from fpc_keras.data.records import (Record, assign_folds, assign_splits, in_split, labels_of, validate_splits)
+from fpc_keras.errors import BadInputError
+
+
+def _records(groups=30, per_group=3):
+    return [Record(f"g{g}_{i}.png", "ab"[g % 2], f"g{g}") for g in range(groups) for i in range(per_group)]
+
+
+def _groups_by_split(records):
+    out = {}
+    for r in records:
+        out.setdefault(r.split, set()).add(r.group)
+    return out
+
+
+def test_group_split_never_leaks_and_is_stratified():
+    records = assign_splits(_records(), val_fraction=0.2, test_fraction=0.2, seed=1)
+    validate_splits(records)
+    groups = _groups_by_split(records)
+    assert set(groups) == {"train", "val", "test"}
+    assert not (groups["train"] & groups["test"]) and not (groups["val"] & groups["test"])
+    for split in ("val", "test"):
+        assert {r.label for r in records if r.split == split} == {"a", "b"}
+
+
+def test_official_split_is_kept_and_val_comes_from_train_groups():
+    records = [Record(f"{g}.png", "a", f"p{g}", "train" if g < 20 else "test") for g in range(30)]
+    out = assign_splits(records, val_fraction=0.25, test_fraction=0.5, seed=0)
+    assert {r.group for r in out if r.split == "test"} == {f"p{g}" for g in range(20, 30)}
+    val = {r.group for r in out if r.split == "val"}
+    assert val and val <= {f"p{g}" for g in range(20)}
+
+
+def test_validator_lists_the_leaking_groups():
+    records = [Record("1.png", "a", "patient7", "train"), Record("2.png", "a", "patient7", "test"),
+               Record("3.png", "a", "patient8", "train")]
+    with pytest.raises(BadInputError) as info:
+        validate_splits(records)
+    assert "patient7 (test/train)" in str(info.value)
+    assert "patient8" not in str(info.value)
+
+
+def test_folds_partition_groups():
+    records = _records(groups=10)
+    tests = [{r.group for r in assign_folds(records, 5, k, 0.2) if r.split == "test"} for k in range(5)]
+    assert set().union(*tests) == {f"g{g}" for g in range(10)}
+    assert sum(len(t) for t in tests) == 10
+
+
+def test_empty_split_is_a_clear_error():
+    with pytest.raises(BadInputError, match="'val' split is empty"):
+        in_split([Record("a.png", "x", "a", "train")], "val")
+
+
+def test_labels_sorted():
+    assert labels_of(_records()) == ["a", "b"]

@@ -1,0 +1,106 @@
+import numpy as np
+import pytest
+
+from fpc_keras.data import read_dataset
+from fpc_keras.data.video import clip_starts, read_video, take_clip
+from fpc_keras.errors import BadInputError
+
+
+def _frames(n=12, h=40, w=56):
+    frames = np.zeros((n, h, w, 3), np.uint8)
+    for i in range(n):
+        frames[i, :, (i * 4) % w] = 255
+    return frames
+
+
+def write_mp4(path, frames):
+    import imageio.v3 as iio
+    iio.imwrite(path, frames, plugin="FFMPEG", fps=10, codec="libx264", macro_block_size=8)
+
+
+def write_gif(path, frames):
+    from PIL import Image
+    images = [Image.fromarray(f) for f in frames]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=100)
+
+
+def write_dicom(path, frames, with_pixels=True):
+    import pydicom
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.3.1"  # ultrasound multi-frame
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    gray = frames[..., 0]
+    ds.Rows, ds.Columns = gray.shape[1:]
+    ds.NumberOfFrames = len(gray)
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    if with_pixels:
+        ds.PixelData = gray.tobytes()
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+
+
+@pytest.mark.parametrize("suffix, writer", [(".mp4", write_mp4), (".gif", write_gif), (".dcm", write_dicom)])
+def test_decode_formats(tmp_path, suffix, writer):
+    path = tmp_path / f"Cov_clip 1{suffix}"
+    writer(path, _frames())
+    video = read_video(str(path), (32, 32), 3, "pad")
+    assert video.shape == (12, 32, 32, 3) and video.dtype == np.uint8
+    assert read_video(str(path), (16, 16), 1, "stretch", max_frames=5).shape == (5, 16, 16, 1)
+
+
+def test_undecodable_videos_name_the_file(tmp_path):
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    with pytest.raises(BadInputError, match="empty.mp4 is an empty"):
+        read_video(str(empty), (8, 8))
+    junk = tmp_path / "junk.avi"
+    junk.write_bytes(b"\0" * 5000)
+    with pytest.raises(BadInputError, match="junk.avi cannot be decoded"):
+        read_video(str(junk), (8, 8))
+    no_pixels = tmp_path / "nopix.dcm"
+    write_dicom(no_pixels, _frames(), with_pixels=False)
+    with pytest.raises(BadInputError, match="without pixel data"):
+        read_video(str(no_pixels), (8, 8))
+
+
+def test_zero_frame_video(tmp_path):
+    path = tmp_path / "zero.mp4"
+    write_mp4(path, _frames(1))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])  # header survives, frames do not
+    with pytest.raises(BadInputError, match="zero.mp4"):
+        read_video(str(path), (8, 8))
+
+
+def test_clip_sampling():
+    assert clip_starts(100, 16, 4) == [0, 28, 56, 84]
+    assert clip_starts(10, 16, 3) == [0, 0, 0]
+    rng_starts = clip_starts(100, 16, 5, np.random.default_rng(0))
+    assert all(0 <= s <= 84 for s in rng_starts)
+    clip = take_clip(np.arange(10)[:, None], 6, 8)
+    assert clip[:, 0].tolist() == [6, 7, 8, 9, 9, 9, 9, 9]
+
+
+def test_video_dataset_groups_by_source(tmp_path):
+    for name in ("Cov_src_Image1.mp4", "Cov_src_Image2.mp4", "Reg-other.gif"):
+        (write_gif if name.endswith("gif") else write_mp4)(tmp_path / name, _frames(4))
+    records = read_dataset("videos", tmp_path)
+    groups = {r.source.rsplit("/", 1)[1]: r.group for r in records}
+    assert groups["Cov_src_Image1.mp4"] == groups["Cov_src_Image2.mp4"] != groups["Reg-other.gif"]
+
+
+@pytest.mark.realdata
+def test_real_pocus_videos_decode(shared_data):
+    records = read_dataset("videos", shared_data / "POCUS_videos", aliases={"pneu": "pne"})
+    assert {r.label for r in records} == {"cov", "pne", "reg", "vir"}
+    by_suffix = {}
+    for record in records:
+        by_suffix.setdefault(record.source.rsplit(".", 1)[1].lower(), record)
+    for record in by_suffix.values():  # one video of each container format
+        video = read_video(record.source, (64, 64), 3, "pad", max_frames=8)
+        assert video.shape[1:] == (64, 64, 3) and 1 <= len(video) <= 8, record.source
