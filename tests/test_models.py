@@ -97,3 +97,28 @@ def test_vgg16_offline_weights_are_keras_imagenet_layout():
     inputs = keras.Input((32, 32, 3))
     model = keras.Model(inputs, apply_backbone(inputs, "vgg16", "imagenet"))
     np.testing.assert_array_equal(model.get_layer("block3_conv2").get_weights()[0], layers["block3_conv2"][0])
+
+
+def test_keras_applications_backbone_loads_a_local_weights_file(tmp_path):
+    """`model.weights: /path/file` loads through keras.applications' own loader."""
+    source = keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=(32, 32, 3))
+    source.set_weights([np.random.default_rng(0).normal(size=w.shape).astype("float32") for w in source.weights])
+    path = tmp_path / "b0_notop.weights.h5"
+    source.save_weights(path)
+    inputs = keras.Input((32, 32, 3))
+    model = keras.Model(inputs, apply_backbone(inputs, "efficientnet_b0", str(path)))
+    np.testing.assert_array_equal(model.get_layer("top_conv").get_weights()[0],
+                                  source.get_layer("top_conv").get_weights()[0])
+
+
+def test_imagenet_download_failure_says_how_to_get_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure: no internet")
+
+    monkeypatch.setattr(keras.utils, "get_file", offline)
+    monkeypatch.setattr("keras.src.applications.efficientnet.file_utils.get_file", offline)
+    with pytest.raises(BadInputError) as info:
+        apply_backbone(keras.Input((32, 32, 3)), "efficientnet_b0", "imagenet")
+    assert "~/.keras/models" in str(info.value) and "efficientnet_lite0" in str(info.value)

@@ -1,0 +1,90 @@
+"""The evaluator's segmentation (HC18 layout) and video paths, on tiny hand-made models with their cards."""
+import math
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from fpc_keras.card import make_card, write_card
+from fpc_keras.cli import main
+from fpc_keras.io import read_json
+from test_video import _frames, write_gif, write_mp4
+
+
+def _save(model: keras.Model, folder, task, labels, size, **pre):
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save(folder / "model.keras")
+    card = make_card("tiny_" + task, task, labels, size, 3, "pad", {"kind": "x", "aliases": {}}, {}, {}, {})
+    card["preprocessing"].update(pre)
+    write_card(folder, card)
+    return folder
+
+
+def _threshold_segmenter(size):
+    """Bright pixels are 'head': sigmoid((mean(rgb) - 128) / 2), a model whose output is known exactly."""
+    inputs = keras.Input((*size, 3))
+    conv = keras.layers.Conv2D(1, 1, activation="sigmoid")
+    model = keras.Model(inputs, conv(inputs))
+    conv.set_weights([np.full((1, 1, 3, 1), 0.5 / 3, np.float32), np.array([-64.0], np.float32)])
+    return model
+
+
+def _hc18(root, count=4):
+    folder = root / "training_set"
+    folder.mkdir(parents=True)
+    rows = ["filename,pixel size(mm),head circumference (mm)"]
+    for i in range(count):
+        a, b = 60 + 5 * i, 45 + 3 * i
+        image = Image.new("L", (200, 160))
+        ImageDraw.Draw(image).ellipse([100 - a, 80 - b, 100 + a, 80 + b], fill=220)
+        image.save(folder / f"{i:03d}_HC.png")
+        outline = Image.new("L", (200, 160))
+        ImageDraw.Draw(outline).ellipse([100 - a, 80 - b, 100 + a, 80 + b], outline=255)
+        outline.save(folder / f"{i:03d}_HC_Annotation.png")
+        h = ((a - b) / (a + b)) ** 2
+        hc = math.pi * (a + b) * (1 + 3 * h / (10 + math.sqrt(4 - 3 * h))) * 0.1
+        rows.append(f"{i:03d}_HC.png,0.1,{hc:.2f}")
+    (root / "training_set_pixel_size_and_HC.csv").write_text("\r\n".join(rows) + "\r\n")
+    return root
+
+
+def test_segmentation_metrics_on_hc18_layout(tmp_path):
+    model_dir = _save(_threshold_segmenter((64, 64)), tmp_path / "seg", "segmentation", [], (64, 64))
+    data = _hc18(tmp_path / "hc18")
+    out = tmp_path / "seg.json"
+    assert main(["evaluate", "--model", str(model_dir), "--data", f"hc18:{data}", "--out", str(out)]) == 0
+    metrics = read_json(out)["metrics"]
+    assert metrics["dice"]["value"] > 0.95 and metrics["iou"]["value"] > 0.9
+    assert metrics["hc_mad_mm"]["value"] < 1.5  # a 64x64 model grid, mapped back to 200x160 pixels of 0.1 mm
+
+
+def test_segmentation_model_refuses_classification_data(tmp_path, folder_dataset, capsys):
+    model_dir = _save(_threshold_segmenter((32, 32)), tmp_path / "seg", "segmentation", [], (32, 32))
+    assert main(["evaluate", "--model", str(model_dir), "--data", f"folder:{folder_dataset}"]) == 2
+    assert "segmentation model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("clip_length", [1, 4])
+def test_video_top1_with_frame_and_clip_models(tmp_path, clip_length):
+    """A model that calls a video 'bright' when its mean intensity is high: video_top1 must be 1."""
+    shape = (16, 16, 3) if clip_length == 1 else (clip_length, 16, 16, 3)
+    inputs = keras.Input(shape)
+    pooled = (keras.layers.GlobalAveragePooling2D() if clip_length == 1 else keras.layers.GlobalAveragePooling3D())(inputs)
+    dense = keras.layers.Dense(2, activation="softmax")
+    model = keras.Model(inputs, dense(pooled))
+    per_channel = np.array([[1, -1]] * 3, np.float32) / 30  # logits (mean - 60) / 10 and (60 - mean) / 10
+    dense.set_weights([per_channel, np.array([-6, 6], np.float32)])
+    model_dir = _save(model, tmp_path / "vid", "video", ["bright", "dark"], (16, 16), clip_length=clip_length,
+                      clips_per_video=3)
+    data = tmp_path / "videos"
+    data.mkdir()
+    for i in range(2):
+        write_mp4(data / f"dark_{i}.mp4", _frames(8) // 8)
+        bright = _frames(8)
+        bright[..., :] = np.maximum(bright, 200)
+        write_gif(data / f"bright-{i}.gif", bright)
+    out = tmp_path / "v.json"
+    assert main(["evaluate", "--model", str(model_dir), "--data", f"videos:{data}", "--out", str(out)]) == 0
+    results = read_json(out)
+    assert results["n"] == 4 and results["metrics"]["video_top1"]["value"] == 1.0
