@@ -20,6 +20,7 @@ from .io import atomic_write_text
 DATA_KINDS = ("fetal_planes", "folder", "prefix", "hc18", "videos")
 RESIZE_MODES = ("pad", "crop", "stretch")
 ON_BAD_INPUT = ("error", "skip")
+BALANCE_MODES = ("none", "class_weights", "sampling")
 
 
 @dataclass
@@ -82,9 +83,16 @@ class TrainConfig:
     freeze_backbone: bool = True
     cache_features: bool = True
     label_smoothing: float = 0.0
-    class_weights: bool = True
+    # Against class imbalance: loss weights inversely proportional to class counts, or class-balanced sampling.
+    balance: str = "class_weights"
     augment: bool = True
+    # Phase 1 on cached features: also cache this many augmented copies of each training image.
+    feature_copies: int = 0
     early_stopping_patience: int = 5
+    # Phase 2: fine-tune the top N backbone blocks (0: no phase 2) from images, with augmentation.
+    finetune_blocks: int = 0
+    finetune_epochs: int = 10
+    finetune_learning_rate: float = 1e-4
     seed: int = 0
 
     def validate(self) -> None:
@@ -94,6 +102,9 @@ class TrainConfig:
             raise BadInputError(f"train.learning_rate is {self.learning_rate}", "use a positive learning rate")
         if not 0 <= self.label_smoothing < 1:
             raise BadInputError(f"train.label_smoothing is {self.label_smoothing}", "use a value in [0, 1)")
+        _one_of("train.balance", self.balance, BALANCE_MODES)
+        if self.finetune_blocks < 0 or self.feature_copies < 0:
+            raise BadInputError("train.finetune_blocks and train.feature_copies must be >= 0", "use 0 to turn off")
 
 
 @dataclass

@@ -65,11 +65,16 @@ def load_predictor(path: str | Path, threads: int = 2) -> Predictor:
 
 def _keras_predict(model_file: Path) -> PredictFn:
     import keras
-    import tensorflow as tf
 
     from . import models  # noqa: F401  (registers custom layers)
 
-    model = keras.saving.load_model(model_file, compile=False)
+    return keras_predict_fn(keras.saving.load_model(model_file, compile=False))
+
+
+def keras_predict_fn(model) -> PredictFn:
+    """Inference-mode calls through one traced function (much faster than `model.predict` per batch)."""
+    import tensorflow as tf
+
     infer = tf.function(lambda x: model(x, training=False))
     return lambda batch: np.asarray(infer(tf.convert_to_tensor(batch, tf.float32)))
 

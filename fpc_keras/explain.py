@@ -35,8 +35,10 @@ def heatmap(model: keras.Model, image: np.ndarray, class_index: int, method: str
         raise BadInputError(f"model {model.name} has no `{FEATURES_LAYER}` layer", "explain models built by fpc_keras")
     explainer = kinds[method](model, clone=False)
     options = {"max_N": 32} if method == "scorecam" else {}
+    # seek_penultimate_conv_layer=False: use `backbone_features` itself, not the nearest Conv2D before it
+    # (for EfficientNet that would be top_conv, ahead of its batch norm and activation).
     cam = explainer(CategoricalScore([class_index]), image[None].astype(np.float32),
-                    penultimate_layer=FEATURES_LAYER, **options)
+                    penultimate_layer=FEATURES_LAYER, seek_penultimate_conv_layer=False, **options)
     cam = np.nan_to_num(np.asarray(cam[0], dtype=np.float32))
     span = cam.max() - cam.min()
     return (cam - cam.min()) / span if span > 0 else np.zeros_like(cam)

@@ -7,8 +7,11 @@ best.keras, state.json), history.csv, model.keras (the selected model), results.
   model follow validation macro-F1; the test split is touched once, at the end.
 - Resume: every epoch writes last.keras (with optimizer state) and state.json atomically; rerunning the same
   command continues from the last finished epoch.
-- Frozen backbone + `train.cache_features`: backbone features are computed once per image and stored with a
-  checksum of the backbone weights, preprocessing and files, so each head epoch costs a fraction of a second.
+- Phase 1 trains with the backbone frozen. With `train.cache_features`, backbone features are computed once per
+  image (and per augmented copy, `train.feature_copies`) and stored under a checksum of the backbone weights,
+  preprocessing and files, so each head epoch costs a fraction of a second.
+- Phase 2 (`train.finetune_blocks` > 0) fine-tunes the top N backbone blocks from images with augmentation, at
+  `train.finetune_learning_rate`; its checkpoints only replace phase 1's model when validation improves.
 """
 from __future__ import annotations
 
@@ -29,10 +32,10 @@ from .config import RunConfig, config_to_dict, save_config
 from .data import TASK_OF_KIND, prepare_records
 from .data.augment import build_augmenter
 from .data.images import ImageSpec
-from .data.pipeline import SkipLog, image_dataset, label_ids
+from .data.pipeline import SkipLog, balanced_indices, image_dataset, label_ids
 from .data.records import Record, in_split, labels_of, split_counts
 from .errors import BadInputError
-from .evaluate import Predictor, evaluate, summary_line
+from .evaluate import Predictor, evaluate, keras_predict_fn, summary_line
 from .io import atomic_path, atomic_write_json, atomic_write_text, read_json
 from .metrics import macro_f1
 from .models import build_model, parameter_counts
@@ -57,8 +60,8 @@ def train(config: RunConfig, progress: Progress = print) -> Path:
     counts = split_counts(records)
     progress(f"      {len(records)} items, classes {labels}, splits {counts}")
     _write_run_files(config, records)
-    trainer = _Trainer(config, records, labels, progress)
-    model = trainer.fit()
+    session = _Session(config, records, labels, progress)
+    model = session.run()
     with atomic_path(run_dir / "model.keras", suffix=".keras") as tmp:
         model.save(tmp)
     card = make_card(config.name, TASK_OF_KIND[config.data.kind], labels, config.data.image_size,
@@ -69,16 +72,15 @@ def train(config: RunConfig, progress: Progress = print) -> Path:
                       "split_rule": {"val_fraction": config.data.val_fraction, "folds": config.data.folds,
                                      "test_fraction": config.data.test_fraction, "fold": config.data.fold,
                                      "seed": config.train.seed},
-                      "seed": config.train.seed, "epochs_run": trainer.state["epoch"] + 1,
-                      "best_epoch": trainer.state["best_epoch"] + 1,
-                      "val_macro_f1": trainer.state["best_score"]})
+                      "seed": config.train.seed, "phases": session.summary()})
     write_card(run_dir, card)
     progress("[4/4] evaluating the selected model on the test split")
     test = in_split(records, "test")
-    predictor = Predictor(str(run_dir / "model.keras"), card, _predict_fn(model))
+    predictor = Predictor(str(run_dir / "model.keras"), card, keras_predict_fn(model))
     results = evaluate(predictor, test, f"{config.data.kind}:{config.data.path}", "test",
                        config.data.on_bad_input, config.train.batch_size, progress)
-    results["timings"]["train_seconds"] = trainer.state.get("seconds", 0.0)
+    results["timings"]["train_seconds"] = sum(p["seconds"] for p in session.summary().values())
+    results["phases"] = session.summary()
     atomic_write_json(run_dir / "results.json", results)
     card["metrics"] = {"test": results["metrics"], "n_test": results["n"]}
     write_card(run_dir, card)
@@ -95,152 +97,195 @@ def _write_run_files(config: RunConfig, records: Sequence[Record]) -> None:
     atomic_write_text(config.run_dir / "splits.csv", buffer.getvalue())
 
 
-def _predict_fn(model: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
-    infer = tf.function(lambda x: model(x, training=False))
-    return lambda batch: np.asarray(infer(tf.convert_to_tensor(batch, tf.float32)))
+def _compiled(model: keras.Model, learning_rate: float, label_smoothing: float) -> keras.Model:
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
+                  metrics=["accuracy"])
+    return model
 
 
-class _Trainer:
-    """One training phase with checkpoints, resume, validation macro-F1 and early stopping."""
+class _Session:
+    """Both phases of one run: the data they share and the order they run in."""
 
     def __init__(self, config: RunConfig, records: Sequence[Record], labels: list[str], progress: Progress):
         self.config, self.labels, self.progress = config, labels, progress
         self.train_records = in_split(records, "train")
         self.val_records = in_split(records, "val")
+        self.y_train = label_ids(self.train_records, labels)
+        self.y_val = label_ids(self.val_records, labels)
         self.spec = ImageSpec(tuple(config.data.image_size), config.data.channels, config.data.resize)
-        self.ckpt = config.run_dir / "checkpoints"
-        self.state = {"epoch": -1, "best_score": -1.0, "best_epoch": -1, "wait": 0, "seconds": 0.0,
-                      "done": False}
         self.skip_log = SkipLog() if config.data.on_bad_input == "skip" else None
+        ckpt = config.run_dir / "checkpoints"
+        patience = config.train.early_stopping_patience
+        history = config.run_dir / "history.csv"
+        self.phase1 = _Phase("phase1", ckpt / "phase1", patience, history, progress)
+        self.phase2 = _Phase("phase2", ckpt / "phase2", patience, history, progress)
 
-    def fit(self) -> keras.Model:
-        """Train, or resume, and return the full model with the best validation weights."""
-        t = self.config.train
-        cached = t.freeze_backbone and t.cache_features
-        model = self._build()
-        resumed = self._resume()
-        if cached:
-            # The head is what trains (and is checkpointed, with its optimizer); it shares weights with `model`.
-            x_train, x_val = self._cached_features(model)
-            fit_model = resumed or self._compiled(model.get_layer("head"))
-            y_train = keras.utils.to_categorical(label_ids(self.train_records, self.labels), len(self.labels))
-            train_data = tf.data.Dataset.from_tensor_slices((x_train, y_train)).shuffle(
-                len(x_train), seed=t.seed).batch(t.batch_size)
-            predict_val = lambda: fit_model.predict(x_val, verbose=0, batch_size=256)  # noqa: E731
-        else:
-            fit_model = resumed or self._compiled(model)
-            augment = build_augmenter(seed=t.seed) if t.augment else None
-            train_data = image_dataset(self.train_records, self.spec, self.labels, t.batch_size, shuffle=True,
-                                       seed=t.seed, augment=augment, skip_log=self.skip_log)
-            val_data = image_dataset(self.val_records, self.spec, None, t.batch_size, skip_log=self.skip_log)
-            predict_val = lambda: np.concatenate([fit_model.predict_on_batch(x) for x, _ in val_data])  # noqa: E731
-        if not self.state["done"]:
-            self.progress(f"[3/4] training {'the head on cached features' if cached else 'the model'}: "
-                          f"{len(self.train_records)} train, {len(self.val_records)} val, epochs "
-                          f"{self.state['epoch'] + 2}..{t.epochs}")
-            callback = _EpochCallback(self, fit_model, predict_val, label_ids(self.val_records, self.labels))
-            start = time.perf_counter()
-            fit_model.fit(train_data, epochs=t.epochs, initial_epoch=self.state["epoch"] + 1, verbose=2,
-                          class_weight=self._class_weights(), callbacks=[callback])
-            self.state["seconds"] += time.perf_counter() - start
-            self.state["done"] = True
-            self._write_state()
-        if self.skip_log is not None and self.skip_log.skipped:
-            self.progress("      " + self.skip_log.summary())
-        best = keras.saving.load_model(self.ckpt / "best.keras")
-        if not cached:
-            return best
-        model.get_layer("head").set_weights(best.get_weights())
-        return model
-
-    def _build(self) -> keras.Model:
-        m = self.config.model
+    def run(self) -> keras.Model:
+        t, m = self.config.train, self.config.model
         self.progress(f"[2/4] building {m.name} ({m.backbone}, attention {m.attention}, weights {m.weights})")
         model = build_model(self.config)
-        set_backbone_trainable(model, 0 if self.config.train.freeze_backbone else None)
+        set_backbone_trainable(model, 0 if t.freeze_backbone else None)
+        if t.freeze_backbone and t.cache_features:
+            head = model.get_layer("head")
+            fitted = self.phase1.resume() or _compiled(head, t.learning_rate, t.label_smoothing)
+            if not self.phase1.state["done"]:
+                self._fit_on_cache(model, fitted)
+            head.set_weights(self.phase1.best().get_weights())
+        else:
+            fitted = self.phase1.resume() or _compiled(model, t.learning_rate, t.label_smoothing)
+            if not self.phase1.state["done"]:
+                self._fit_on_images(fitted, t.epochs, self.phase1)
+            model = self.phase1.best()
+        if t.finetune_blocks:
+            model = self._finetune(model)
+        if self.skip_log is not None and self.skip_log.skipped:
+            self.progress("      " + self.skip_log.summary())
         return model
 
-    def _resume(self) -> keras.Model | None:
-        """The last checkpoint (with its optimizer state) where a previous run of this config stopped."""
-        state_file = self.ckpt / "state.json"
-        if not (state_file.is_file() and (self.ckpt / "last.keras").is_file()):
-            return None
-        self.state.update(read_json(state_file))
-        done = "finished" if self.state["done"] else f"{self.state['epoch'] + 1} epoch(s) done"
-        self.progress(f"      resuming from {self.ckpt / 'last.keras'} ({done})")
-        return keras.saving.load_model(self.ckpt / "last.keras")
+    def summary(self) -> dict:
+        return {p.name: {k: p.state[k] for k in ("epoch", "best_epoch", "best_score", "seconds")}
+                for p in (self.phase1, self.phase2) if p.state["epoch"] >= 0}
 
-    def _compiled(self, model: keras.Model) -> keras.Model:
+    def _fit_on_cache(self, model: keras.Model, head: keras.Model) -> None:
         t = self.config.train
-        model.compile(optimizer=keras.optimizers.Adam(t.learning_rate),
-                      loss=keras.losses.CategoricalCrossentropy(label_smoothing=t.label_smoothing),
-                      metrics=["accuracy"])
-        return model
-
-    def _class_weights(self) -> dict[int, float] | None:
-        if not self.config.train.class_weights:
-            return None
-        ids = label_ids(self.train_records, self.labels)
-        counts = np.bincount(ids, minlength=len(self.labels))
-        return {c: float(len(ids) / (len(self.labels) * n)) if n else 0.0 for c, n in enumerate(counts)}
-
-    def _cached_features(self, model: keras.Model) -> tuple[np.ndarray, np.ndarray]:
         if self.skip_log is not None:
             raise BadInputError("train.cache_features needs every image readable (data.on_bad_input=skip given)",
                                 "set train.cache_features=false to skip unreadable files while training")
         extractor = keras.Model(model.inputs, model.get_layer(FEATURES_LAYER).output)
         cache = FeatureCache(Path(self.config.runs_dir) / "_feature_cache", extractor, self.spec, self.progress)
-        return cache.features(self.train_records), cache.features(self.val_records)
+        x_train = [cache.features(self.train_records)]
+        for copy in range(1, t.feature_copies + 1):
+            augment = build_augmenter(seed=t.seed + 100 * copy)
+            x_train.append(cache.features(self.train_records, augment, f"augment{t.seed}-{copy}"))
+        x_train = np.concatenate(x_train)
+        y_train = np.tile(self.y_train, t.feature_copies + 1)
+        x_val = cache.features(self.val_records)
+        one_hot = keras.utils.to_categorical(y_train, len(self.labels))
+        if t.balance == "sampling":
+            indices = balanced_indices(y_train, t.seed).take(len(y_train))
+            data = indices.map(lambda i: (tf.gather(x_train, i), tf.gather(one_hot, i)))
+        else:
+            data = tf.data.Dataset.from_tensor_slices((x_train, one_hot)).shuffle(len(x_train), seed=t.seed)
+        self.progress(f"[3/4] phase 1: the head on cached features ({len(x_train)} train incl. "
+                      f"{t.feature_copies} augmented cop{'y' if t.feature_copies == 1 else 'ies'}, "
+                      f"{len(x_val)} val)")
+        predict_val = lambda: head.predict(x_val, verbose=0, batch_size=256)  # noqa: E731
+        self.phase1.fit(head, data.batch(t.batch_size), t.epochs, predict_val, self.y_val,
+                        self._class_weights(y_train))
+
+    def _fit_on_images(self, model: keras.Model, epochs: int, phase: "_Phase") -> None:
+        t = self.config.train
+        augment = build_augmenter(seed=t.seed) if t.augment else None
+        data = image_dataset(self.train_records, self.spec, self.labels, t.batch_size, shuffle=True, seed=t.seed,
+                             augment=augment, skip_log=self.skip_log, balanced=t.balance == "sampling")
+        val = image_dataset(self.val_records, self.spec, None, t.batch_size, skip_log=self.skip_log)
+        predict = keras_predict_fn(model)
+        predict_val = lambda: np.concatenate([predict(x.numpy()) for x, _ in val])  # noqa: E731
+        self.progress(f"[3/4] {phase.name}: the model on images ({len(self.train_records)} train, "
+                      f"{len(self.val_records)} val, {parameter_counts(model)['trainable']:,} trainable parameters)")
+        phase.fit(model, data, epochs, predict_val, self.y_val, self._class_weights(self.y_train))
+
+    def _finetune(self, model: keras.Model) -> keras.Model:
+        """Phase 2: unfreeze the top blocks; keep phase 1's model unless validation macro-F1 improves."""
+        t = self.config.train
+        self.phase2.floor = self.phase1.state["best_score"]
+        fitted = self.phase2.resume()
+        if fitted is None:
+            unfrozen = set_backbone_trainable(model, t.finetune_blocks)
+            self.progress(f"      phase 2: fine-tuning the top {t.finetune_blocks} blocks ({unfrozen} layers)")
+            fitted = _compiled(model, t.finetune_learning_rate, t.label_smoothing)
+        if not self.phase2.state["done"]:
+            self._fit_on_images(fitted, t.finetune_epochs, self.phase2)
+        return self.phase2.best() or model
+
+    def _class_weights(self, y: np.ndarray) -> dict[int, float] | None:
+        if self.config.train.balance != "class_weights":
+            return None
+        counts = np.bincount(y, minlength=len(self.labels))
+        return {c: float(len(y) / (len(self.labels) * n)) if n else 0.0 for c, n in enumerate(counts)}
+
+
+class _Phase:
+    """One training phase: checkpoints in its own folder, resume, validation macro-F1, early stopping.
+
+    `floor`: a score to beat before anything counts as best (phase 2 must beat phase 1's best).
+    """
+
+    def __init__(self, name: str, folder: Path, patience: int, history: Path, progress: Progress):
+        self.name, self.folder, self.patience, self.history, self.progress = name, folder, patience, history, progress
+        self.floor = -1.0
+        self.state = {"epoch": -1, "best_score": -1.0, "best_epoch": -1, "wait": 0, "seconds": 0.0, "done": False}
+
+    def resume(self) -> keras.Model | None:
+        """The last checkpoint (with its optimizer state) where a previous run of this config stopped."""
+        state_file = self.folder / "state.json"
+        if not (state_file.is_file() and (self.folder / "last.keras").is_file()):
+            return None
+        self.state.update(read_json(state_file))
+        done = "finished" if self.state["done"] else f"{self.state['epoch'] + 1} epoch(s) done"
+        self.progress(f"      {self.name}: resuming from {self.folder / 'last.keras'} ({done})")
+        return keras.saving.load_model(self.folder / "last.keras")
+
+    def best(self) -> keras.Model | None:
+        path = self.folder / "best.keras"
+        return keras.saving.load_model(path) if path.is_file() else None
+
+    def fit(self, model: keras.Model, data: tf.data.Dataset, epochs: int, predict_val: Callable[[], np.ndarray],
+            y_val: np.ndarray, class_weight: dict | None) -> None:
+        self.progress(f"      {self.name}: epochs {self.state['epoch'] + 2}..{epochs}")
+        callback = _EpochCallback(self, model, predict_val, y_val)
+        start = time.perf_counter()
+        model.fit(data, epochs=epochs, initial_epoch=self.state["epoch"] + 1, verbose=2, shuffle=False,
+                  class_weight=class_weight, callbacks=[callback])
+        self.state["seconds"] += time.perf_counter() - start
+        self.state["done"] = True
+        self._write_state()
 
     def save_epoch(self, model: keras.Model, epoch: int, score: float, logs: dict) -> bool:
-        """Record an epoch; returns True when early stopping should end training."""
-        improved = score > self.state["best_score"]
-        if improved:
-            with atomic_path(self.ckpt / "best.keras", suffix=".keras") as tmp:
+        """Record an epoch; returns True when early stopping should end the phase."""
+        if score > max(self.state["best_score"], self.floor):
+            with atomic_path(self.folder / "best.keras", suffix=".keras") as tmp:
                 model.save(tmp)
             self.state.update(best_score=score, best_epoch=epoch, wait=0)
         else:
             self.state["wait"] += 1
-        with atomic_path(self.ckpt / "last.keras", suffix=".keras") as tmp:
+        with atomic_path(self.folder / "last.keras", suffix=".keras") as tmp:
             model.save(tmp)
         self.state["epoch"] = epoch
         self._append_history(epoch, logs, score)
         self._write_state()
-        return self.state["wait"] >= self.config.train.early_stopping_patience
+        return self.state["wait"] >= self.patience
 
     def _write_state(self) -> None:
-        atomic_write_json(self.ckpt / "state.json", self.state)
+        atomic_write_json(self.folder / "state.json", self.state)
 
     def _append_history(self, epoch: int, logs: dict, score: float) -> None:
-        path = self.config.run_dir / "history.csv"
-        rows = list(csv.DictReader(path.open())) if path.is_file() else []
-        rows = [r for r in rows if int(r["epoch"]) < epoch + 1]
-        row = {"epoch": epoch + 1, **{k: f"{float(v):.6f}" for k, v in logs.items()},
-               "val_macro_f1": f"{score:.6f}"}
-        rows.append(row)
+        rows = list(csv.DictReader(self.history.open())) if self.history.is_file() else []
+        rows = [r for r in rows if r["phase"] != self.name or int(r["epoch"]) < epoch + 1]
+        rows.append({"phase": self.name, "epoch": epoch + 1, **{k: f"{float(v):.6f}" for k, v in logs.items()},
+                     "val_macro_f1": f"{score:.6f}"})
         fields = list(dict.fromkeys(k for r in rows for k in r))
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=fields)
+        writer = csv.DictWriter(buffer, fieldnames=fields, restval="")
         writer.writeheader()
         writer.writerows(rows)
-        atomic_write_text(path, buffer.getvalue())
+        atomic_write_text(self.history, buffer.getvalue())
 
 
 class _EpochCallback(keras.callbacks.Callback):
-    def __init__(self, trainer: _Trainer, fit_model: keras.Model, predict_val: Callable[[], np.ndarray],
+    def __init__(self, phase: _Phase, fit_model: keras.Model, predict_val: Callable[[], np.ndarray],
                  y_val: np.ndarray):
         super().__init__()
-        self.trainer, self.fit_model, self.predict_val, self.y_val = trainer, fit_model, predict_val, y_val
+        self.phase, self.fit_model, self.predict_val, self.y_val = phase, fit_model, predict_val, y_val
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         probs = self.predict_val()
-        y_val = self.y_val[: len(probs)]
-        score = macro_f1(y_val, probs.argmax(axis=1), len(self.trainer.labels))
-        self.trainer.progress(f"      epoch {epoch + 1}: val macro-F1 {score:.4f} "
-                              f"(best {max(score, self.trainer.state['best_score']):.4f})")
-        if self.trainer.save_epoch(self.fit_model, epoch, score, logs or {}):
-            self.trainer.progress(f"      early stop: no val macro-F1 gain for "
-                                  f"{self.trainer.config.train.early_stopping_patience} epochs")
+        score = macro_f1(self.y_val[: len(probs)], probs.argmax(axis=1), probs.shape[1])
+        best = max(score, self.phase.state["best_score"], self.phase.floor)
+        self.phase.progress(f"      {self.phase.name} epoch {epoch + 1}: val macro-F1 {score:.4f} (best {best:.4f})")
+        if self.phase.save_epoch(self.fit_model, epoch, score, logs or {}):
+            self.phase.progress(f"      early stop: no val macro-F1 gain for {self.phase.patience} epochs")
             self.model.stop_training = True
 
 
@@ -262,8 +307,9 @@ class FeatureCache:
             digest.update(f"{record.source}|{stat.st_size if stat else 0}|{stat.st_mtime_ns if stat else 0}".encode())
         return digest.hexdigest()[:24]
 
-    def features(self, records: Sequence[Record]) -> np.ndarray:
-        path = self.folder / f"{self.key(records)}.npy"
+    def features(self, records: Sequence[Record], augment: Callable | None = None, variant: str = "") -> np.ndarray:
+        """Features of `records` (optionally of an augmented copy; `variant` names it in the cache key)."""
+        path = self.folder / f"{self.key(records)}{'-' + variant if variant else ''}.npy"
         if path.is_file():
             try:
                 features = np.load(path)
@@ -272,9 +318,9 @@ class FeatureCache:
                     return features
             except (OSError, ValueError):
                 pass  # a damaged cache file is recomputed
-        self.progress(f"      computing backbone features of {len(records)} images (once; cached)")
+        self.progress(f"      computing backbone features of {len(records)} images {variant} (once; cached)")
         start = time.perf_counter()
-        data = image_dataset(records, self.spec, None, 32)
+        data = image_dataset(records, self.spec, None, 32, augment=augment)
         features = np.concatenate([self.extractor.predict_on_batch(x) for x, _ in data])
         self.progress(f"      {len(records) / (time.perf_counter() - start):.1f} images/s")
         with atomic_path(path, suffix=".npy") as tmp:

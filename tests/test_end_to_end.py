@@ -30,7 +30,7 @@ def trained(tmp_path_factory):
 def test_run_folder_contents(trained):
     run = trained["run"]
     for name in ("config.yaml", "model.keras", "model_card.json", "results.json", "history.csv", "splits.csv",
-                 "checkpoints/last.keras", "checkpoints/best.keras", "checkpoints/state.json"):
+                 "checkpoints/phase1/last.keras", "checkpoints/phase1/best.keras", "checkpoints/phase1/state.json"):
         assert (run / name).is_file(), name
     results = read_json(run / "results.json")
     assert CONTRACT_METRICS <= set(results["metrics"]) and results["split"] == "test" and results["n"] > 0
@@ -47,14 +47,15 @@ def test_rerun_resumes_and_extends(trained, tmp_path):
     shutil.copytree(trained["run"], run)
     messages = []
     config = load_config(None, tiny_overrides(trained["data"], tmp_path / "runs", **{"train.epochs": "4"}))
-    state = read_json(run / "checkpoints" / "state.json")
+    state_file = run / "checkpoints" / "phase1" / "state.json"
+    state = read_json(state_file)
     state["done"] = False  # as if killed after epoch 2
-    (run / "checkpoints" / "state.json").write_text(json.dumps(state))
+    state_file.write_text(json.dumps(state))
     train(config, progress=messages.append)
     assert any("resuming from" in m and "2 epoch(s) done" in m for m in messages), messages
     assert any("epochs 3..4" in m for m in messages), messages
-    epochs = [line.split(",")[0] for line in (run / "history.csv").read_text().splitlines()[1:]]
-    assert epochs == ["1", "2", "3", "4"]
+    epochs = [line.split(",")[:2] for line in (run / "history.csv").read_text().splitlines()[1:]]
+    assert epochs == [["phase1", str(e)] for e in (1, 2, 3, 4)]
 
 
 def test_rerun_of_a_finished_run_does_not_train_again(trained, tmp_path):
@@ -152,13 +153,34 @@ def test_corrupt_image_error_and_skip(trained, tmp_path, capsys):
     assert results["n"] == 9 and results["n_skipped"] == 1 and str(bad) in results["skipped"]
 
 
-def test_gradcam_overlay(trained, tmp_path, capsys):
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "scorecam"])
+def test_gradcam_overlay(trained, tmp_path, capsys, method):
     image = next((trained["data"] / "beta").glob("*.png"))
     out = tmp_path / "cam.png"
     assert main(["gradcam", "--model", str(trained["run"]), "--image", str(image), "--out", str(out),
-                 "--method", "gradcam++"]) == 0
+                 "--method", method, "--class", "gamma"]) == 0
     assert Image.open(out).size == Image.open(image).size
-    assert "gradcam++" in capsys.readouterr().out
+    assert np.asarray(Image.open(out)).std() > 0
+    assert f"{method} for class gamma" in capsys.readouterr().out
+
+
+def test_heatmap_follows_the_evidence():
+    """Red evidence top-left, green distractor bottom-right; the class-1 score reads only the red channel:
+    Grad-CAM must light up the red region, not the green one."""
+    from fpc_keras.explain import heatmap
+    from fpc_keras.models.backbones import FEATURES_LAYER
+
+    inputs = keras.Input((32, 32, 3))
+    features = keras.layers.Identity(name=FEATURES_LAYER)(keras.layers.AveragePooling2D(8)(inputs))
+    pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Lambda(lambda t: t[:, :, :, :1])(features))
+    dense = keras.layers.Dense(2, activation="softmax")
+    model = keras.Model(inputs, dense(keras.layers.Dense(1, use_bias=False, kernel_initializer="ones")(pooled)))
+    dense.set_weights([np.array([[-0.01, 0.01]], np.float32), np.zeros(2, np.float32)])
+    image = np.zeros((32, 32, 3), np.float32)
+    image[:16, :16, 0] = 200
+    image[16:, 16:, 1] = 200
+    cam = heatmap(model, image, 1, "gradcam")
+    assert cam[:16, :16].mean() > 2 * cam[16:, 16:].mean()
 
 
 def test_report_has_every_paper_table(trained, exported, tmp_path):

@@ -63,32 +63,47 @@ def _loader(spec: ImageSpec, records: Sequence[Record], skip_log: SkipLog | None
     return load
 
 
+def balanced_indices(class_ids: np.ndarray, seed: int = 0) -> tf.data.Dataset:
+    """An endless stream of item indices in which every class is equally likely (each class's items are
+    reshuffled as they repeat): class-balanced sampling."""
+    per_class = [tf.data.Dataset.from_tensor_slices(np.flatnonzero(class_ids == c).astype(np.int64))
+                 .shuffle(int((class_ids == c).sum()), seed=seed + c, reshuffle_each_iteration=True).repeat()
+                 for c in np.unique(class_ids)]
+    return tf.data.Dataset.sample_from_datasets(per_class, seed=seed, rerandomize_each_iteration=True)
+
+
 def image_dataset(records: Sequence[Record], spec: ImageSpec, labels: Sequence[str] | None = None,
                   batch_size: int = 16, shuffle: bool = False, seed: int = 0,
                   augment: Callable | None = None, skip_log: SkipLog | None = None,
-                  with_mask: bool = False) -> tf.data.Dataset:
+                  with_mask: bool = False, balanced: bool = False) -> tf.data.Dataset:
     """Batches of (float32 images 0-255, one-hot labels) or (images, float32 masks) with `with_mask`.
 
     Without labels and masks it yields (images, record indices), so that predictions can be matched to the
-    records that were loaded (skipped files leave gaps).
+    records that were loaded (skipped files leave gaps). `balanced`: each epoch draws len(records) items with
+    every class equally likely (decoded anew each time, so no in-memory cache).
     """
     records = list(records)
     if not records:
         raise BadInputError("no records to load (empty split)", "check the dataset path and its splits")
     load = _loader(spec, records, skip_log, with_mask)
     out_types = (tf.uint8, tf.uint8, tf.bool) if with_mask else (tf.uint8, tf.bool)
-    ds = tf.data.Dataset.from_tensor_slices(np.arange(len(records), dtype=np.int64))
+    if balanced:
+        ids = label_ids(records, labels)
+        ds = balanced_indices(ids, seed).take(len(records))
+    else:
+        ds = tf.data.Dataset.from_tensor_slices(np.arange(len(records), dtype=np.int64))
     ds = ds.map(lambda i: (i, *tf.numpy_function(load, [i], out_types)), num_parallel_calls=AUTOTUNE,
                 deterministic=True)
-    ds = ds.filter(lambda i, *rest: rest[-1])
+    if skip_log is not None:
+        ds = ds.filter(lambda i, *rest: rest[-1])  # drops skipped files; the length is then unknown
     shape = (*spec.size, spec.channels)
     if with_mask:
         ds = ds.map(lambda i, x, m, ok: (i, tf.ensure_shape(x, shape), tf.ensure_shape(m, (*spec.size, 1))))
     else:
         ds = ds.map(lambda i, x, ok: (i, tf.ensure_shape(x, shape)))
-    if len(records) * int(np.prod(shape)) < CACHE_LIMIT_BYTES:
+    if not balanced and len(records) * int(np.prod(shape)) < CACHE_LIMIT_BYTES:
         ds = ds.cache()
-    if shuffle:
+    if shuffle and not balanced:
         ds = ds.shuffle(min(len(records), 4096), seed=seed, reshuffle_each_iteration=True)
     ds = ds.map(_targets(records, labels, with_mask), num_parallel_calls=AUTOTUNE)
     ds = ds.batch(batch_size)

@@ -1,0 +1,85 @@
+"""Sivasubramanian et al. 2025 reproduced: ImageNet lightweight EfficientNet + attention + 3-layer MLP.
+
+Protocol: phase 1 trains the head on cached features of the frozen backbone (plus cached augmented copies),
+an ablation over backbone x attention is chosen on validation macro-F1, and the chosen model's top blocks are
+fine-tuned (phase 2). Validation is carved from the training groups; each run's test split is used once.
+
+    python experiments/fpc_efficientnet_attention.py                       # BUSI + abdominal organs (../shared/data)
+    python experiments/fpc_efficientnet_attention.py --fetal-planes /data/FETAL_PLANES_ZENODO.zip
+    python experiments/fpc_efficientnet_attention.py --data mine=folder:/data/scans --backbones efficientnet_lite0
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from fpc_keras.experiment import choose, run_variant, write_tables
+from fpc_keras.models.backbones import native_size
+from fpc_keras.models.reference import reference_counts
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATASETS = {"busi": f"folder:{SHARED / 'BUSI'}", "abdominal": f"prefix:{SHARED / 'abdominal_organs'}"}
+BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")  # genuine ImageNet weights offline
+ATTENTIONS = ("none", "se", "cbam", "mhsa")
+BASE = ["model.name=efficientnet_attention", "model.weights=imagenet", "model.head_units=[256, 128]",
+        "model.dropout=0.3", "data.resize=pad", "data.val_fraction=0.15", "data.test_fraction=0.2",
+        "train.epochs=60", "train.batch_size=32", "train.learning_rate=0.001", "train.label_smoothing=0.1",
+        "train.balance=class_weights", "train.feature_copies=2", "train.early_stopping_patience=10", "train.seed=0"]
+FINETUNE = ["train.finetune_blocks=2", "train.finetune_epochs=12", "train.finetune_learning_rate=0.0001",
+            "train.early_stopping_patience=4"]
+FETAL_PLANES = ["data.val_fraction=0.15", "data.test_fraction=0.0"]  # official Train split; val from train patients
+
+
+def dataset_overrides(spec: str) -> list[str]:
+    kind, path = spec.split(":", 1)
+    extra = FETAL_PLANES if kind == "fetal_planes" else []
+    return [f"data.kind={kind}", f"data.path={path}", *extra]
+
+
+def run_dataset(name: str, spec: str, args: argparse.Namespace) -> dict:
+    rows = []
+    for backbone in args.backbones:
+        size = native_size(backbone)
+        for attention in args.attentions:
+            overrides = [*BASE, *dataset_overrides(spec), f"runs_dir={args.runs}", f"model.backbone={backbone}",
+                         f"model.attention={attention}", f"data.image_size=[{size}, {size}]", *args.set]
+            rows.append(run_variant(f"fpc_{name}_{backbone}_{attention}", overrides))
+    chosen = choose(rows)
+    table = {"rows": rows, "chosen": chosen["run"]}
+    if args.finetune:
+        tuned = run_variant(chosen["run"] + "_ft", [*chosen["config"], *FINETUNE])
+        rows.append(tuned)
+        table["chosen"] = choose([chosen, tuned])["run"]
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", action="append", default=[], metavar="NAME=KIND:PATH",
+                        help="datasets to run (default: BUSI and abdominal organs from ../shared/data, "
+                             "unless --fetal-planes is given)")
+    parser.add_argument("--fetal-planes", metavar="PATH", help="FETAL_PLANES_DB zip or folder: the paper's own data")
+    parser.add_argument("--backbones", nargs="+", default=list(BACKBONES))
+    parser.add_argument("--attentions", nargs="+", default=list(ATTENTIONS))
+    parser.add_argument("--no-finetune", dest="finetune", action="store_false", help="skip phase 2")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override every run")
+    parser.add_argument("--runs", default="runs")
+    args = parser.parse_args()
+    datasets = dict(item.split("=", 1) for item in args.data) or ({} if args.fetal_planes else dict(DATASETS))
+    if args.fetal_planes:
+        datasets["fetal_planes"] = f"fetal_planes:{args.fetal_planes}"
+    tables = {name: run_dataset(name, spec, args) for name, spec in datasets.items()}
+    tables["parameters"] = {"reference": reference_counts(6)}
+    print(f"\nablation table: {write_tables(Path(args.runs) / '_tables', 'fpc_efficientnet_attention', tables)}")
+    for name, table in tables.items():
+        if table.get("rows"):
+            chosen = next(r for r in table["rows"] if r["run"] == table["chosen"])
+            print(f"{name}: chosen on val {chosen['run']}: test top-1 {chosen['test']['top1']['value']:.4f}, "
+                  f"top-2 {chosen['test']['top2']['value']:.4f}, macro-F1 {chosen['test']['macro_f1']['value']:.4f}, "
+                  f"{chosen['params']['trainable']:,} trainable parameters")
+    for name, counts in tables["parameters"]["reference"].items():
+        print(f"{name}: {counts['trainable']:,} trainable")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""Shared by the experiment scripts: run a grid of configs (each a resumable run), choose on validation,
+and write the comparison table that the report and the closing notes quote."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .config import load_config
+from .io import atomic_write_json, atomic_write_text, read_json
+from .train import train
+
+Progress = Callable[[str], None]
+SHOWN = ("top1", "top2", "macro_f1")
+
+
+def run_variant(name: str, overrides: Sequence[str], progress: Progress = print) -> dict:
+    """Train (or reuse) one run and summarise it: validation score, test metrics, parameters, time."""
+    config = load_config(None, [*overrides, f"name={name}"])
+    run_dir = train(config, progress)
+    results = read_json(run_dir / "results.json")
+    phases = results.get("phases", {})
+    return {"run": name, "folder": str(run_dir), "data": results["data"], "n_test": results["n"],
+            "val_macro_f1": max((p["best_score"] for p in phases.values()), default=float("nan")),
+            "test": {k: results["metrics"][k] for k in SHOWN if k in results["metrics"]},
+            "params": results.get("params", {}), "train_seconds": results["timings"].get("train_seconds", 0.0),
+            "config": list(overrides)}
+
+
+def choose(rows: Sequence[dict]) -> dict:
+    """The best validation macro-F1; ties go to fewer trainable parameters. The test split plays no part."""
+    return max(rows, key=lambda r: (r["val_macro_f1"], -r["params"].get("trainable", 0)))
+
+
+def markdown_table(rows: Sequence[dict], chosen: str | None = None) -> str:
+    lines = ["| run | val macro-F1 | test top-1 [95 % CI] | test top-2 | test macro-F1 | trainable / total params | train s |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        t = r["test"]
+        mark = " **(chosen on val)**" if r["run"] == chosen else ""
+        lines.append(f"| {r['run']}{mark} | {r['val_macro_f1']:.4f} | {t['top1']['value']:.4f} "
+                     f"[{t['top1']['ci95'][0]:.3f}, {t['top1']['ci95'][1]:.3f}] | {t['top2']['value']:.4f} | "
+                     f"{t['macro_f1']['value']:.4f} | {r['params'].get('trainable', 0):,} / "
+                     f"{r['params'].get('total', 0):,} | {r['train_seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(folder: str | Path, experiment: str, tables: dict) -> Path:
+    """`tables`: name -> {"rows": [...], "chosen": run name, ...}; JSON for the report, markdown for people."""
+    folder = Path(folder)
+    atomic_write_json(folder / f"{experiment}.json", tables)
+    text = "".join(f"## {name}\n\n{markdown_table(t['rows'], t.get('chosen'))}\n" for name, t in tables.items()
+                   if t.get("rows"))
+    atomic_write_text(folder / f"{experiment}.md", text)
+    return folder / f"{experiment}.md"

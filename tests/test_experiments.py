@@ -1,0 +1,50 @@
+"""The experiment scripts as users run them, on the real label files with stand-in images (tiny settings)."""
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO
+from fpc_keras.data.tables import read_table
+from fpc_keras.io import read_json
+
+TINY = ["--set", "data.image_size=[32, 32]", "--set", "model.weights=none", "--set", "train.epochs=1",
+        "--set", "train.feature_copies=0", "--set", "model.head_units=[8, 8]"]
+
+
+def _fetal_planes_zip(csv_path, folder):
+    """The Zenodo archive's layout with the real CSV and small generated PNGs under the real file names."""
+    frame = read_table(csv_path.read_bytes(), "csv", ("Image_name",), sep=";")
+    archive = folder / "FETAL_PLANES_ZENODO.zip"
+    blank = Image.fromarray(np.zeros((8, 8), np.uint8))
+    png = folder / "blank.png"
+    blank.save(png)
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as z:
+        z.write(csv_path, "FETAL_PLANES_ZENODO/FETAL_PLANES_DB_data.csv")
+        for name in frame["Image_name"]:
+            z.write(png, f"FETAL_PLANES_ZENODO/Images/{name}.png")
+    return archive
+
+
+@pytest.mark.realdata
+def test_fetal_planes_command_runs_the_paper_protocol(shared_data, tmp_path):
+    archive = _fetal_planes_zip(shared_data / "FETAL_PLANES_DB" / "FETAL_PLANES_DB_data.csv", tmp_path)
+    runs = tmp_path / "runs"
+    command = [sys.executable, str(REPO / "experiments" / "fpc_efficientnet_attention.py"), "--fetal-planes",
+               str(archive), "--backbones", "efficientnet_lite0", "--attentions", "se", "--no-finetune",
+               "--runs", str(runs), *TINY]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = read_json(runs / "fpc_fetal_planes_efficientnet_lite0_se" / "results.json")
+    assert results["split"] == "test" and results["n"] == 5271  # the official test split, every image
+    card = read_json(runs / "fpc_fetal_planes_efficientnet_lite0_se" / "model_card.json")
+    assert len(card["labels"]) == 6
+    splits = card["training"]["splits"]
+    assert sum(splits["train"].values()) + sum(splits["val"].values()) == 7129
+    tables = read_json(runs / "_tables" / "fpc_efficientnet_attention.json")
+    assert tables["fetal_planes"]["chosen"] == "fpc_fetal_planes_efficientnet_lite0_se"
+    assert tables["parameters"]["reference"]["ViT-B/16 (fine-tuned end to end)"]["trainable"] == 86_567_656 - 768_000 \
+        - 1000 + 768 * 6 + 6

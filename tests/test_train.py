@@ -1,0 +1,63 @@
+"""Training recipe details: phase 2 fine-tuning, cached augmented copies, balanced sampling, the feature cache."""
+import numpy as np
+import pytest
+
+from conftest import tiny_overrides
+from fpc_keras.config import load_config
+from fpc_keras.data.pipeline import balanced_indices
+from fpc_keras.io import read_json
+from fpc_keras.train import train
+
+
+def test_balanced_indices_draw_classes_equally():
+    ids = np.array([0] * 90 + [1] * 9 + [2] * 1)
+    drawn = np.array(list(balanced_indices(ids, seed=3).take(3000).as_numpy_iterator()))
+    shares = np.bincount(ids[drawn], minlength=3) / len(drawn)
+    assert np.allclose(shares, 1 / 3, atol=0.04), shares
+
+
+def test_two_phases_with_copies_and_balanced_sampling(folder_dataset, tmp_path):
+    messages = []
+    config = load_config(None, tiny_overrides(folder_dataset, tmp_path / "runs", **{
+        "train.feature_copies": "1", "train.balance": "sampling", "train.finetune_blocks": "1",
+        "train.finetune_epochs": "2", "train.finetune_learning_rate": "0.001"}))
+    run = train(config, progress=messages.append)
+    results = read_json(run / "results.json")
+    assert set(results["phases"]) == {"phase1", "phase2"}
+    assert results["phases"]["phase2"]["epoch"] == 1
+    assert any("1 augmented copy" in m for m in messages) and any("fine-tuning the top 1 blocks" in m for m in messages)
+    phases = [line.split(",")[0] for line in (run / "history.csv").read_text().splitlines()[1:]]
+    assert phases == ["phase1", "phase1", "phase2", "phase2"]
+    # A second run of another head on the same backbone and data reuses the cached features.
+    again = []
+    train(load_config(None, tiny_overrides(folder_dataset, tmp_path / "runs", name="other",
+                                           **{"model.attention": "cbam", "train.feature_copies": "1"})),
+          progress=again.append)
+    assert sum("from the cache" in m for m in again) == 3, again  # train, its augmented copy, val
+
+
+def test_cache_key_follows_files_and_weights(folder_dataset, tmp_path):
+    import keras
+
+    from fpc_keras.data.images import ImageSpec
+    from fpc_keras.data import read_dataset
+    from fpc_keras.train import FeatureCache
+
+    records = read_dataset("folder", folder_dataset)[:4]
+    inputs = keras.Input((32, 32, 3))
+    extractor = keras.Model(inputs, keras.layers.Conv2D(2, 3)(inputs))
+    cache = FeatureCache(tmp_path, extractor, ImageSpec((32, 32)), lambda m: None)
+    key = cache.key(records)
+    with open(records[0].source, "ab") as handle:
+        handle.write(b"\0")  # the same path, other content
+    assert cache.key(records) != key
+    extractor.layers[-1].set_weights([w + 1 for w in extractor.layers[-1].get_weights()])
+    assert FeatureCache(tmp_path, extractor, ImageSpec((32, 32)), lambda m: None).model_key != cache.model_key
+
+
+@pytest.mark.parametrize("balance", ["none", "class_weights"])
+def test_uncached_training_from_images(folder_dataset, tmp_path, balance):
+    config = load_config(None, tiny_overrides(folder_dataset, tmp_path / "runs", **{
+        "train.cache_features": "false", "train.balance": balance, "train.epochs": "1"}))
+    results = read_json(train(config, progress=lambda m: None) / "results.json")
+    assert results["phases"]["phase1"]["epoch"] == 0 and results["n"] > 0
