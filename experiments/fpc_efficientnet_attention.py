@@ -25,8 +25,7 @@ BASE = ["model.name=efficientnet_attention", "model.weights=imagenet", "model.he
         "model.dropout=0.3", "data.resize=pad", "data.val_fraction=0.15", "data.test_fraction=0.2",
         "train.epochs=60", "train.batch_size=32", "train.learning_rate=0.001", "train.label_smoothing=0.1",
         "train.balance=class_weights", "train.feature_copies=2", "train.early_stopping_patience=10", "train.seed=0"]
-FINETUNE = ["train.finetune_blocks=2", "train.finetune_epochs=12", "train.finetune_learning_rate=0.0001",
-            "train.early_stopping_patience=4"]
+FINETUNE = ["train.finetune_blocks=2", "train.finetune_epochs=12", "train.finetune_learning_rate=0.0001"]
 FETAL_PLANES = ["data.val_fraction=0.15", "data.test_fraction=0.0"]  # official Train split; val from train patients
 
 

@@ -70,7 +70,7 @@ def cmd_gradcam(args: argparse.Namespace) -> None:
 
 
 def cmd_datasets(args: argparse.Namespace) -> None:
-    from .data import KINDS, parse_data_spec, prepare_records
+    from .data.datasets import KINDS, parse_data_spec, prepare_records
     from .data.records import split_counts
 
     if not args.data:

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .card import provenance, read_card
-from .data import TASK_OF_KIND, parse_data_spec, read_dataset
+from .data.datasets import TASK_OF_KIND, parse_data_spec, read_dataset
 from .data.hc18 import read_mask
 from .data.images import ImageSpec, unfit_image
 from .data.records import Record, in_split

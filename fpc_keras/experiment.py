@@ -21,23 +21,25 @@ def run_variant(name: str, overrides: Sequence[str], progress: Progress = print)
     phases = results.get("phases", {})
     return {"run": name, "folder": str(run_dir), "data": results["data"], "n_test": results["n"],
             "val_macro_f1": max((p["best_score"] for p in phases.values()), default=float("nan")),
+            "val_log_loss": min((p["best_loss"] for p in phases.values()), default=float("nan")),
             "test": {k: results["metrics"][k] for k in SHOWN if k in results["metrics"]},
             "params": results.get("params", {}), "train_seconds": results["timings"].get("train_seconds", 0.0),
             "config": list(overrides)}
 
 
 def choose(rows: Sequence[dict]) -> dict:
-    """The best validation macro-F1; ties go to fewer trainable parameters. The test split plays no part."""
-    return max(rows, key=lambda r: (r["val_macro_f1"], -r["params"].get("trainable", 0)))
+    """The best validation macro-F1, ties to the lower validation log-loss, then to fewer trainable parameters.
+    The test split plays no part."""
+    return max(rows, key=lambda r: (r["val_macro_f1"], -r["val_log_loss"], -r["params"].get("trainable", 0)))
 
 
 def markdown_table(rows: Sequence[dict], chosen: str | None = None) -> str:
-    lines = ["| run | val macro-F1 | test top-1 [95 % CI] | test top-2 | test macro-F1 | trainable / total params | train s |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| run | val macro-F1 | val log-loss | test top-1 [95 % CI] | test top-2 | test macro-F1 "
+             "| trainable / total params | train s |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         t = r["test"]
         mark = " **(chosen on val)**" if r["run"] == chosen else ""
-        lines.append(f"| {r['run']}{mark} | {r['val_macro_f1']:.4f} | {t['top1']['value']:.4f} "
+        lines.append(f"| {r['run']}{mark} | {r['val_macro_f1']:.4f} | {r['val_log_loss']:.4f} | {t['top1']['value']:.4f} "
                      f"[{t['top1']['ci95'][0]:.3f}, {t['top1']['ci95'][1]:.3f}] | {t['top2']['value']:.4f} | "
                      f"{t['macro_f1']['value']:.4f} | {r['params'].get('trainable', 0):,} / "
                      f"{r['params'].get('total', 0):,} | {r['train_seconds']:.0f} |")

@@ -29,7 +29,7 @@ import tensorflow as tf
 
 from .card import make_card, write_card
 from .config import RunConfig, config_to_dict, save_config
-from .data import TASK_OF_KIND, prepare_records
+from .data.datasets import TASK_OF_KIND, prepare_records
 from .data.augment import build_augmenter
 from .data.images import ImageSpec
 from .data.pipeline import SkipLog, balanced_indices, image_dataset, label_ids
@@ -144,7 +144,7 @@ class _Session:
         return model
 
     def summary(self) -> dict:
-        return {p.name: {k: p.state[k] for k in ("epoch", "best_epoch", "best_score", "seconds")}
+        return {p.name: {k: p.state[k] for k in ("epoch", "best_epoch", "best_score", "best_loss", "seconds")}
                 for p in (self.phase1, self.phase2) if p.state["epoch"] >= 0}
 
     def _fit_on_cache(self, model: keras.Model, head: keras.Model) -> None:
@@ -189,7 +189,7 @@ class _Session:
     def _finetune(self, model: keras.Model) -> keras.Model:
         """Phase 2: unfreeze the top blocks; keep phase 1's model unless validation macro-F1 improves."""
         t = self.config.train
-        self.phase2.floor = self.phase1.state["best_score"]
+        self.phase2.floor = (self.phase1.state["best_score"], -self.phase1.state["best_loss"])
         fitted = self.phase2.resume()
         if fitted is None:
             unfrozen = set_backbone_trainable(model, t.finetune_blocks)
@@ -209,13 +209,19 @@ class _Session:
 class _Phase:
     """One training phase: checkpoints in its own folder, resume, validation macro-F1, early stopping.
 
-    `floor`: a score to beat before anything counts as best (phase 2 must beat phase 1's best).
+    An epoch is better when its validation macro-F1 is higher, or equal with a lower validation log-loss (small
+    validation sets often tie at the same F1). `floor`: (F1, -loss) to beat before anything counts as best
+    (phase 2 must beat phase 1's best).
     """
 
     def __init__(self, name: str, folder: Path, patience: int, history: Path, progress: Progress):
         self.name, self.folder, self.patience, self.history, self.progress = name, folder, patience, history, progress
-        self.floor = -1.0
-        self.state = {"epoch": -1, "best_score": -1.0, "best_epoch": -1, "wait": 0, "seconds": 0.0, "done": False}
+        self.floor = (-1.0, -float("inf"))
+        self.state = {"epoch": -1, "best_score": -1.0, "best_loss": float("inf"), "best_epoch": -1, "wait": 0,
+                      "seconds": 0.0, "done": False}
+
+    def best_key(self) -> tuple[float, float]:
+        return max((self.state["best_score"], -self.state["best_loss"]), self.floor)
 
     def resume(self) -> keras.Model | None:
         """The last checkpoint (with its optimizer state) where a previous run of this config stopped."""
@@ -242,18 +248,18 @@ class _Phase:
         self.state["done"] = True
         self._write_state()
 
-    def save_epoch(self, model: keras.Model, epoch: int, score: float, logs: dict) -> bool:
+    def save_epoch(self, model: keras.Model, epoch: int, score: float, loss: float, logs: dict) -> bool:
         """Record an epoch; returns True when early stopping should end the phase."""
-        if score > max(self.state["best_score"], self.floor):
+        if (score, -loss) > self.best_key():
             with atomic_path(self.folder / "best.keras", suffix=".keras") as tmp:
                 model.save(tmp)
-            self.state.update(best_score=score, best_epoch=epoch, wait=0)
+            self.state.update(best_score=score, best_loss=loss, best_epoch=epoch, wait=0)
         else:
             self.state["wait"] += 1
         with atomic_path(self.folder / "last.keras", suffix=".keras") as tmp:
             model.save(tmp)
         self.state["epoch"] = epoch
-        self._append_history(epoch, logs, score)
+        self._append_history(epoch, {**logs, "val_log_loss": loss}, score)
         self._write_state()
         return self.state["wait"] >= self.patience
 
@@ -281,10 +287,13 @@ class _EpochCallback(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         probs = self.predict_val()
-        score = macro_f1(self.y_val[: len(probs)], probs.argmax(axis=1), probs.shape[1])
-        best = max(score, self.phase.state["best_score"], self.phase.floor)
-        self.phase.progress(f"      {self.phase.name} epoch {epoch + 1}: val macro-F1 {score:.4f} (best {best:.4f})")
-        if self.phase.save_epoch(self.fit_model, epoch, score, logs or {}):
+        y_val = self.y_val[: len(probs)]
+        score = macro_f1(y_val, probs.argmax(axis=1), probs.shape[1])
+        loss = float(-np.log(np.clip(probs[np.arange(len(y_val)), y_val], 1e-7, 1.0)).mean())
+        best = max(score, self.phase.best_key()[0])
+        self.phase.progress(f"      {self.phase.name} epoch {epoch + 1}: val macro-F1 {score:.4f}, log-loss "
+                            f"{loss:.4f} (best F1 {best:.4f})")
+        if self.phase.save_epoch(self.fit_model, epoch, score, loss, logs or {}):
             self.phase.progress(f"      early stop: no val macro-F1 gain for {self.phase.patience} epochs")
             self.model.stop_training = True
 

@@ -6,7 +6,7 @@ from PIL import Image, ImageDraw
 
 from fpc_keras.biometry import (Ellipse, ellipse_from_mask, ellipse_from_outline, ellipse_mask, femur_length_mm,
                                 fit_ellipse, head_circumference_mm)
-from fpc_keras.data import read_dataset
+from fpc_keras.data.datasets import read_dataset
 from fpc_keras.data.hc18 import read_mask
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fpc_keras.data import parse_data_spec, prepare_records, read_dataset
+from fpc_keras.data.datasets import parse_data_spec, prepare_records, read_dataset
 from fpc_keras.data.fetal_planes import read_fetal_planes
 from fpc_keras.data.folders import prefix_label
 from fpc_keras.data.tables import read_table

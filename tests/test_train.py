@@ -40,7 +40,7 @@ def test_cache_key_follows_files_and_weights(folder_dataset, tmp_path):
     import keras
 
     from fpc_keras.data.images import ImageSpec
-    from fpc_keras.data import read_dataset
+    from fpc_keras.data.datasets import read_dataset
     from fpc_keras.train import FeatureCache
 
     records = read_dataset("folder", folder_dataset)[:4]

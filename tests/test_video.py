@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from fpc_keras.data import read_dataset
+from fpc_keras.data.datasets import read_dataset
 from fpc_keras.data.video import clip_starts, read_video, take_clip
 from fpc_keras.errors import BadInputError
 

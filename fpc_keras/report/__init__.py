@@ -76,6 +76,32 @@ def export_rows(run: dict) -> list[dict]:
     return rows
 
 
+def experiment_tables(runs_dir: str | Path) -> list[dict]:
+    """The experiment scripts' tables (runs/_tables/*.json): ablations chosen on validation, parameter counts."""
+    tables = []
+    for path in sorted(Path(runs_dir).glob("_tables/*.json")):
+        content = read_json(path)
+        ablations = [{"name": name, "chosen": t.get("chosen"),
+                      "rows": [dict(r, cells={k: fmt(v) for k, v in r["test"].items()}) for r in t["rows"]]}
+                     for name, t in content.items() if t.get("rows")]
+        chosen_params = [(a["name"], r["params"]) for a in ablations for r in a["rows"] if r["run"] == a["chosen"]]
+        references = content.get("parameters", {}).get("reference", {})
+        tables.append({"experiment": path.stem, "ablations": ablations,
+                       "parameters": _parameter_rows(chosen_params, references)})
+    return tables
+
+
+def _parameter_rows(chosen: list[tuple[str, dict]], references: dict) -> list[dict]:
+    """Ours (chosen per dataset) beside the references, with how many times fewer trainable parameters."""
+    rows = [{"model": f"ours, chosen on {name}", "trainable": p["trainable"], "total": p["total"], "ratios": ""}
+            for name, p in chosen]
+    for model, counts in references.items():
+        ratios = ", ".join(f"{counts['trainable'] / r['trainable']:.0f}x vs ours on {r['model'].split()[-1]}"
+                           for r in rows[: len(chosen)] if r["trainable"])
+        rows.append({"model": model, "trainable": counts["trainable"], "total": counts["total"], "ratios": ratios})
+    return rows
+
+
 def build_report(runs_dir: str | Path = "runs", out: str | Path = "reports/index.html") -> Path:
     runs = collect_runs(runs_dir)
     for run in runs:
@@ -84,6 +110,7 @@ def build_report(runs_dir: str | Path = "runs", out: str | Path = "reports/index
                                if isinstance(value, dict) and "value" in value}
     environment = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE.parent), autoescape=False)
     environment.filters["e"] = html.escape
-    page = environment.get_template(TEMPLATE.name).render(tables=comparison_tables(runs), runs=runs)
+    page = environment.get_template(TEMPLATE.name).render(tables=comparison_tables(runs), runs=runs,
+                                                          experiments=experiment_tables(runs_dir))
     atomic_write_text(out, page)
     return Path(out)

@@ -1,0 +1,66 @@
+"""Dataset kinds and their readers: every kind returns a list of `Record`s; `KIND:PATH` names a dataset on the
+command line. No TensorFlow here: the readers serve the trainer and the evaluator alike.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import BadInputError
+from .fetal_planes import read_fetal_planes
+from .folders import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, read_folder, read_prefix
+from .hc18 import read_hc18
+from .records import Record, assign_folds, assign_splits, validate_splits
+
+KINDS = {
+    "fetal_planes": "FETAL_PLANES_DB folder (CSV + Images/) or its Zenodo zip; official Train split",
+    "folder": "one sub-folder per class",
+    "prefix": "class = file-name prefix before the first '-' or '_' (case-insensitive, aliases allowed)",
+    "hc18": "HC18 layout: training_set/ + training_set_pixel_size_and_HC.csv",
+    "videos": "video files, class by sub-folder (one per class) or else by file-name prefix",
+}
+TASK_OF_KIND = {"fetal_planes": "classification", "folder": "classification", "prefix": "classification",
+                "hc18": "segmentation", "videos": "video"}
+
+
+def parse_data_spec(spec: str) -> tuple[str, str]:
+    """`prefix:/data/abdomen` -> ("prefix", "/data/abdomen")."""
+    kind, sep, path = spec.partition(":")
+    if not sep or kind not in KINDS:
+        raise BadInputError(f"data spec {spec!r} is not KIND:PATH with a known KIND",
+                            "KIND is one of: " + "; ".join(f"{k} ({v})" for k, v in KINDS.items()))
+    return kind, path
+
+
+def read_dataset(kind: str, path: str | Path, aliases: dict[str, str] | None = None) -> list[Record]:
+    """All records of a dataset, with official splits where the dataset has them."""
+    if kind == "fetal_planes":
+        return read_fetal_planes(path)
+    if kind == "folder":
+        return read_folder(path, IMAGE_EXTENSIONS, aliases=aliases)
+    if kind == "prefix":
+        return read_prefix(path, IMAGE_EXTENSIONS, aliases=aliases)
+    if kind == "hc18":
+        return read_hc18(path)
+    if kind == "videos":
+        return _read_videos(Path(path), aliases)
+    raise BadInputError(f"unknown data kind {kind!r}", f"use one of {', '.join(KINDS)}")
+
+
+def _read_videos(root: Path, aliases: dict[str, str] | None) -> list[Record]:
+    """Class folders where the top-level sub-folders name classes with prefix-less files, else prefixes."""
+    try:
+        return read_prefix(root, VIDEO_EXTENSIONS, group_rule="stem", aliases=aliases)
+    except BadInputError:
+        return read_folder(root, VIDEO_EXTENSIONS, group_rule="stem", aliases=aliases)
+
+
+def prepare_records(kind: str, path: str | Path, val_fraction: float, test_fraction: float, seed: int,
+                    aliases: dict[str, str] | None = None, folds: int = 0, fold: int = 0) -> list[Record]:
+    """Read, split by group (keeping official splits), and check that no group straddles splits."""
+    records = read_dataset(kind, path, aliases)
+    if folds:
+        records = assign_folds(records, folds, fold, val_fraction, seed)
+    else:
+        records = assign_splits(records, val_fraction, test_fraction, seed)
+    validate_splits(records)
+    return records
