@@ -27,9 +27,10 @@ def make_card(name: str, task: str, labels: list[str], image_size: tuple[int, in
         "input": {"shape": [1, height, width, 3 if channels == 3 else channels], "dtype": "float32",
                   "value_range": [0, 255], "layout": "NHWC", "channels": "RGB" if channels == 3 else "gray"},
         "preprocessing": {"image_size": [height, width], "channels": channels, "resize": resize,
-                          "note": "decode, convert to RGB (gray copied to 3 channels), resize with `resize` "
-                                  "(pad: keep aspect, pad black, centred; crop: keep aspect, centre crop), "
-                                  "bilinear, float 0-255; the model normalises internally"},
+                          "note": "decode, convert to RGB (gray copied to 3 channels), resize bilinearly by `resize` "
+                                  "(pad: keep aspect, black bars, centred; crop: keep aspect, centre crop; stretch; "
+                                  "stretch_crop: stretch to size/0.875, centre crop), float 0-255; the model "
+                                  "normalises internally"},
         "output": "softmax probabilities over `labels`" if task != "segmentation" else "per-pixel probability",
         "model": model,
         "params": params,

@@ -18,7 +18,7 @@ from .errors import BadInputError
 from .io import atomic_write_text
 
 DATA_KINDS = ("fetal_planes", "folder", "prefix", "hc18", "videos")
-RESIZE_MODES = ("pad", "crop", "stretch")
+RESIZE_MODES = ("pad", "crop", "stretch", "stretch_crop")
 ON_BAD_INPUT = ("error", "skip")
 BALANCE_MODES = ("none", "class_weights", "sampling")
 
@@ -66,6 +66,8 @@ class ModelConfig:
     head_units: tuple[int, ...] = (256, 128)
     dropout: float = 0.3
     batch_norm: bool = True
+    # frozen_features: `flatten` keeps the conv5 map unpooled (the paper), `avg` pools it.
+    pooling: str = "flatten"
     num_classes: int = 0
 
     def validate(self) -> None:

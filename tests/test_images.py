@@ -83,7 +83,7 @@ def test_zip_member(tmp_path):
         read_image(f"{archive}::Images/y.png")
 
 
-@pytest.mark.parametrize("mode", ["pad", "crop", "stretch"])
+@pytest.mark.parametrize("mode", ["pad", "crop", "stretch", "stretch_crop"])
 def test_fit_and_unfit_round_trip(mode):
     image = np.zeros((60, 100, 1), np.uint8)
     image[20:40, 30:70] = 255
@@ -99,6 +99,14 @@ def test_pad_keeps_aspect_and_centres():
     image = np.full((10, 40, 3), 200, np.uint8)
     fitted = fit_image(image, (40, 40), "pad")
     assert fitted[0, 20].sum() == 0 and fitted[20, 20, 0] == 200  # black bars top and bottom
+
+
+def test_stretch_crop_is_the_256_to_224_protocol():
+    image = np.zeros((300, 500, 1), np.uint8)
+    image[:, 250:] = 255  # right half bright
+    fitted = fit_image(image, (224, 224), "stretch_crop")
+    # stretched to 256x256 then the central 224 kept: the bright half starts at column 128 - 16 = 112
+    assert fitted[100, 110, 0] < 50 and fitted[100, 114, 0] > 200
 
 
 def test_image_spec_loads_to_model_grid(tmp_path):

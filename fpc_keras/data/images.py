@@ -88,22 +88,33 @@ def _to_uint8(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
-def fit_image(array: np.ndarray, size: tuple[int, int], mode: str = "pad",
-              resample: int = Image.BILINEAR) -> np.ndarray:
-    """Resize HxWxC uint8 to `size` (height, width): `pad` keeps aspect and pads with black (centred),
-    `crop` keeps aspect and centre-crops, `stretch` ignores aspect."""
-    height, width = size
-    channels = array.shape[2]
-    image = Image.fromarray(array[:, :, 0] if channels == 1 else array)
+CROP_FRACTION = 0.875  # 224 of 256: the ImageNet evaluation crop, and Cheng & Malhi's protocol
+
+
+def _geometry(source: tuple[int, int], size: tuple[int, int], mode: str) -> tuple[int, int, int, int]:
+    """(resized width, resized height, left, top): the source is resized, then placed at (left, top) on the
+    output canvas (negative offsets crop). `pad` keeps aspect with black bars, `crop` keeps aspect and
+    centre-crops, `stretch` ignores aspect, `stretch_crop` stretches to size / 0.875 and centre-crops."""
+    (src_h, src_w), (height, width) = source, size
     if mode == "stretch":
-        out = image.resize((width, height), resample)
+        new_w, new_h = width, height
+    elif mode == "stretch_crop":
+        new_w, new_h = round(width / CROP_FRACTION), round(height / CROP_FRACTION)
     else:
-        src_h, src_w = array.shape[:2]
         scale = (min if mode == "pad" else max)(height / src_h, width / src_w)
         new_w, new_h = max(1, round(src_w * scale)), max(1, round(src_h * scale))
-        resized = image.resize((new_w, new_h), resample)
-        out = Image.new(resized.mode, (width, height))
-        out.paste(resized, ((width - new_w) // 2, (height - new_h) // 2))
+    return new_w, new_h, (width - new_w) // 2, (height - new_h) // 2
+
+
+def fit_image(array: np.ndarray, size: tuple[int, int], mode: str = "pad",
+              resample: int = Image.BILINEAR) -> np.ndarray:
+    """Resize HxWxC uint8 to `size` (height, width) by `mode` (see `_geometry`)."""
+    height, width = size
+    image = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
+    new_w, new_h, left, top = _geometry(array.shape[:2], size, mode)
+    resized = image.resize((new_w, new_h), resample)
+    out = Image.new(resized.mode, (width, height))
+    out.paste(resized, (left, top))
     result = np.asarray(out)
     return result[:, :, None] if result.ndim == 2 else result
 
@@ -124,18 +135,10 @@ def unfit_image(array: np.ndarray, original: tuple[int, int], mode: str = "pad",
                 resample: int = Image.BILINEAR) -> np.ndarray:
     """Map a model-size HxW(xC) array (a mask or heat map) back onto the original image's pixel grid:
     the inverse of `fit_image` (padding removed, or the cropped margin left at zero)."""
-    height, width = array.shape[:2]
-    src_h, src_w = original
     squeeze = array.ndim == 2
     plane = array.astype(np.float32) if squeeze else array[:, :, 0].astype(np.float32)
-    image = Image.fromarray(plane, mode="F")
-    if mode == "stretch":
-        out = np.asarray(image.resize((src_w, src_h), resample))
-    else:
-        scale = (min if mode == "pad" else max)(height / src_h, width / src_w)
-        new_w, new_h = max(1, round(src_w * scale)), max(1, round(src_h * scale))
-        left, top = (width - new_w) // 2, (height - new_h) // 2
-        canvas = Image.new("F", (new_w, new_h))
-        canvas.paste(image, (-left, -top))
-        out = np.asarray(canvas.resize((src_w, src_h), resample))
+    new_w, new_h, left, top = _geometry(original, array.shape[:2], mode)
+    canvas = Image.new("F", (new_w, new_h))
+    canvas.paste(Image.fromarray(plane, mode="F"), (-left, -top))
+    out = np.asarray(canvas.resize((original[1], original[0]), resample))
     return out if squeeze else out[:, :, None]

@@ -12,6 +12,8 @@ from pathlib import Path
 import keras
 
 from ..errors import BadInputError
+from .caffenet import INPUT_SIZE as CAFFENET_SIZE
+from .caffenet import caffenet_features, load_caffenet_weights
 from .efficientnet_lite import LITE_VARIANTS, efficientnet_lite_features, load_lite_weights
 from .layers import CaffePreprocess
 from .weights import read_vgg16_onnx
@@ -20,7 +22,7 @@ KERAS_APPS = {"efficientnet_b0": ("EfficientNetB0", 224), "efficientnet_b1": ("E
               "efficientnet_b2": ("EfficientNetB2", 260), "efficientnet_b3": ("EfficientNetB3", 300),
               "efficientnet_v2_b0": ("EfficientNetV2B0", 224), "vgg16": ("VGG16", 224)}
 LITE = {f"efficientnet_lite{v}": v for v in LITE_VARIANTS}
-BACKBONES = tuple(KERAS_APPS) + tuple(LITE)
+BACKBONES = tuple(KERAS_APPS) + tuple(LITE) + ("caffenet",)
 FEATURES_LAYER = "backbone_features"
 VGG16_NOTOP = Path("~/.keras/models/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5").expanduser()
 OFFLINE_FIX = ("put the Keras weight file in ~/.keras/models/ (it is used when present), pass model.weights=/path/"
@@ -30,6 +32,8 @@ OFFLINE_FIX = ("put the Keras weight file in ~/.keras/models/ (it is used when p
 def native_size(name: str) -> int:
     """The resolution the ImageNet weights were trained at."""
     _check_name(name)
+    if name == "caffenet":
+        return CAFFENET_SIZE
     return KERAS_APPS[name][1] if name in KERAS_APPS else LITE_VARIANTS[LITE[name]][2]
 
 
@@ -50,6 +54,8 @@ def apply_backbone(inputs, name: str, weights: str = "imagenet"):
             load_lite_weights(model, LITE[name], weights)
     elif name == "vgg16":
         features = _vgg16(inputs, weights)
+    elif name == "caffenet":
+        features = _caffenet(inputs, weights)
     else:
         features = _keras_app(inputs, name, weights).output
     return keras.layers.Identity(name=FEATURES_LAYER)(features)
@@ -82,6 +88,18 @@ def _vgg16(inputs, weights: str):
     return base.output
 
 
+def _caffenet(inputs, weights: str):
+    """No ImageNet CaffeNet weights exist offline: `imagenet` asks for the user's converted file."""
+    if weights == "imagenet":
+        raise BadInputError("no genuine CaffeNet ImageNet weights are installable here",
+                            "convert bvlc_reference_caffenet.caffemodel (README: CaffeNet weights) and pass "
+                            "model.weights=/path/caffenet.npy, or use model.weights=none / backbone vgg16")
+    features = caffenet_features(inputs)
+    if weights != "none":
+        load_caffenet_weights(keras.Model(keras.utils.get_source_inputs(inputs), features), weights)
+    return features
+
+
 def backbone_layers(model: keras.Model) -> list[keras.layers.Layer]:
     """Layers from the input up to `backbone_features` (Functional keeps layers in topological order)."""
     names = [layer.name for layer in model.layers]
@@ -90,7 +108,7 @@ def backbone_layers(model: keras.Model) -> list[keras.layers.Layer]:
     return [l for l in model.layers[: names.index(FEATURES_LAYER) + 1] if not isinstance(l, keras.layers.InputLayer)]
 
 
-BLOCK = re.compile(r"^(block\d+[a-z]?)_")
+BLOCK = re.compile(r"^(block\d+[a-z]?_|conv\d)")
 
 
 def set_backbone_trainable(model: keras.Model, top_blocks: int | None) -> int:

@@ -48,13 +48,17 @@ def comparison_tables(runs: list[dict]) -> list[dict]:
     for key, paper in PAPERS.items():
         names = list(paper["metrics"])
         rows = [{"who": "paper", "data": paper["data"], "n": "", "cells": [f"{paper['metrics'][m]:.4f}" for m in names]}]
+        rows += [{"who": who, "data": paper["data"], "n": "",
+                  "cells": [f"{values[m]:.4f}" if m in values else "–" for m in names]}
+                 for who, values in paper.get("references", {}).items()]
         for run in runs:
             if run["paper"] == key:
                 metrics = run["results"]["metrics"]
                 rows.append({"who": run["name"], "data": f"{run['results']['data']} ({run['results']['split']})",
                              "n": run["results"]["n"], "cells": [fmt(metrics.get(m)) for m in names]})
         tables.append({"key": key, "title": paper["title"], "notes": paper.get("notes", ""), "metrics": names,
-                       "lower": [m in LOWER_IS_BETTER for m in names], "rows": rows, "measured": len(rows) > 1})
+                       "lower": [m in LOWER_IS_BETTER for m in names], "rows": rows,
+                       "measured": any(r["who"] != "paper" and r["n"] != "" for r in rows)})
     return tables
 
 

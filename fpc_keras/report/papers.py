@@ -12,7 +12,9 @@ PAPERS = {
         "title": "Cheng & Malhi 2017: frozen CaffeNet / VGG16 features, retrained FC layers (J Digit Imaging 30)",
         "data": "private abdominal ultrasound, 11 classes, 4,094 train / 1,423 test images, split by study",
         "metrics": {"top1": 0.779, "top2": 0.897},
-        "notes": "VGG16 figures; CaffeNet 77.3 % / 90.4 %; a radiologist 71.7 % top-1",
+        "references": {"CaffeNet (paper)": {"top1": 0.773, "top2": 0.904}, "radiologist (paper)": {"top1": 0.717}},
+        "notes": "VGG16 figures in the first row. No genuine CaffeNet weights are installable here: any CaffeNet "
+                 "row of ours uses weights the user converted, or none.",
     },
     "fetalnet": {
         "title": "Płotka et al.: FetalNet, multi-task U-Net for fetal biometry (arXiv 2107.06943)",

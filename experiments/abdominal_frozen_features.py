@@ -1,0 +1,66 @@
+"""Cheng & Malhi 2017 reproduced: frozen ImageNet conv layers as a fixed feature extractor, FC layers retrained.
+
+Protocol: images stretched to 256x256 and centre-cropped to 224 (`data.resize: stretch_crop`); training also sees
+cached augmented copies (random rotation, scale/shift crops, gain, speckle); groups (studies, patients) never
+straddle splits; heads compared on validation, test used once: the paper's FC 4096-4096 on unpooled conv5
+features, a light 512-unit head, and a linear classifier on pooled features (the floor).
+
+    python experiments/abdominal_frozen_features.py                        # abdominal organs + BUSI (../shared/data)
+    python experiments/abdominal_frozen_features.py --data mine=prefix:/data/abdomen --data other=folder:/data/x
+    python experiments/abdominal_frozen_features.py --fetal-planes /data/FETAL_PLANES_ZENODO.zip
+    python experiments/abdominal_frozen_features.py --backbone caffenet --set model.weights=/path/caffenet.npy
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from fpc_keras.experiment import choose, run_variant, write_tables
+from fpc_keras.models.backbones import native_size
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATASETS = {"abdominal": f"prefix:{SHARED / 'abdominal_organs'}", "busi": f"folder:{SHARED / 'BUSI'}"}
+HEADS = {
+    "paper_fc4096": ["model.pooling=flatten", "model.head_units=[4096, 4096]", "model.dropout=0.5",
+                     "train.learning_rate=0.0001"],
+    "light_fc512": ["model.pooling=avg", "model.head_units=[512]", "model.dropout=0.5", "train.learning_rate=0.001"],
+    "linear": ["model.pooling=avg", "model.head_units=[]", "model.dropout=0.2", "train.learning_rate=0.003"],
+}
+BASE = ["model.name=frozen_features", "model.weights=imagenet", "data.resize=stretch_crop",
+        "data.val_fraction=0.15", "data.test_fraction=0.2", "train.epochs=40", "train.batch_size=32",
+        "train.balance=class_weights", "train.feature_copies=2", "train.early_stopping_patience=8", "train.seed=0"]
+FETAL_PLANES = ["data.test_fraction=0.0"]  # official Train split; validation patients carved from it
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", action="append", default=[], metavar="NAME=KIND:PATH",
+                        help="datasets (default: abdominal organs and BUSI from ../shared/data, unless --fetal-planes)")
+    parser.add_argument("--fetal-planes", metavar="PATH", help="FETAL_PLANES_DB zip or folder (public baseline)")
+    parser.add_argument("--backbone", default="vgg16", choices=("vgg16", "caffenet"))
+    parser.add_argument("--heads", nargs="+", default=list(HEADS), choices=list(HEADS))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override every run")
+    parser.add_argument("--runs", default="runs")
+    args = parser.parse_args()
+    datasets = dict(item.split("=", 1) for item in args.data) or ({} if args.fetal_planes else dict(DATASETS))
+    if args.fetal_planes:
+        datasets["fetal_planes"] = f"fetal_planes:{args.fetal_planes}"
+    size = native_size(args.backbone)
+    tables = {}
+    for name, spec in datasets.items():
+        kind, path = spec.split(":", 1)
+        rows = [run_variant(f"cm_{name}_{args.backbone}_{head}",
+                            [*BASE, f"data.kind={kind}", f"data.path={path}", f"data.image_size=[{size}, {size}]",
+                             f"model.backbone={args.backbone}", f"runs_dir={args.runs}", *HEADS[head],
+                             *(FETAL_PLANES if kind == "fetal_planes" else []), *args.set])
+                for head in args.heads]
+        tables[name] = {"rows": rows, "chosen": choose(rows)["run"]}
+    print(f"\ntable: {write_tables(Path(args.runs) / '_tables', f'frozen_features_{args.backbone}', tables)}")
+    for name, table in tables.items():
+        chosen = next(r for r in table["rows"] if r["run"] == table["chosen"])
+        print(f"{name}: chosen on val {chosen['run']}: test top-1 {chosen['test']['top1']['value']:.4f}, "
+              f"top-2 {chosen['test']['top2']['value']:.4f} (n={chosen['n_test']})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Cheng & Malhi 2017: the convolutional layers of an ImageNet network as a fixed feature extractor, and the
+fully connected layers retrained (FC 4096-4096-N with dropout, on the unpooled conv5 features).
+
+    image (RGB 0-255) -> VGG16 / CaffeNet conv layers (frozen) -> backbone_features -> head: flatten (or
+    average-pool) -> [dropout -> Dense + ReLU] x len(head_units) -> dropout -> softmax
+
+`model.head_units: [4096, 4096]` is the paper's head; lighter heads (e.g. `[512]`, `model.pooling: avg`) are
+options. The head is a nested model named `head`, so training runs on cached features.
+"""
+from __future__ import annotations
+
+import keras
+
+from ..config import RunConfig
+from ..errors import BadInputError
+from .backbones import apply_backbone
+
+BACKBONES = ("vgg16", "caffenet")
+
+
+def build_fc_head(feature_shape: tuple[int, ...], num_classes: int, units: tuple[int, ...] = (4096, 4096),
+                  dropout: float = 0.5, pooling: str = "flatten") -> keras.Model:
+    inputs = keras.Input(feature_shape, name="feature_map")
+    if pooling == "flatten":
+        x = keras.layers.Flatten(name="flatten")(inputs)
+    elif pooling == "avg":
+        x = keras.layers.GlobalAveragePooling2D(name="pool")(inputs)
+    else:
+        raise BadInputError(f"model.pooling is {pooling!r}", "use flatten (the paper) or avg")
+    for i, width in enumerate(units, start=6):  # fc6, fc7 as in the paper's networks
+        x = keras.layers.Dropout(dropout, name=f"fc{i}_dropout")(x)
+        x = keras.layers.Dense(width, activation="relu", name=f"fc{i}")(x)
+    x = keras.layers.Dropout(dropout, name="classifier_dropout")(x)
+    return keras.Model(inputs, keras.layers.Dense(num_classes, activation="softmax", name="classifier")(x),
+                       name="head")
+
+
+def build_frozen_feature_classifier(config: RunConfig) -> keras.Model:
+    m = config.model
+    if m.backbone not in BACKBONES:
+        raise BadInputError(f"frozen_features uses {BACKBONES}, not {m.backbone!r}", "set model.backbone")
+    if m.num_classes < 2:
+        raise ValueError("model.num_classes must be set (>= 2) before building")
+    height, width = config.data.image_size
+    inputs = keras.Input((height, width, 3), name="image")
+    features = apply_backbone(inputs, m.backbone, m.weights)
+    head = build_fc_head(tuple(features.shape[1:]), m.num_classes, m.head_units, m.dropout, m.pooling)
+    return keras.Model(inputs, head(features), name=f"{m.backbone}_frozen_features")

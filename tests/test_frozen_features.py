@@ -1,0 +1,113 @@
+"""Cheng & Malhi's frozen-feature classifier: VGG16 / CaffeNet builders, CaffeNet weight conversion, LRN."""
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from fpc_keras.config import load_config
+from fpc_keras.errors import BadInputError
+from fpc_keras.export import convert
+from fpc_keras.litert import TFLiteModel
+from fpc_keras.models import build_model, parameter_counts
+from fpc_keras.models.backbones import set_backbone_trainable
+from fpc_keras.models.caffenet import LocalResponseNorm, caffenet_features
+
+CAFFENET_SHAPES = {"conv1": (11, 11, 3, 96), "conv2": (5, 5, 48, 256), "conv3": (3, 3, 256, 384),
+                   "conv4": (3, 3, 192, 384), "conv5": (3, 3, 192, 256)}
+
+
+def _config(backbone, size, *extra):
+    return load_config(None, ["model.name=frozen_features", f"model.backbone={backbone}", "model.weights=none",
+                              "model.num_classes=4", f"data.image_size=[{size}, {size}]", "model.dropout=0.5",
+                              *extra])
+
+
+@pytest.mark.parametrize("pooling, units", [("flatten", "[4096, 4096]"), ("avg", "[64]")])
+def test_vgg16_frozen_feature_classifier(pooling, units):
+    model = build_model(_config("vgg16", 64, f"model.pooling={pooling}", f"model.head_units={units}"))
+    names = [layer.name for layer in model.get_layer("head").layers]
+    assert "classifier" in names and ("flatten" in names) == (pooling == "flatten")
+    if units == "[4096, 4096]":
+        assert {"fc6", "fc7"} <= set(names)
+        fc6 = model.get_layer("head").get_layer("fc6")
+        assert fc6.kernel.shape == (2 * 2 * 512, 4096)  # unpooled conv5 features of a 64x64 input
+    set_backbone_trainable(model, 0)
+    assert parameter_counts(model)["trainable"] == parameter_counts(model.get_layer("head"))["total"]
+    assert np.asarray(model(np.zeros((1, 64, 64, 3), "float32"))).shape == (1, 4)
+
+
+def test_caffenet_shapes_and_top_block_unfreezing():
+    model = build_model(_config("caffenet", 227, "model.head_units=[32, 32]"))
+    assert model.get_layer("pool5").output.shape[1:] == (6, 6, 256)
+    for name, shape in CAFFENET_SHAPES.items():
+        assert tuple(model.get_layer(name).kernel.shape) == shape
+    set_backbone_trainable(model, 1)
+    trainable = {layer.name for layer in model.layers if layer.trainable and layer.weights}
+    assert "conv5" in trainable and "conv4" not in trainable
+
+
+def test_caffenet_imagenet_needs_a_converted_file():
+    with pytest.raises(BadInputError, match="no genuine CaffeNet"):
+        build_model(_config("caffenet", 227, "model.weights=imagenet"))
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz"])
+def test_converted_caffenet_weights_load_and_compute(tmp_path, suffix):
+    """A synthetic file in caffe-tensorflow's layout: loaded into the right layers, conv1 computes Caffe's
+    convolution on the mean-subtracted BGR image."""
+    rng = np.random.default_rng(0)
+    weights = {n: {"weights": rng.normal(0, 0.01, s).astype("float32"), "biases": rng.normal(0, 0.1, s[-1]).astype("float32")}
+               for n, s in CAFFENET_SHAPES.items()}
+    path = tmp_path / f"caffenet{suffix}"
+    if suffix == ".npy":
+        np.save(path, weights, allow_pickle=True)
+    else:
+        np.savez(path, **{f"{n}/{k}": v for n, d in weights.items() for k, v in d.items()})
+    model = build_model(_config("caffenet", 227, f"model.weights={path}", "model.head_units=[8]"))
+    np.testing.assert_array_equal(model.get_layer("conv4").get_weights()[0], weights["conv4"]["weights"])
+    image = rng.uniform(0, 255, (1, 227, 227, 3)).astype("float32")
+    conv1 = keras.Model(model.inputs, model.get_layer("conv1").output)(image)
+    bgr = image[..., ::-1] - np.array([103.939, 116.779, 123.68], "float32")
+    expected = tf.nn.relu(tf.nn.conv2d(bgr, weights["conv1"]["weights"], 4, "VALID") + weights["conv1"]["biases"])
+    np.testing.assert_allclose(np.asarray(conv1), np.asarray(expected), atol=1e-3)
+
+
+def test_wrong_weight_file_is_refused(tmp_path):
+    path = tmp_path / "other.npz"
+    np.savez(path, **{"conv1/weights": np.zeros((3, 3, 3, 8)), "conv1/biases": np.zeros(8)})
+    with pytest.raises(BadInputError, match="not a converted CaffeNet"):
+        build_model(_config("caffenet", 227, f"model.weights={path}"))
+
+
+def test_lrn_matches_caffe_formula():
+    x = np.random.default_rng(1).uniform(0, 50, (1, 2, 2, 9)).astype("float32")
+    out = np.asarray(LocalResponseNorm(size=5, alpha=1e-4, beta=0.75)(x))
+    squared = np.pad(x ** 2, ((0, 0), (0, 0), (0, 0), (2, 2)))
+    window = sum(squared[..., i:i + 9] for i in range(5))
+    np.testing.assert_allclose(out, x / (1 + 1e-4 / 5 * window) ** 0.75, rtol=1e-5)
+
+
+def test_caffenet_tflite_parity(tmp_path):
+    """Grouped convolutions and LRN convert to builtin TFLite ops and compute the same features."""
+    inputs = keras.Input((227, 227, 3))
+    model = keras.Model(inputs, caffenet_features(inputs))
+    x = np.random.default_rng(2).uniform(0, 255, (2, 227, 227, 3)).astype("float32")
+    path = tmp_path / "caffenet.tflite"
+    path.write_bytes(convert(model, "fp32"))
+    tflite = TFLiteModel(path)
+    reference = np.asarray(model(x))
+    assert np.abs(tflite(x) - reference).max() <= 1e-4 * max(1.0, np.abs(reference).max())
+
+
+def test_frozen_feature_training_on_cached_features(folder_dataset, tmp_path):
+    from conftest import tiny_overrides
+    from fpc_keras.io import read_json
+    from fpc_keras.train import train
+
+    overrides = tiny_overrides(folder_dataset, tmp_path / "runs", **{
+        "model.name": "frozen_features", "model.backbone": "vgg16", "model.head_units": "[]",
+        "model.pooling": "avg", "data.resize": "stretch_crop", "train.feature_copies": "1"})
+    run = train(load_config(None, overrides), progress=lambda m: None)
+    card = read_json(run / "model_card.json")
+    assert card["model"]["name"] == "frozen_features" and card["preprocessing"]["resize"] == "stretch_crop"
+    assert card["params"]["trainable"] == 512 * 3 + 3  # a linear classifier on pooled conv5 features
