@@ -15,11 +15,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fpc_keras.experiment import choose, run_variant, write_tables
+from fpc_keras.experiment import (SHARED_DATA, add_common_arguments, choose, chosen_datasets, print_chosen,
+                                  run_variant, write_tables)
 from fpc_keras.models.backbones import native_size
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-DATASETS = {"abdominal": f"prefix:{SHARED / 'abdominal_organs'}", "busi": f"folder:{SHARED / 'BUSI'}"}
+DATASETS = {"abdominal": f"prefix:{SHARED_DATA / 'abdominal_organs'}", "busi": f"folder:{SHARED_DATA / 'BUSI'}"}
 HEADS = {
     "paper_fc4096": ["model.pooling=flatten", "model.head_units=[4096, 4096]", "model.dropout=0.5",
                      "train.learning_rate=0.0001"],
@@ -34,17 +34,11 @@ FETAL_PLANES = ["data.test_fraction=0.0"]  # official Train split; validation pa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", action="append", default=[], metavar="NAME=KIND:PATH",
-                        help="datasets (default: abdominal organs and BUSI from ../shared/data, unless --fetal-planes)")
-    parser.add_argument("--fetal-planes", metavar="PATH", help="FETAL_PLANES_DB zip or folder (public baseline)")
+    add_common_arguments(parser, DATASETS)
     parser.add_argument("--backbone", default="vgg16", choices=("vgg16", "caffenet"))
     parser.add_argument("--heads", nargs="+", default=list(HEADS), choices=list(HEADS))
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override every run")
-    parser.add_argument("--runs", default="runs")
     args = parser.parse_args()
-    datasets = dict(item.split("=", 1) for item in args.data) or ({} if args.fetal_planes else dict(DATASETS))
-    if args.fetal_planes:
-        datasets["fetal_planes"] = f"fetal_planes:{args.fetal_planes}"
+    datasets = chosen_datasets(args, DATASETS)
     size = native_size(args.backbone)
     tables = {}
     for name, spec in datasets.items():
@@ -56,10 +50,7 @@ def main() -> None:
                 for head in args.heads]
         tables[name] = {"rows": rows, "chosen": choose(rows)["run"]}
     print(f"\ntable: {write_tables(Path(args.runs) / '_tables', f'frozen_features_{args.backbone}', tables)}")
-    for name, table in tables.items():
-        chosen = next(r for r in table["rows"] if r["run"] == table["chosen"])
-        print(f"{name}: chosen on val {chosen['run']}: test top-1 {chosen['test']['top1']['value']:.4f}, "
-              f"top-2 {chosen['test']['top2']['value']:.4f} (n={chosen['n_test']})")
+    print_chosen(tables)
 
 
 if __name__ == "__main__":

@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fpc_keras.experiment import choose, run_variant, write_tables
+from fpc_keras.experiment import (SHARED_DATA, add_common_arguments, choose, chosen_datasets, print_chosen,
+                                  run_variant, write_tables)
 from fpc_keras.models.backbones import native_size
 from fpc_keras.models.reference import reference_counts
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-DATASETS = {"busi": f"folder:{SHARED / 'BUSI'}", "abdominal": f"prefix:{SHARED / 'abdominal_organs'}"}
+DATASETS = {"busi": f"folder:{SHARED_DATA / 'BUSI'}", "abdominal": f"prefix:{SHARED_DATA / 'abdominal_organs'}"}
 BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")  # genuine ImageNet weights offline
 ATTENTIONS = ("none", "se", "cbam", "mhsa")
 BASE = ["model.name=efficientnet_attention", "model.weights=imagenet", "model.head_units=[256, 128]",
@@ -54,28 +54,15 @@ def run_dataset(name: str, spec: str, args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", action="append", default=[], metavar="NAME=KIND:PATH",
-                        help="datasets to run (default: BUSI and abdominal organs from ../shared/data, "
-                             "unless --fetal-planes is given)")
-    parser.add_argument("--fetal-planes", metavar="PATH", help="FETAL_PLANES_DB zip or folder: the paper's own data")
+    add_common_arguments(parser, DATASETS)
     parser.add_argument("--backbones", nargs="+", default=list(BACKBONES))
     parser.add_argument("--attentions", nargs="+", default=list(ATTENTIONS))
     parser.add_argument("--no-finetune", dest="finetune", action="store_false", help="skip phase 2")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override every run")
-    parser.add_argument("--runs", default="runs")
     args = parser.parse_args()
-    datasets = dict(item.split("=", 1) for item in args.data) or ({} if args.fetal_planes else dict(DATASETS))
-    if args.fetal_planes:
-        datasets["fetal_planes"] = f"fetal_planes:{args.fetal_planes}"
-    tables = {name: run_dataset(name, spec, args) for name, spec in datasets.items()}
+    tables = {name: run_dataset(name, spec, args) for name, spec in chosen_datasets(args, DATASETS).items()}
     tables["parameters"] = {"reference": reference_counts(6)}
     print(f"\nablation table: {write_tables(Path(args.runs) / '_tables', 'fpc_efficientnet_attention', tables)}")
-    for name, table in tables.items():
-        if table.get("rows"):
-            chosen = next(r for r in table["rows"] if r["run"] == table["chosen"])
-            print(f"{name}: chosen on val {chosen['run']}: test top-1 {chosen['test']['top1']['value']:.4f}, "
-                  f"top-2 {chosen['test']['top2']['value']:.4f}, macro-F1 {chosen['test']['macro_f1']['value']:.4f}, "
-                  f"{chosen['params']['trainable']:,} trainable parameters")
+    print_chosen(tables)
     for name, counts in tables["parameters"]["reference"].items():
         print(f"{name}: {counts['trainable']:,} trainable")
 

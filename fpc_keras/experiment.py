@@ -2,15 +2,48 @@
 and write the comparison table that the report and the closing notes quote."""
 from __future__ import annotations
 
+import argparse
+import os
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .config import load_config
-from .io import atomic_write_json, atomic_write_text, read_json
-from .train import train
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: its start-up chatter hides progress
+
+from .config import load_config  # noqa: E402
+from .io import atomic_write_json, atomic_write_text, read_json  # noqa: E402
+from .train import train  # noqa: E402
 
 Progress = Callable[[str], None]
 SHOWN = ("top1", "top2", "macro_f1")
+# The real datasets beside the repository (../shared/data), or wherever FPC_SHARED_DATA points.
+SHARED_DATA = Path(os.environ.get("FPC_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, defaults: dict[str, str]) -> None:
+    """--data NAME=KIND:PATH (repeatable), --fetal-planes PATH, --set KEY=VALUE, --runs DIR."""
+    parser.add_argument("--data", action="append", default=[], metavar="NAME=KIND:PATH",
+                        help=f"datasets to run (default: {', '.join(defaults)} from {SHARED_DATA}, "
+                             "unless --fetal-planes is given)")
+    parser.add_argument("--fetal-planes", metavar="PATH", help="FETAL_PLANES_DB zip or folder (the Zenodo archive)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override every run")
+    parser.add_argument("--runs", default="runs")
+
+
+def chosen_datasets(args: argparse.Namespace, defaults: dict[str, str]) -> dict[str, str]:
+    datasets = dict(item.split("=", 1) for item in args.data) or ({} if args.fetal_planes else dict(defaults))
+    if args.fetal_planes:
+        datasets["fetal_planes"] = f"fetal_planes:{args.fetal_planes}"
+    return datasets
+
+
+def print_chosen(tables: dict) -> None:
+    for name, table in tables.items():
+        if table.get("rows"):
+            chosen = next(r for r in table["rows"] if r["run"] == table["chosen"])
+            t = chosen["test"]
+            print(f"{name}: chosen on val {chosen['run']}: test top-1 {t['top1']['value']:.4f}, top-2 "
+                  f"{t['top2']['value']:.4f}, macro-F1 {t['macro_f1']['value']:.4f} (n={chosen['n_test']}), "
+                  f"{chosen['params']['trainable']:,} trainable parameters")
 
 
 def run_variant(name: str, overrides: Sequence[str], progress: Progress = print) -> dict:
