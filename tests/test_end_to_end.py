@@ -196,3 +196,42 @@ def test_datasets_command(folder_dataset, capsys):
     assert main(["datasets", f"folder:{folder_dataset}"]) == 0
     out = capsys.readouterr().out
     assert "36 items" in out and "test" in out
+
+
+BLOCKER = '''
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"tensorflow", "keras", "tf_keras", "pandas", "tensorflow_model_optimization"}:
+            raise ImportError(f"{name} must not be imported by the edge runner")
+sys.meta_path.insert(0, Block())
+'''
+
+
+def test_tflite_runner_needs_no_tensorflow(trained, exported, tmp_path):
+    """tflite/run.py with TensorFlow, Keras and pandas made unimportable gives the evaluator's predictions."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    (tmp_path / "sitecustomize.py").write_text(BLOCKER)
+    images = sorted((trained["data"] / "gamma").glob("*.png"))[:3]
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    done = subprocess.run([sys.executable, str(REPO / "tflite" / "run.py"), "--model",
+                           str(exported["fp32"] / "model.tflite"), "--json", "--top", "3", *map(str, images)],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [json.loads(line) for line in done.stdout.strip().splitlines()]
+    assert [line["input"] for line in lines] == [str(p) for p in images]
+    model = keras.saving.load_model(trained["run"] / "model.keras")
+    from fpc_keras.data.images import ImageSpec
+    for line, image in zip(lines, images):
+        expected = np.asarray(model(ImageSpec((32, 32), 3, "pad").load(str(image))[None].astype("float32")))[0]
+        got = {t["label"]: t["probability"] for t in line["top"]}
+        assert got == pytest.approx(dict(zip(["alpha", "beta", "gamma"], expected.tolist())), abs=1e-4)
+    bad = subprocess.run([sys.executable, str(REPO / "tflite" / "run.py"), "--model",
+                          str(exported["fp32"] / "model.tflite"), str(tmp_path / "missing.png")],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert bad.returncode == 2 and "image file not found" in bad.stderr and "Traceback" not in bad.stderr
