@@ -84,9 +84,9 @@ def evaluate(predictor: Predictor, records: Sequence[Record], data: str, split: 
     """Run the predictor over `records` and compute the metrics of its task."""
     start = time.perf_counter()
     if predictor.task == "classification":
-        metrics, n, skipped = _classification(predictor, records, on_bad_input, batch_size)
+        metrics, n, skipped = _classification(predictor, records, on_bad_input, batch_size, progress)
     elif predictor.task == "segmentation":
-        metrics, n, skipped = _segmentation(predictor, records, on_bad_input, batch_size)
+        metrics, n, skipped = _segmentation(predictor, records, on_bad_input, batch_size, progress)
     elif predictor.task == "video":
         metrics, n, skipped = _video(predictor, records, on_bad_input, progress)
     else:
@@ -98,24 +98,28 @@ def evaluate(predictor: Predictor, records: Sequence[Record], data: str, split: 
             "params": predictor.card.get("params", {}), "provenance": provenance()}
 
 
-def _predict_images(predictor: Predictor, records: Sequence[Record], on_bad_input: str,
-                    batch_size: int) -> tuple[np.ndarray, np.ndarray, dict]:
+def _predict_images(predictor: Predictor, records: Sequence[Record], on_bad_input: str, batch_size: int,
+                    progress: Callable[[str], None]) -> tuple[np.ndarray, np.ndarray, dict]:
     from .data.pipeline import SkipLog, image_dataset
 
     log = SkipLog() if on_bad_input == "skip" else None
     ds = image_dataset(records, predictor.image_spec(), None, batch_size, skip_log=log)
-    outputs, kept = [], []
+    outputs, kept, done, report_every = [], [], 0, max(500, len(records) // 10)
     for images, indices in ds:
         outputs.append(predictor.predict(images.numpy()))
         kept.append(indices.numpy())
+        done += len(indices)
+        if done // report_every > (done - len(indices)) // report_every:
+            progress(f"      evaluated {done}/{len(records)}")
     if not outputs:
         raise BadInputError("no readable item to evaluate", "check the data; every file was skipped")
     return np.concatenate(outputs), np.concatenate(kept), dict(log.skipped) if log else {}
 
 
-def _classification(predictor: Predictor, records: Sequence[Record], on_bad_input: str, batch_size: int):
+def _classification(predictor: Predictor, records: Sequence[Record], on_bad_input: str, batch_size: int,
+                    progress: Callable[[str], None]):
     _check_labels(records, predictor.labels)
-    probs, kept, skipped = _predict_images(predictor, records, on_bad_input, batch_size)
+    probs, kept, skipped = _predict_images(predictor, records, on_bad_input, batch_size, progress)
     index = {label: i for i, label in enumerate(predictor.labels)}
     y_true = np.array([index[records[i].label] for i in kept])
     return classification_metrics(y_true, probs, predictor.labels), len(kept), skipped
@@ -129,11 +133,12 @@ def _check_labels(records: Sequence[Record], labels: Sequence[str]) -> None:
                             "map them with --alias OLD=NEW, or evaluate only data of the model's classes")
 
 
-def _segmentation(predictor: Predictor, records: Sequence[Record], on_bad_input: str, batch_size: int):
+def _segmentation(predictor: Predictor, records: Sequence[Record], on_bad_input: str, batch_size: int,
+                  progress: Callable[[str], None]):
     annotated = [r for r in records if "mask" in r.extras]
     if not annotated:
         raise BadInputError("no annotated item (mask) in this data", "evaluate on HC18's training_set or a split of it")
-    masks, kept, skipped = _predict_images(predictor, annotated, on_bad_input, batch_size)
+    masks, kept, skipped = _predict_images(predictor, annotated, on_bad_input, batch_size, progress)
     resize = predictor.card["preprocessing"]["resize"]
     per_item: dict[str, list[float]] = {"dice": [], "iou": [], "hc_mad_mm": []}
     from .biometry import head_circumference_mm
