@@ -17,7 +17,7 @@ import yaml
 from .errors import BadInputError
 from .io import atomic_write_text
 
-DATA_KINDS = ("fetal_planes", "folder", "prefix", "hc18", "videos")
+DATA_KINDS = ("fetal_planes", "folder", "prefix", "csv", "hc18", "videos")
 RESIZE_MODES = ("pad", "crop", "stretch", "stretch_crop")
 ON_BAD_INPUT = ("error", "skip")
 BALANCE_MODES = ("none", "class_weights", "sampling")

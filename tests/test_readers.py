@@ -50,7 +50,7 @@ def test_empty_and_missing_folders(tmp_path):
 def test_data_spec():
     assert parse_data_spec("prefix:/a:b") == ("prefix", "/a:b")
     with pytest.raises(BadInputError, match="KIND is one of"):
-        parse_data_spec("csv:/x")
+        parse_data_spec("xls:/x")
 
 
 def _fetal_db(root, rows):
@@ -119,3 +119,28 @@ def test_real_fetal_planes_csv_with_generated_images(tmp_path, shared_data):
     assert sum(r.split in ("train", "val") for r in records) == 7129
     assert len({r.group for r in records}) == 1792
     assert len({r.label for r in records}) == 6
+
+
+def test_csv_dataset_with_study_ids(tmp_path):
+    (tmp_path / "img").mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        Image.new("L", (4, 4)).save(tmp_path / "img" / name)
+    (tmp_path / "labels.csv").write_text("Image,Class,Study\nimg/a.png,liver,s1\nimg/b.png,kidney,s1\n"
+                                         f"{tmp_path / 'img' / 'c.png'},liver,s2\n")
+    records = read_dataset("csv", tmp_path / "labels.csv")
+    assert [(r.label, r.group) for r in records] == [("liver", "s1"), ("kidney", "s1"), ("liver", "s2")]
+    split = prepare_records("csv", tmp_path / "labels.csv", 0.0, 0.5, 0)
+    assert len({r.split for r in split if r.group == "s1"}) == 1  # a study never straddles splits
+
+
+@pytest.mark.parametrize("content, words", [
+    ("file;kind\nimg/a.png;liver\n", "no label column"),
+    ("path,label,split\nimg/a.png,liver,holdout\n", "split 'holdout'"),
+    ("path,label\nimg/zzz.png,liver\n", "listed in .* are missing"),
+])
+def test_csv_dataset_errors(tmp_path, content, words):
+    (tmp_path / "img").mkdir()
+    Image.new("L", (4, 4)).save(tmp_path / "img" / "a.png")
+    (tmp_path / "labels.csv").write_text(content)
+    with pytest.raises(BadInputError, match=words):
+        read_dataset("csv", tmp_path / "labels.csv")

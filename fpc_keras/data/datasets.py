@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import BadInputError
+from .csv_table import read_csv_dataset
 from .fetal_planes import read_fetal_planes
 from .folders import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, read_folder, read_prefix
 from .hc18 import read_hc18
@@ -15,10 +16,12 @@ KINDS = {
     "fetal_planes": "FETAL_PLANES_DB folder (CSV + Images/) or its Zenodo zip; official Train split",
     "folder": "one sub-folder per class",
     "prefix": "class = file-name prefix before the first '-' or '_' (case-insensitive, aliases allowed)",
+    "csv": "a CSV listing path,label[,group][,split] (group = study/patient id; paths relative to the CSV)",
     "hc18": "HC18 layout: training_set/ + training_set_pixel_size_and_HC.csv",
     "videos": "video files, class by sub-folder (one per class) or else by file-name prefix",
 }
 TASK_OF_KIND = {"fetal_planes": "classification", "folder": "classification", "prefix": "classification",
+                "csv": "classification",
                 "hc18": "segmentation", "videos": "video"}
 
 
@@ -39,6 +42,8 @@ def read_dataset(kind: str, path: str | Path, aliases: dict[str, str] | None = N
         return read_folder(path, IMAGE_EXTENSIONS, aliases=aliases)
     if kind == "prefix":
         return read_prefix(path, IMAGE_EXTENSIONS, aliases=aliases)
+    if kind == "csv":
+        return read_csv_dataset(path)
     if kind == "hc18":
         return read_hc18(path)
     if kind == "videos":
