@@ -31,7 +31,7 @@ def test_saved_config_loads_back(tmp_path):
     (["train.epoch=3"], "unknown config key(s): train.epoch"),
     (["train.epochs=three"], "train.epochs must be int"),
     (["train.freeze_backbone=1"], "true or false"),
-    (["data.kind=csv"], "data.kind is 'csv'"),
+    (["data.kind=xls"], "data.kind is 'xls'"),
     (["data.val_fraction=1.5"], "fraction in [0, 1)"),
     (["train.epochs"], "has no '='"),
     (["export.quant=[fp32, int4]"], "export.quant is 'int4'"),
