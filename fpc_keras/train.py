@@ -192,9 +192,12 @@ class _Session:
         self.phase2.floor = (self.phase1.state["best_score"], -self.phase1.state["best_loss"])
         fitted = self.phase2.resume()
         if fitted is None:
-            unfrozen = set_backbone_trainable(model, t.finetune_blocks)
+            # A copy trains, so that `model` keeps phase 1's best weights should phase 2 never beat them.
+            fitted = keras.models.clone_model(model)
+            fitted.set_weights(model.get_weights())
+            unfrozen = set_backbone_trainable(fitted, t.finetune_blocks)
             self.progress(f"      phase 2: fine-tuning the top {t.finetune_blocks} blocks ({unfrozen} layers)")
-            fitted = _compiled(model, t.finetune_learning_rate, t.label_smoothing)
+            fitted = _compiled(fitted, t.finetune_learning_rate, t.label_smoothing)
         if not self.phase2.state["done"]:
             self._fit_on_images(fitted, t.finetune_epochs, self.phase2)
         return self.phase2.best() or model

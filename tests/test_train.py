@@ -20,7 +20,7 @@ def test_two_phases_with_copies_and_balanced_sampling(folder_dataset, tmp_path):
     messages = []
     config = load_config(None, tiny_overrides(folder_dataset, tmp_path / "runs", **{
         "train.feature_copies": "1", "train.balance": "sampling", "train.finetune_blocks": "1",
-        "train.finetune_epochs": "2", "train.finetune_learning_rate": "0.001"}))
+        "train.finetune_epochs": "2", "train.finetune_learning_rate": "0.5"}))  # phase 2 should not win
     run = train(config, progress=messages.append)
     results = read_json(run / "results.json")
     assert set(results["phases"]) == {"phase1", "phase2"}
@@ -28,6 +28,17 @@ def test_two_phases_with_copies_and_balanced_sampling(folder_dataset, tmp_path):
     assert any("1 augmented copy" in m for m in messages) and any("fine-tuning the top 1 blocks" in m for m in messages)
     phases = [line.split(",")[0] for line in (run / "history.csv").read_text().splitlines()[1:]]
     assert phases == ["phase1", "phase1", "phase2", "phase2"]
+    # The kept model is the best checkpoint of the phase that won on validation, never phase 2's last epoch.
+    import keras
+    winner = "phase2" if results["phases"]["phase2"]["best_epoch"] >= 0 else "phase1"
+    best = keras.saving.load_model(run / "checkpoints" / winner / "best.keras")
+    kept = keras.saving.load_model(run / "model.keras")
+    x = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    if winner == "phase2":
+        reference = best(x)
+    else:  # phase 1 trained the head on cached backbone features
+        reference = best(keras.Model(kept.inputs, kept.get_layer("backbone_features").output)(x))
+    np.testing.assert_allclose(np.asarray(kept(x)), np.asarray(reference), atol=1e-5)
     # A second run of another head on the same backbone and data reuses the cached features.
     again = []
     train(load_config(None, tiny_overrides(folder_dataset, tmp_path / "runs", name="other",
