@@ -161,18 +161,16 @@ class _Session:
         x_train = np.concatenate(x_train)
         y_train = np.tile(self.y_train, t.feature_copies + 1)
         x_val = cache.features(self.val_records)
-        one_hot = keras.utils.to_categorical(y_train, len(self.labels))
         if t.balance == "sampling":
             indices = balanced_indices(y_train, t.seed).take(len(y_train))
-            data = indices.map(lambda i: (tf.gather(x_train, i), tf.gather(one_hot, i)))
         else:
-            data = tf.data.Dataset.from_tensor_slices((x_train, one_hot)).shuffle(len(x_train), seed=t.seed)
+            indices = tf.data.Dataset.range(len(y_train)).shuffle(len(y_train), seed=t.seed)
         self.progress(f"[3/4] phase 1: the head on cached features ({len(x_train)} train incl. "
                       f"{t.feature_copies} augmented cop{'y' if t.feature_copies == 1 else 'ies'}, "
                       f"{len(x_val)} val)")
         predict_val = lambda: head.predict(x_val, verbose=0, batch_size=256)  # noqa: E731
-        self.phase1.fit(head, data.batch(t.batch_size), t.epochs, predict_val, self.y_val,
-                        self._class_weights(y_train))
+        data = _array_batches(indices.batch(t.batch_size), x_train, y_train, len(self.labels))
+        self.phase1.fit(head, data, t.epochs, predict_val, self.y_val, self._class_weights(y_train))
 
     def _fit_on_images(self, model: keras.Model, epochs: int, phase: "_Phase") -> None:
         t = self.config.train
@@ -207,6 +205,21 @@ class _Session:
             return None
         counts = np.bincount(y, minlength=len(self.labels))
         return {c: float(len(y) / (len(self.labels) * n)) if n else 0.0 for c, n in enumerate(counts)}
+
+
+def _array_batches(indices: tf.data.Dataset, x: np.ndarray, y: np.ndarray, classes: int) -> tf.data.Dataset:
+    """(features, one-hot) batches gathered in numpy by index: the arrays never become graph constants, which
+    TensorFlow caps at 2 GB (a FETAL_PLANES_DB-sized feature cache is several GB)."""
+    eye = np.eye(classes, dtype=np.float32)
+
+    def gather(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return np.asarray(x[batch], dtype=np.float32), eye[y[batch]]
+
+    def load(batch):
+        features, labels = tf.numpy_function(gather, [batch], (tf.float32, tf.float32))
+        return tf.ensure_shape(features, (None, *x.shape[1:])), tf.ensure_shape(labels, (None, classes))
+
+    return indices.map(load).prefetch(tf.data.AUTOTUNE)
 
 
 class _Phase:
