@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .card import provenance, read_card
-from .data.datasets import TASK_OF_KIND, parse_data_spec, read_dataset
+from .data.datasets import TASK_OF_KIND, parse_data_spec, read_dataset, split_records
 from .data.hc18 import read_mask
 from .data.images import ImageSpec, unfit_image
 from .data.records import Record, in_split
@@ -191,15 +191,12 @@ def _video(predictor: Predictor, records: Sequence[Record], on_bad_input: str, p
 def _split_as_trained(records: list[Record], card: dict) -> list[Record]:
     """Data without an official split, split by the rule (fractions, seed) the model was trained with, so
     `--split test` on the training data means the test split of training."""
-    from .data.records import assign_folds, assign_splits
-
     rule = card.get("training", {}).get("split_rule")
     if not rule:
         raise BadInputError("this data has no split and the model card records no split rule",
                             "evaluate all items (leave out --split)")
-    if rule.get("folds"):
-        return assign_folds(records, rule["folds"], rule["fold"], rule["val_fraction"], rule["seed"])
-    return assign_splits(records, rule["val_fraction"], rule["test_fraction"], rule["seed"])
+    return split_records(records, rule["val_fraction"], rule["test_fraction"], rule["seed"], rule.get("folds", 0),
+                         rule.get("fold", 0))
 
 
 def summary_line(results: dict) -> str:

@@ -62,7 +62,12 @@ def _read_videos(root: Path, aliases: dict[str, str] | None) -> list[Record]:
 def prepare_records(kind: str, path: str | Path, val_fraction: float, test_fraction: float, seed: int,
                     aliases: dict[str, str] | None = None, folds: int = 0, fold: int = 0) -> list[Record]:
     """Read, split by group (keeping official splits), and check that no group straddles splits."""
-    records = read_dataset(kind, path, aliases)
+    return split_records(read_dataset(kind, path, aliases), val_fraction, test_fraction, seed, folds, fold)
+
+
+def split_records(records: list[Record], val_fraction: float, test_fraction: float, seed: int, folds: int = 0,
+                  fold: int = 0) -> list[Record]:
+    """Group K-fold (fold `fold` is test) or group fractions; official splits kept; leaks refused."""
     if folds:
         records = assign_folds(records, folds, fold, val_fraction, seed)
     else:

@@ -14,8 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from ..errors import BadInputError
-from .hc18 import read_mask
-from .images import ImageSpec, fit_image
+from .images import ImageSpec
 from .records import Record
 
 CACHE_LIMIT_BYTES = 1_500_000_000
@@ -39,26 +38,18 @@ class SkipLog:
         return f"{len(self.skipped)} unreadable file(s) skipped, e.g. {first[0]}: {first[1]}"
 
 
-def _loader(spec: ImageSpec, records: Sequence[Record], skip_log: SkipLog | None,
-            with_mask: bool) -> Callable:
+def _loader(spec: ImageSpec, records: Sequence[Record], skip_log: SkipLog | None) -> Callable:
     shape = (*spec.size, spec.channels)
 
     def load(index: np.int64):
         record = records[int(index)]
         try:
-            image = spec.load(record.source)
-            if not with_mask:
-                return image, np.bool_(True)
-            mask = fit_image(read_mask(record.extras["mask"]).astype(np.uint8)[:, :, None], spec.size,
-                             spec.resize, resample=0)
-            return image, mask, np.bool_(True)
+            return spec.load(record.source), np.bool_(True)
         except BadInputError as exc:
             if skip_log is None:
                 raise
             skip_log.add(record.source, exc.what)
-            empty = np.zeros(shape, np.uint8)
-            return (empty, np.bool_(False)) if not with_mask else (empty, np.zeros((*spec.size, 1), np.uint8),
-                                                                   np.bool_(False))
+            return np.zeros(shape, np.uint8), np.bool_(False)
 
     return load
 
@@ -75,46 +66,40 @@ def balanced_indices(class_ids: np.ndarray, seed: int = 0) -> tf.data.Dataset:
 def image_dataset(records: Sequence[Record], spec: ImageSpec, labels: Sequence[str] | None = None,
                   batch_size: int = 16, shuffle: bool = False, seed: int = 0,
                   augment: Callable | None = None, skip_log: SkipLog | None = None,
-                  with_mask: bool = False, balanced: bool = False) -> tf.data.Dataset:
-    """Batches of (float32 images 0-255, one-hot labels) or (images, float32 masks) with `with_mask`.
+                  balanced: bool = False) -> tf.data.Dataset:
+    """Batches of (float32 images 0-255, one-hot labels).
 
-    Without labels and masks it yields (images, record indices), so that predictions can be matched to the
+    Without labels it yields (images, record indices), so that predictions can be matched to the
     records that were loaded (skipped files leave gaps). `balanced`: each epoch draws len(records) items with
     every class equally likely (decoded anew each time, so no in-memory cache).
     """
     records = list(records)
     if not records:
         raise BadInputError("no records to load (empty split)", "check the dataset path and its splits")
-    load = _loader(spec, records, skip_log, with_mask)
-    out_types = (tf.uint8, tf.uint8, tf.bool) if with_mask else (tf.uint8, tf.bool)
+    load = _loader(spec, records, skip_log)
     if balanced:
         ids = label_ids(records, labels)
         ds = balanced_indices(ids, seed).take(len(records))
     else:
         ds = tf.data.Dataset.from_tensor_slices(np.arange(len(records), dtype=np.int64))
-    ds = ds.map(lambda i: (i, *tf.numpy_function(load, [i], out_types)), num_parallel_calls=AUTOTUNE,
+    ds = ds.map(lambda i: (i, *tf.numpy_function(load, [i], (tf.uint8, tf.bool))), num_parallel_calls=AUTOTUNE,
                 deterministic=True)
     if skip_log is not None:
         ds = ds.filter(lambda i, *rest: rest[-1])  # drops skipped files; the length is then unknown
     shape = (*spec.size, spec.channels)
-    if with_mask:
-        ds = ds.map(lambda i, x, m, ok: (i, tf.ensure_shape(x, shape), tf.ensure_shape(m, (*spec.size, 1))))
-    else:
-        ds = ds.map(lambda i, x, ok: (i, tf.ensure_shape(x, shape)))
+    ds = ds.map(lambda i, x, ok: (i, tf.ensure_shape(x, shape)))
     if not balanced and len(records) * int(np.prod(shape)) < CACHE_LIMIT_BYTES:
         ds = ds.cache()
     if shuffle and not balanced:
         ds = ds.shuffle(min(len(records), 4096), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.map(_targets(records, labels, with_mask), num_parallel_calls=AUTOTUNE)
+    ds = ds.map(_targets(records, labels), num_parallel_calls=AUTOTUNE)
     ds = ds.batch(batch_size)
     if augment is not None:
         ds = ds.map(lambda x, *y: (augment(x, training=True), *y), num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)
 
 
-def _targets(records: Sequence[Record], labels: Sequence[str] | None, with_mask: bool) -> Callable:
-    if with_mask:
-        return lambda i, x, m: (tf.cast(x, tf.float32), tf.cast(m, tf.float32))
+def _targets(records: Sequence[Record], labels: Sequence[str] | None) -> Callable:
     if labels is None:
         return lambda i, x: (tf.cast(x, tf.float32), i)
     index = {label: k for k, label in enumerate(labels)}
