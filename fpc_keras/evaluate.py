@@ -19,7 +19,7 @@ from .data.datasets import TASK_OF_KIND, parse_data_spec, read_dataset, split_re
 from .data.hc18 import read_mask
 from .data.images import ImageSpec, unfit_image
 from .data.records import Record, in_split
-from .data.video import clip_starts, read_video, take_clip
+from .data.video import model_clips, read_video
 from .errors import BadInputError
 from .io import atomic_write_json
 from .metrics import classification_metrics, dice_iou, mean_metrics
@@ -173,11 +173,7 @@ def _video(predictor: Predictor, records: Sequence[Record], on_bad_input: str, p
                 raise
             skipped[record.source] = exc.what
             continue
-        starts = clip_starts(len(frames), clip_length, clips)
-        batch = np.stack([take_clip(frames, s, clip_length) for s in starts])
-        if clip_length == 1:
-            batch = batch[:, 0]
-        probs.append(predictor.predict(batch).mean(axis=0))
+        probs.append(predictor.predict(model_clips(frames, clip_length, clips)).mean(axis=0))
         y_true.append(index[record.label])
         if n % 10 == 0:
             progress(f"  videos: {n}/{len(records)}")

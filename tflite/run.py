@@ -30,10 +30,7 @@ from fpc_keras.litert import TFLiteModel  # noqa: E402
 
 
 def classify(model: TFLiteModel, card: dict, source: str, top: int) -> dict:
-    spec = _spec(card)
-    probs = model(spec.load(source).astype(np.float32)[None])[0]
-    order = np.argsort(-probs)[:top]
-    return {"input": source, "top": [{"label": card["labels"][i], "probability": float(probs[i])} for i in order]}
+    return _top_classes(card, source, model(_spec(card).load(source).astype(np.float32)[None])[0], top)
 
 
 def segment(model: TFLiteModel, card: dict, source: str, pixel_mm: float | None) -> dict:
@@ -51,13 +48,15 @@ def segment(model: TFLiteModel, card: dict, source: str, pixel_mm: float | None)
 
 
 def classify_video(model: TFLiteModel, card: dict, source: str, top: int) -> dict:
-    from fpc_keras.data.video import clip_starts, read_video, take_clip
+    from fpc_keras.data.video import model_clips, read_video
 
     pre = card["preprocessing"]
-    length, clips = int(pre.get("clip_length", 1)), int(pre.get("clips_per_video", 4))
     frames = read_video(source, tuple(pre["image_size"]), pre["channels"], pre["resize"]).astype(np.float32)
-    batch = np.stack([take_clip(frames, s, length) for s in clip_starts(len(frames), length, clips)])
-    probs = model(batch[:, 0] if length == 1 else batch).mean(axis=0)
+    batch = model_clips(frames, int(pre.get("clip_length", 1)), int(pre.get("clips_per_video", 4)))
+    return _top_classes(card, source, model(batch).mean(axis=0), top)
+
+
+def _top_classes(card: dict, source: str, probs: np.ndarray, top: int) -> dict:
     order = np.argsort(-probs)[:top]
     return {"input": source, "top": [{"label": card["labels"][i], "probability": float(probs[i])} for i in order]}
 

@@ -107,3 +107,10 @@ def take_clip(frames: np.ndarray, start: int, clip_length: int) -> np.ndarray:
     """`clip_length` consecutive frames from `start`; a short video repeats its last frame."""
     indices = np.minimum(np.arange(start, start + clip_length), len(frames) - 1)
     return frames[indices]
+
+
+def model_clips(frames: np.ndarray, clip_length: int, clips: int) -> np.ndarray:
+    """The batch a model sees for one video: `clips` evenly spaced clips (N x T x H x W x C), or, for a frame
+    model (`clip_length` 1), N single frames (N x H x W x C). Its outputs are averaged per video."""
+    batch = np.stack([take_clip(frames, s, clip_length) for s in clip_starts(len(frames), clip_length, clips)])
+    return batch[:, 0] if clip_length == 1 else batch
