@@ -10,6 +10,7 @@ import os
 import sys
 from typing import Sequence
 
+from .config import QUANT_VARIANTS, ExportConfig
 from .errors import user_message
 
 
@@ -34,7 +35,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.export:
         from .export import export_run
 
-        export_run(run_dir, config.export.quant, config.export.representative_samples, config.export.latency_runs)
+        export_run(run_dir, config.export.quant, config.export.representative_samples, config.export.latency_runs,
+                   qat=(config.export.qat_epochs, config.export.qat_learning_rate))
     print(f"run folder: {run_dir}")
 
 
@@ -48,7 +50,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     from .export import export_run, ship
 
     folders = export_run(args.model, args.quant, args.representative_samples, threads=args.threads,
-                         int8_io=args.int8_io)
+                         int8_io=args.int8_io, qat=(args.qat_epochs, args.qat_learning_rate))
     for variant, folder in folders.items():
         print(f"{variant}: {folder / 'model.tflite'}")
     if args.ship:
@@ -109,9 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="TFLite interpreter threads")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("export", help="export a run's model to TFLite (fp32, fp16, dynamic, int8)")
+    p = sub.add_parser("export", help="export a run's model to TFLite (fp32, fp16, dynamic, int8, qat)")
     p.add_argument("--model", required=True, help="run folder")
-    p.add_argument("--quant", nargs="+", default=["fp32", "int8"], choices=("fp32", "fp16", "dynamic", "int8"))
+    p.add_argument("--quant", nargs="+", default=["fp32", "int8"], choices=QUANT_VARIANTS,
+                   help="int8: post-training full-integer; qat: quantisation-aware fine-tuning, then full-integer")
+    p.add_argument("--qat-epochs", type=int, default=ExportConfig.qat_epochs)
+    p.add_argument("--qat-learning-rate", type=float, default=ExportConfig.qat_learning_rate)
     p.add_argument("--int8-io", action="store_true", help="int8 inputs and outputs (default: float I/O)")
     p.add_argument("--representative-samples", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)

@@ -114,13 +114,18 @@ class ExportConfig:
     quant: tuple[str, ...] = ("fp32", "int8")
     representative_samples: int = 64
     latency_runs: int = 30
+    qat_epochs: int = 2
+    qat_learning_rate: float = 1e-5
 
     def validate(self) -> None:
         for variant in self.quant:
             _one_of("export.quant", variant, QUANT_VARIANTS)
+        if self.qat_epochs < 1 or self.qat_learning_rate <= 0:
+            raise BadInputError(f"export.qat_epochs={self.qat_epochs}, export.qat_learning_rate="
+                                f"{self.qat_learning_rate}", "use at least 1 epoch and a positive learning rate")
 
 
-QUANT_VARIANTS = ("fp32", "fp16", "dynamic", "int8")
+QUANT_VARIANTS = ("fp32", "fp16", "dynamic", "int8", "qat")
 
 
 @dataclass

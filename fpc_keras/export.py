@@ -1,5 +1,6 @@
 """TFLite export: fp32, fp16 weights, dynamic-range int8, full-integer int8 (representative images from the
-training split). Each variant goes to `exports/<variant>/model.tflite` with its model card, which records its
+training split), and quantisation-aware int8 (`qat`: fine-tuned with fake quantisation in a child process,
+fpc_keras.qat). Each variant goes to `exports/<variant>/model.tflite` with its model card, which records its
 size, latency and its own accuracy on the evaluation split beside the Keras model's.
 """
 from __future__ import annotations
@@ -8,6 +9,8 @@ import contextlib
 import csv
 import io
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -31,7 +34,7 @@ Progress = Callable[[str], None]
 def convert(model: keras.Model, variant: str, representative: np.ndarray | None = None,
             int8_io: bool = False) -> bytes:
     """The `.tflite` bytes of `model` as `variant` (one of QUANT_VARIANTS)."""
-    if variant not in QUANT_VARIANTS:
+    if variant not in QUANT_VARIANTS or variant == "qat":
         raise BadInputError(f"unknown export variant {variant!r}", f"use one of: {', '.join(QUANT_VARIANTS)}")
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     if variant != "fp32":
@@ -57,7 +60,7 @@ def representative_images(records: Sequence[Record], spec: ImageSpec, count: int
     return np.stack([spec.load(records[i].source).astype(np.float32) for i in chosen])
 
 
-def _train_records(run_dir: Path) -> list[Record]:
+def train_records(run_dir: Path) -> list[Record]:
     path = run_dir / "splits.csv"
     if not path.is_file():
         raise BadInputError(f"{path} not found", "export from a run folder written by `fpc-keras train`")
@@ -67,17 +70,18 @@ def _train_records(run_dir: Path) -> list[Record]:
 
 def export_run(run_dir: str | Path, variants: Sequence[str] = ("fp32", "int8"), representative_samples: int = 64,
                latency_runs: int = 30, evaluate_split: str = "test", threads: int = 2, int8_io: bool = False,
-               progress: Progress = print) -> dict[str, Path]:
+               qat: tuple[int, float] = (2, 1e-5), progress: Progress = print) -> dict[str, Path]:
     """Export the run's model as each variant, measure size, latency and accuracy; return variant -> folder."""
     run_dir = Path(run_dir)
     card = read_card(run_dir / "model.keras")
     model = keras.saving.load_model(run_dir / "model.keras", compile=False)
-    records = _train_records(run_dir)
+    records = train_records(run_dir)
     spec = ImageSpec(tuple(card["preprocessing"]["image_size"]), card["preprocessing"]["channels"],
                      card["preprocessing"]["resize"])
     train = [r for r in records if r.split == "train"]
     evaluation = [r for r in records if r.split == evaluate_split]
     representative = representative_images(train, spec, representative_samples) if "int8" in variants else None
+    int8_io = bool(int8_io and "int8" in variants)
     keras_results = card.get("metrics", {}).get(evaluate_split)
     out = {}
     for variant in variants:
@@ -85,10 +89,14 @@ def export_run(run_dir: str | Path, variants: Sequence[str] = ("fp32", "int8"), 
         folder = run_dir / "exports" / variant
         folder.mkdir(parents=True, exist_ok=True)
         tflite_path = folder / "model.tflite"
-        atomic_write_bytes(tflite_path, convert(model, variant, representative, int8_io and variant == "int8"))
+        if variant == "qat":
+            _quantize_aware(run_dir, tflite_path, *qat, representative_samples)
+        else:
+            atomic_write_bytes(tflite_path, convert(model, variant, representative, int8_io and variant == "int8"))
         variant_card = dict(card, name=f"{card['name']}_{variant}")
         variant_card["export"] = {"variant": variant, "size_bytes": tflite_path.stat().st_size,
-                                  "int8_io": bool(int8_io and variant == "int8"),
+                                  "int8_io": int8_io and variant == "int8",
+                                  **({"qat_epochs": qat[0], "qat_learning_rate": qat[1]} if variant == "qat" else {}),
                                   "latency": {f"{threads}_threads": TFLiteModel(tflite_path, threads).latency_ms(
                                       latency_runs)}}
         write_card(folder, variant_card)
@@ -101,6 +109,18 @@ def export_run(run_dir: str | Path, variants: Sequence[str] = ("fp32", "int8"), 
             progress("      " + summary_line(results))
         out[variant] = folder
     return out
+
+
+def _quantize_aware(run_dir: Path, out: Path, epochs: int, learning_rate: float, samples: int) -> None:
+    """QAT runs in a child process: tfmot needs tf_keras and switches the environment to legacy Keras."""
+    command = [sys.executable, "-m", "fpc_keras.qat", str(run_dir), str(out), "--epochs", str(epochs),
+               "--learning-rate", str(learning_rate), "--representative-samples", str(samples)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        message = next((line for line in lines if line.startswith("[fpc_keras]")), lines[-1] if lines else "")
+        raise BadInputError(f"quantisation-aware training of {run_dir} failed: {message}",
+                            "see `python -m fpc_keras.qat RUN OUT` for the full log, or export --quant int8")
 
 
 def ship(variant_folder: str | Path, destination: str | Path) -> Path:

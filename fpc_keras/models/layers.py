@@ -12,8 +12,7 @@ class CaffePreprocess(keras.layers.Layer):
     """RGB 0-255 -> BGR minus the ImageNet mean: what Keras' VGG16 weights expect."""
 
     def call(self, inputs):
-        bgr = ops.flip(inputs, axis=-1)
-        return bgr - ops.convert_to_tensor(VGG_BGR_MEAN, dtype=inputs.dtype)
+        return caffe_preprocess(inputs)
 
 
 @keras.saving.register_keras_serializable(package="fpc_keras")
@@ -21,5 +20,14 @@ class ChannelPool(keras.layers.Layer):
     """Mean and max over channels, stacked: the input of CBAM's spatial attention."""
 
     def call(self, inputs):
-        return ops.concatenate([ops.mean(inputs, axis=-1, keepdims=True),
-                                ops.max(inputs, axis=-1, keepdims=True)], axis=-1)
+        return channel_pool(inputs)
+
+
+# The arithmetic lives in functions so that the tf_keras twins of these layers (fpc_keras.qat) share it.
+def caffe_preprocess(inputs):
+    return ops.flip(inputs, axis=-1) - ops.convert_to_tensor(VGG_BGR_MEAN, dtype=inputs.dtype)
+
+
+def channel_pool(inputs):
+    return ops.concatenate([ops.mean(inputs, axis=-1, keepdims=True),
+                            ops.max(inputs, axis=-1, keepdims=True)], axis=-1)

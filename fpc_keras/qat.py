@@ -1,0 +1,233 @@
+"""Quantisation-aware training (tensorflow-model-optimization) through a tf_keras twin of a Keras 3 model.
+
+tfmot only quantises tf_keras models, and importing it sets TF_USE_LEGACY_KERAS=1 for everything the process
+starts afterwards (../shared/STACK.md). So QAT runs in a child process of its own, `python -m fpc_keras.qat`,
+started by `fpc_keras.export`: the twin is rebuilt from the Keras 3 functional config layer by layer, the trained
+weights are copied across, the layers tfmot supports get fake-quantisation, the model is fine-tuned for a few
+epochs on the run's training split, and the converter writes a full-integer int8 `.tflite` (layers that tfmot
+leaves alone, e.g. attention, are quantised from representative images as in post-training quantisation).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import inspect
+import io
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import BadInputError
+
+# Weights are copied, so initialisers, regularisers and constraints are not needed to rebuild the graph.
+_DROPPED_SUFFIXES = ("_initializer", "_regularizer", "_constraint")
+FUNCTIONAL = ("Functional", "Model")
+
+
+def _clean(config: Any) -> Any:
+    """A Keras 3 layer config in the form tf_keras' `from_config` accepts."""
+    if isinstance(config, dict):
+        if config.get("class_name") in ("DTypePolicy", "FloatDTypePolicy"):
+            return config["config"]["name"]
+        out = {}
+        for key, value in config.items():
+            if key == "optional" or key.endswith(_DROPPED_SUFFIXES):
+                continue
+            out["batch_input_shape" if key == "batch_shape" else key] = _clean(value)
+        return out
+    if isinstance(config, (list, tuple)):
+        return [_clean(item) for item in config]
+    return config
+
+
+def _twin_layers():
+    """tf_keras versions of fpc_keras' custom layers, sharing their arithmetic."""
+    import tf_keras
+
+    from .models import layers as k3
+
+    class CaffePreprocess(tf_keras.layers.Layer):
+        def call(self, inputs):
+            return k3.caffe_preprocess(inputs)
+
+    class ChannelPool(tf_keras.layers.Layer):
+        def call(self, inputs):
+            return k3.channel_pool(inputs)
+
+    return {"CaffePreprocess": CaffePreprocess, "ChannelPool": ChannelPool}
+
+
+def _layer(entry: dict, custom: dict):
+    import tf_keras
+
+    config = _clean(entry["config"])
+    if entry["class_name"] in custom:
+        return custom[entry["class_name"]](**{k: v for k, v in config.items() if k in ("name", "trainable", "dtype")})
+    layer_class = getattr(tf_keras.layers, entry["class_name"], None)
+    if layer_class is None:
+        raise BadInputError(f"quantisation-aware training cannot rebuild layer {config['name']!r} "
+                            f"({entry['class_name']}) in tf_keras", "export with --quant int8 (post-training) instead")
+    return layer_class(**_known_arguments(layer_class, config))  # not from_config: tf_keras' attention wants
+    # the input shapes, which Keras 3 does not save
+
+
+_BASE_ARGUMENTS = {"name", "trainable", "dtype", "batch_input_shape", "input_shape", "autocast", "dynamic"}
+
+
+def _known_arguments(layer_class, config: dict) -> dict:
+    """Drop Keras 3 arguments tf_keras lacks (lora_rank, quantization_config, use_gate...) where they are at their
+    off value; refuse to drop one that changes the layer."""
+    known = set(_BASE_ARGUMENTS)
+    for cls in layer_class.__mro__:  # subclasses pass their base's arguments on as **kwargs
+        if "__init__" in vars(cls):
+            known |= set(inspect.signature(cls.__init__).parameters)
+    extra = {key: value for key, value in config.items() if key not in known}
+    if any(extra.values()):
+        raise BadInputError(f"layer {config['name']!r} uses Keras 3 options tf_keras lacks: {extra}",
+                            "export with --quant int8 (post-training) instead of qat")
+    return {key: value for key, value in config.items() if key in known}
+
+
+def _resolve(value: Any, tensors: dict) -> Any:
+    """Replace Keras 3's serialised tensor references (`__keras_tensor__`) by the twin's tensors."""
+    if isinstance(value, dict) and value.get("class_name") == "__keras_tensor__":
+        name, node, index = value["config"]["keras_history"]
+        return tensors[name][node][index]
+    if isinstance(value, dict):
+        return {key: _resolve(item, tensors) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_resolve(item, tensors) for item in value]
+    return value
+
+
+def _call_graph(config: dict, custom: dict, inputs: list | None = None) -> tuple[list, list]:
+    """Walk a Keras 3 functional config (layers in topological order) and call tf_keras layers the same way.
+    Nested models are inlined, so the twin is flat: tfmot does not quantise models nested in models."""
+    import tf_keras
+
+    tensors: dict[str, list[list]] = {}
+    input_refs = _as_refs(config["input_layers"])
+    for entry in config["layers"]:
+        name = entry["config"]["name"]
+        if entry["class_name"] == "InputLayer":
+            given = [inputs[k] for k, ref in enumerate(input_refs) if ref[0] == name] if inputs else []
+            tensors[name] = [[given[0] if given else
+                              tf_keras.Input(batch_shape=tuple(entry["config"]["batch_shape"]), name=name)]]
+            continue
+        nested = entry["class_name"] in FUNCTIONAL
+        layer = None if nested else _layer(entry, custom)
+        tensors[name] = [None] if nested else []  # a model's node 0 is its own graph
+        for node in entry["inbound_nodes"]:
+            args = _resolve(node["args"], tensors)
+            if nested:
+                out = _call_graph(entry["config"], custom, _flatten(args))[1]
+            else:
+                out = layer(*args, **_resolve(node.get("kwargs", {}), tensors))
+            tensors[name].append(list(out) if isinstance(out, (list, tuple)) else [out])
+    pick = lambda refs: [tensors[n][node][i] for n, node, i in refs]  # noqa: E731
+    return pick(input_refs), pick(_as_refs(config["output_layers"]))
+
+
+def _flatten(value) -> list:
+    return [item for part in value for item in _flatten(part)] if isinstance(value, (list, tuple)) \
+        else [value]
+
+
+def _as_refs(refs: list) -> list:
+    return [refs] if refs and isinstance(refs[0], str) else refs
+
+
+def tf_keras_twin(model):
+    """The same architecture in tf_keras, flat, with the same weights (the tests check it to 1e-5)."""
+    import tf_keras
+
+    inputs, outputs = _call_graph(model.get_config(), _twin_layers())
+    twin = tf_keras.Model(inputs[0] if len(inputs) == 1 else inputs, outputs[0] if len(outputs) == 1 else outputs,
+                          name=model.name)
+    _copy_weights(model, twin)
+    return twin
+
+
+def _copy_weights(source, target) -> None:
+    for layer in source.layers:
+        if hasattr(layer, "layers"):  # a nested model, inlined in the twin
+            _copy_weights(layer, target)
+        elif layer.weights:
+            target.get_layer(layer.name).set_weights(layer.get_weights())
+
+
+def quantize_aware(twin):
+    """Fake-quantise every layer tfmot's default 8-bit scheme supports; the rest stay float for the converter."""
+    import tensorflow_model_optimization as tfmot
+    import tf_keras
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+        default_8bit_quantize_registry)
+
+    registry = default_8bit_quantize_registry.Default8BitQuantizeRegistry()
+
+    def annotate(layer):
+        if registry.supports(layer):
+            return tfmot.quantization.keras.quantize_annotate_layer(layer.__class__.from_config(layer.get_config()))
+        return layer.__class__.from_config(layer.get_config())
+
+    annotated = tf_keras.models.clone_model(twin, clone_function=annotate)
+    annotated.set_weights(twin.get_weights())
+    with tfmot.quantization.keras.quantize_scope(_twin_layers()):
+        return tfmot.quantization.keras.quantize_apply(annotated)
+
+
+def qat_tflite(run_dir: str | Path, epochs: int, learning_rate: float, representative_samples: int,
+               batch_size: int = 16) -> bytes:
+    """Fine-tune the run's model with fake quantisation on its training split; return int8 `.tflite` bytes."""
+    import keras
+    import tensorflow as tf
+    import tf_keras
+
+    from .card import read_card
+    from .data.images import ImageSpec
+    from .data.pipeline import image_dataset
+    from .export import representative_images, train_records
+
+    run_dir = Path(run_dir)
+    card = read_card(run_dir / "model.keras")
+    spec = ImageSpec(tuple(card["preprocessing"]["image_size"]), card["preprocessing"]["channels"],
+                     card["preprocessing"]["resize"])
+    train = [r for r in train_records(run_dir) if r.split == "train"]
+    model = quantize_aware(tf_keras_twin(keras.saving.load_model(run_dir / "model.keras", compile=False)))
+    model.compile(tf_keras.optimizers.Adam(learning_rate), tf_keras.losses.CategoricalCrossentropy())
+    data = image_dataset(train, spec, card["labels"], batch_size=batch_size, shuffle=True)
+    model.fit(data, epochs=epochs, verbose=2)
+    representative = representative_images(train, spec, representative_samples)
+    # A fixed batch of 1 keeps every shape static: tf_keras' Dense on 4-D tensors otherwise leaves dynamic
+    # Shape/Gather/Pack ops that the XNNPACK delegate refuses.
+    function = tf.function(lambda x: model(x, training=False))
+    concrete = function.get_concrete_function(tf.TensorSpec((1, *representative.shape[1:]), tf.float32))
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([item[None]] for item in representative)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    with contextlib.redirect_stdout(io.StringIO()):
+        return converter.convert()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="QAT int8 export of a run (started by `fpc-keras export`)")
+    parser.add_argument("run_dir")
+    parser.add_argument("out")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--learning-rate", type=float, default=1e-5)
+    parser.add_argument("--representative-samples", type=int, default=64)
+    args = parser.parse_args(argv)
+    from .io import atomic_write_bytes
+
+    try:
+        tflite = qat_tflite(args.run_dir, args.epochs, args.learning_rate, args.representative_samples)
+    except BadInputError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    atomic_write_bytes(Path(args.out), tflite)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
