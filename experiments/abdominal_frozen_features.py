@@ -3,7 +3,8 @@
 Protocol: images stretched to 256x256 and centre-cropped to 224 (`data.resize: stretch_crop`); training also sees
 cached augmented copies (random rotation, scale/shift crops, gain, speckle); groups (studies, patients) never
 straddle splits; heads compared on validation, test used once: the paper's FC 4096-4096 on unpooled conv5
-features, a light 512-unit head, and a linear classifier on pooled features (the floor).
+features, a light 512-unit head, a linear classifier on pooled features (the floor), and ours: the same heads
+on average- and max-pooled features of three depths (block3, block4, block5) of aspect-preserving (padded) images.
 
     python experiments/abdominal_frozen_features.py                        # abdominal organs + BUSI (../shared/data)
     python experiments/abdominal_frozen_features.py --data mine=prefix:/data/abdomen --data other=folder:/data/x
@@ -25,6 +26,11 @@ HEADS = {
                      "train.learning_rate=0.0001"],
     "light_fc512": ["model.pooling=avg", "model.head_units=[512]", "model.dropout=0.5", "train.learning_rate=0.001"],
     "linear": ["model.pooling=avg", "model.head_units=[]", "model.dropout=0.2", "train.learning_rate=0.003"],
+    # Ours: pooled features of three depths (block3/4/5), aspect kept (pad) — beyond the paper's conv5-only head.
+    "multiscale_fc512": ["model.pooling=multiscale", "model.head_units=[512]", "model.dropout=0.5",
+                         "train.learning_rate=0.001", "data.resize=pad"],
+    "multiscale_linear": ["model.pooling=multiscale", "model.head_units=[]", "model.dropout=0.2",
+                          "train.learning_rate=0.003", "data.resize=pad"],
 }
 BASE = ["model.name=frozen_features", "model.weights=imagenet", "data.resize=stretch_crop",
         "data.val_fraction=0.15", "data.test_fraction=0.2", "train.epochs=40", "train.batch_size=32",

@@ -66,7 +66,8 @@ class ModelConfig:
     head_units: tuple[int, ...] = (256, 128)
     dropout: float = 0.3
     batch_norm: bool = True
-    # frozen_features: `flatten` keeps the conv5 map unpooled (the paper), `avg` pools it.
+    # frozen_features: `flatten` keeps the conv5 map unpooled (the paper), `avg` pools it, `multiscale` pools
+    # three depths of the backbone (avg + max) into one vector.
     pooling: str = "flatten"
     num_classes: int = 0
 
@@ -75,6 +76,10 @@ class ModelConfig:
             raise BadInputError(f"model.dropout is {self.dropout}", "use a rate in [0, 1)")
         if any(units < 1 for units in self.head_units):
             raise BadInputError(f"model.head_units {self.head_units} has a non-positive size", "use positive sizes")
+        _one_of("model.pooling", self.pooling, POOLING_MODES)
+
+
+POOLING_MODES = ("flatten", "avg", "multiscale")
 
 
 @dataclass

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -56,10 +57,15 @@ class TFLiteModel:
     def latency_ms(self, runs: int = 30, warmup: int = 3) -> dict[str, float]:
         """Median and p90 of single-item invoke times on a fixed random input."""
         item = np.random.default_rng(0).uniform(0, 255, self.input_shape[1:]).astype(np.float32)
-        times = []
-        for i in range(warmup + runs):
-            start = time.perf_counter()
-            self.run_one(item)
-            if i >= warmup:
-                times.append((time.perf_counter() - start) * 1000)
-        return {"median_ms": float(np.median(times)), "p90_ms": float(np.percentile(times, 90)), "runs": runs}
+        return measure_latency(lambda: self.run_one(item), runs, warmup)
+
+
+def measure_latency(call: Callable[[], object], runs: int = 30, warmup: int = 3) -> dict[str, float]:
+    """Median and p90 wall time of `call()` in ms, after `warmup` untimed calls (any runtime: TFLite, Keras, ONNX)."""
+    times = []
+    for i in range(warmup + runs):
+        start = time.perf_counter()
+        call()
+        if i >= warmup:
+            times.append((time.perf_counter() - start) * 1000)
+    return {"median_ms": float(np.median(times)), "p90_ms": float(np.percentile(times, 90)), "runs": runs}

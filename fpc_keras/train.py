@@ -39,7 +39,7 @@ from .evaluate import Predictor, evaluate, keras_predict_fn, summary_line
 from .io import atomic_path, atomic_write_json, atomic_write_text, read_json
 from .metrics import macro_f1
 from .models import build_model, parameter_counts
-from .models.backbones import FEATURES_LAYER, set_backbone_trainable
+from .models.backbones import set_backbone_trainable
 
 Progress = Callable[[str], None]
 
@@ -152,7 +152,7 @@ class _Session:
         if self.skip_log is not None:
             raise BadInputError("train.cache_features needs every image readable (data.on_bad_input=skip given)",
                                 "set train.cache_features=false to skip unreadable files while training")
-        extractor = keras.Model(model.inputs, model.get_layer(FEATURES_LAYER).output)
+        extractor = keras.Model(model.inputs, model.get_layer(_head_input(model)).output)
         cache = FeatureCache(Path(self.config.runs_dir) / "_feature_cache", extractor, self.spec, self.progress)
         x_train = [cache.features(self.train_records)]
         for copy in range(1, t.feature_copies + 1):
@@ -205,6 +205,12 @@ class _Session:
             return None
         counts = np.bincount(y, minlength=len(self.labels))
         return {c: float(len(y) / (len(self.labels) * n)) if n else 0.0 for c, n in enumerate(counts)}
+
+
+def _head_input(model: keras.Model) -> str:
+    """The layer whose output feeds the nested `head` model: what the feature cache stores."""
+    entry = next(e for e in model.get_config()["layers"] if e["config"]["name"] == "head")
+    return entry["inbound_nodes"][0]["args"][0]["config"]["keras_history"][0]
 
 
 def _array_batches(indices: tf.data.Dataset, x: np.ndarray, y: np.ndarray, classes: int) -> tf.data.Dataset:

@@ -113,6 +113,21 @@ def test_export_cards_and_tflite_evaluation(trained, exported, tmp_path):
     assert read_json(out)["n"] == card["metrics"]["n_test"]
 
 
+def test_edge_benchmark_table(trained, exported, capsys):
+    from fpc_keras.benchmark import benchmark, onnx_session_factory, table
+
+    result = benchmark(trained["run"], ("fp32", "int8"), threads=(1,), runs=3, progress=lambda m: None)
+    assert set(result["rows"]) == {"keras", "tflite_fp32", "tflite_int8", "onnxruntime_fp32"}
+    assert result["ratios"]["tflite_int8/onnxruntime_fp32"]["1_threads"] > 0
+    assert result["rows"]["tflite_int8"]["accuracy"]["split"] == "test"
+    assert read_json(trained["run"] / "benchmark_edge.json")["rows"].keys() == result["rows"].keys()
+    assert "| tflite_int8 |" in table(result)
+    model = keras.saving.load_model(trained["run"] / "model.keras")  # the ONNX peer computes the same model
+    session, _ = onnx_session_factory(model, (32, 32, 3))
+    x = np.random.default_rng(0).uniform(0, 255, (1, 32, 32, 3)).astype("float32")
+    assert np.abs(session(1)()[0] - np.asarray(model(x, training=False))).max() <= 1e-4
+
+
 def test_cli_help_for_every_command(capsys):
     for command in ("train", "evaluate", "export", "report", "gradcam", "datasets"):
         with pytest.raises(SystemExit) as info:

@@ -36,6 +36,19 @@ def test_vgg16_frozen_feature_classifier(pooling, units):
     assert np.asarray(model(np.zeros((1, 64, 64, 3), "float32"))).shape == (1, 4)
 
 
+@pytest.mark.parametrize("backbone, size, width", [("vgg16", 64, 2 * (256 + 512 + 512)),
+                                                   ("caffenet", 227, 2 * (384 + 384 + 256))])
+def test_multiscale_pooling_feeds_the_head_three_depths(backbone, size, width):
+    model = build_model(_config(backbone, size, "model.pooling=multiscale", "model.head_units=[]"))
+    assert model.get_layer("multiscale_features").output.shape[1:] == (width,)
+    assert model.get_layer("head").get_layer("classifier").kernel.shape == (width, 4)
+    x = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype("float32")
+    taps = keras.Model(model.inputs, model.get_layer("multiscale_features").output)(x)
+    first = model.get_layer(f"{'block3_pool' if backbone == 'vgg16' else 'conv3'}").output
+    mean = np.asarray(keras.Model(model.inputs, first)(x)).mean(axis=(1, 2))
+    np.testing.assert_allclose(np.asarray(taps)[:, :mean.shape[1]], mean, rtol=1e-4, atol=1e-4)
+
+
 def test_caffenet_shapes_and_top_block_unfreezing():
     model = build_model(_config("caffenet", 227, "model.head_units=[32, 32]"))
     assert model.get_layer("pool5").output.shape[1:] == (6, 6, 256)
@@ -111,3 +124,17 @@ def test_frozen_feature_training_on_cached_features(folder_dataset, tmp_path):
     card = read_json(run / "model_card.json")
     assert card["model"]["name"] == "frozen_features" and card["preprocessing"]["resize"] == "stretch_crop"
     assert card["params"]["trainable"] == 512 * 3 + 3  # a linear classifier on pooled conv5 features
+
+
+def test_multiscale_training_caches_what_feeds_the_head(folder_dataset, tmp_path):
+    from conftest import tiny_overrides
+    from fpc_keras.train import train
+
+    overrides = tiny_overrides(folder_dataset, tmp_path / "runs", **{
+        "model.name": "frozen_features", "model.backbone": "vgg16", "model.head_units": "[]",
+        "model.pooling": "multiscale", "train.feature_copies": "0"})
+    run = train(load_config(None, overrides), progress=lambda m: None)
+    model = keras.saving.load_model(run / "model.keras")
+    assert model.get_layer("head").get_layer("classifier").kernel.shape == (2560, 3)
+    cached = list((tmp_path / "runs" / "_feature_cache").rglob("*.npy"))
+    assert cached and all(np.load(path).shape[1:] == (2560,) for path in cached)

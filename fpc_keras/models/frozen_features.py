@@ -5,7 +5,10 @@ fully connected layers retrained (FC 4096-4096-N with dropout, on the unpooled c
     average-pool) -> [dropout -> Dense + ReLU] x len(head_units) -> dropout -> softmax
 
 `model.head_units: [4096, 4096]` is the paper's head; lighter heads (e.g. `[512]`, `model.pooling: avg`) are
-options. The head is a nested model named `head`, so training runs on cached features.
+options. `model.pooling: multiscale` feeds the head average- and max-pooled features of three depths (VGG16:
+block3_pool, block4_pool, block5_pool; CaffeNet: conv3, conv4, pool5) instead of conv5 alone: ultrasound
+texture lives in the middle layers, which ImageNet's last layers have specialised away. The head is a nested
+model named `head`, so training runs on cached features (whatever feeds the head is what is cached).
 """
 from __future__ import annotations
 
@@ -13,20 +16,25 @@ import keras
 
 from ..config import RunConfig
 from ..errors import BadInputError
-from .backbones import apply_backbone
+from .backbones import FEATURES_LAYER, apply_backbone
 
 BACKBONES = ("vgg16", "caffenet")
+# The last tap is `backbone_features` (conv5 pooled), which keeps Grad-CAM and fine-tuning on the usual layer.
+MULTISCALE_TAPS = {"vgg16": ("block3_pool", "block4_pool", FEATURES_LAYER),
+                   "caffenet": ("conv3", "conv4", FEATURES_LAYER)}
 
 
 def build_fc_head(feature_shape: tuple[int, ...], num_classes: int, units: tuple[int, ...] = (4096, 4096),
                   dropout: float = 0.5, pooling: str = "flatten") -> keras.Model:
     inputs = keras.Input(feature_shape, name="feature_map")
-    if pooling == "flatten":
+    if len(feature_shape) == 1:  # already pooled (multiscale)
+        x = inputs
+    elif pooling == "flatten":
         x = keras.layers.Flatten(name="flatten")(inputs)
     elif pooling == "avg":
         x = keras.layers.GlobalAveragePooling2D(name="pool")(inputs)
     else:
-        raise BadInputError(f"model.pooling is {pooling!r}", "use flatten (the paper) or avg")
+        raise BadInputError(f"model.pooling is {pooling!r}", "use flatten (the paper), avg or multiscale")
     for i, width in enumerate(units, start=6):  # fc6, fc7 as in the paper's networks
         x = keras.layers.Dropout(dropout, name=f"fc{i}_dropout")(x)
         x = keras.layers.Dense(width, activation="relu", name=f"fc{i}")(x)
@@ -44,5 +52,17 @@ def build_frozen_feature_classifier(config: RunConfig) -> keras.Model:
     height, width = config.data.image_size
     inputs = keras.Input((height, width, 3), name="image")
     features = apply_backbone(inputs, m.backbone, m.weights)
+    if m.pooling == "multiscale":
+        features = _multiscale(keras.Model(inputs, features), MULTISCALE_TAPS[m.backbone])
     head = build_fc_head(tuple(features.shape[1:]), m.num_classes, m.head_units, m.dropout, m.pooling)
     return keras.Model(inputs, head(features), name=f"{m.backbone}_frozen_features")
+
+
+def _multiscale(backbone: keras.Model, taps: tuple[str, ...]):
+    """Global average and max pooling of each tapped layer, concatenated: one vector per image."""
+    pooled = []
+    for name in taps:
+        tensor = backbone.get_layer(name).output
+        pooled += [keras.layers.GlobalAveragePooling2D(name=f"{name}_avg")(tensor),
+                   keras.layers.GlobalMaxPooling2D(name=f"{name}_max")(tensor)]
+    return keras.layers.Concatenate(name="multiscale_features")(pooled)
