@@ -250,3 +250,44 @@ def test_tflite_runner_needs_no_tensorflow(trained, exported, tmp_path):
                           str(exported["fp32"] / "model.tflite"), str(tmp_path / "missing.png")],
                          capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 2 and "image file not found" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_tflite_runner_in_a_virtual_environment_without_tensorflow(trained, exported, tmp_path):
+    """What a Jetson / Raspberry Pi user does: a fresh venv with tflite/requirements.txt only, then run.py."""
+    import subprocess
+    import sys
+    import venv
+
+    from conftest import REPO
+
+    venv.create(tmp_path / "venv", with_pip=True)
+    python = tmp_path / "venv" / "bin" / "python"
+    install = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "-r",
+                              str(REPO / "tflite" / "requirements.txt")], capture_output=True, text=True, timeout=600)
+    if install.returncode:
+        pytest.skip(f"cannot install tflite/requirements.txt from the package index: {install.stderr[-300:]}")
+    probe = subprocess.run([str(python), "-c", "import importlib.util as u; print(u.find_spec('tensorflow'))"],
+                           capture_output=True, text=True)
+    assert probe.stdout.strip() == "None"  # the runner really has no TensorFlow to fall back on
+    image = sorted((trained["data"] / "beta").glob("*.png"))[0]
+    done = subprocess.run([str(python), str(REPO / "tflite" / "run.py"), "--model",
+                           str(exported["int8"] / "model.tflite"), "--threads", "1", "--json", str(image)],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[0])
+    assert result["input"] == str(image) and {t["label"] for t in result["top"]} <= {"alpha", "beta", "gamma"}
+
+
+def test_int8_io_export_takes_int8_and_agrees_with_float_io(trained, exported, tmp_path):
+    import shutil as sh
+
+    run = tmp_path / "run"
+    sh.copytree(trained["run"], run, ignore=sh.ignore_patterns("exports", "checkpoints"))
+    assert main(["export", "--model", str(run), "--quant", "int8", "--int8-io", "--representative-samples", "8"]) == 0
+    card = read_json(run / "exports" / "int8" / "model_card.json")
+    assert card["export"]["int8_io"] is True
+    integer = TFLiteModel(run / "exports" / "int8" / "model.tflite")
+    assert integer.input["dtype"] == np.int8 and integer.output["dtype"] == np.int8
+    x = np.random.default_rng(2).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    floating = TFLiteModel(exported["int8"] / "model.tflite")(x)
+    assert np.abs(integer(x) - floating).max() <= 0.05  # the same int8 graph; only the I/O (de)quantisation moves
