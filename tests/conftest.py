@@ -62,3 +62,29 @@ def tiny_overrides(data_path: Path, runs: Path, **extra: str) -> list[str]:
               "export.representative_samples": "8", "export.latency_runs": "3"}
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
+
+
+# One tiny model per family the suite exports (32x32 inputs, random weights): parity and QAT tests run on each.
+FAMILIES = {
+    "lite_se": ["model.attention=se"],
+    "lite_cbam": ["model.attention=cbam"],
+    "lite_mhsa": ["model.attention=mhsa"],
+    "vgg16_flatten": ["model.name=frozen_features", "model.backbone=vgg16", "model.pooling=flatten",
+                      "model.attention=none"],
+    "vgg16_multiscale": ["model.name=frozen_features", "model.backbone=vgg16", "model.pooling=multiscale",
+                         "model.attention=none"],
+}
+
+
+def family_model(family: str):
+    from fpc_keras.config import load_config
+    from fpc_keras.models import build_model
+
+    config = load_config(None, ["data.image_size=[32, 32]", "model.weights=none", "model.num_classes=3",
+                                "model.head_units=[16, 8]", *FAMILIES[family]])
+    model = build_model(config)
+    head = model.get_layer("head")
+    rng = np.random.default_rng(0)  # a random classifier bias, so that the outputs differ per class
+    head.get_layer("classifier").set_weights([w + rng.normal(0, 0.3, w.shape)
+                                              for w in head.get_layer("classifier").get_weights()])
+    return model

@@ -48,3 +48,18 @@ def test_fetal_planes_command_runs_the_paper_protocol(shared_data, tmp_path):
     assert tables["fetal_planes"]["chosen"] == "fpc_fetal_planes_efficientnet_lite0_se"
     assert tables["parameters"]["reference"]["ViT-B/16 (fine-tuned end to end)"]["trainable"] == 86_567_656 - 768_000 \
         - 1000 + 768 * 6 + 6
+
+
+@pytest.mark.realdata
+@pytest.mark.slow  # 12,400 stand-in images through VGG16: a few minutes
+def test_frozen_feature_baseline_runs_on_fetal_planes(shared_data, tmp_path):
+    archive = _fetal_planes_zip(shared_data / "FETAL_PLANES_DB" / "FETAL_PLANES_DB_data.csv", tmp_path)
+    runs = tmp_path / "runs"
+    command = [sys.executable, str(REPO / "experiments" / "abdominal_frozen_features.py"), "--fetal-planes",
+               str(archive), "--heads", "linear", "--runs", str(runs), *TINY]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1800, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = read_json(runs / "cm_fetal_planes_vgg16_linear" / "results.json")
+    assert results["split"] == "test" and results["n"] == 5271
+    tables = read_json(runs / "_tables" / "frozen_features_vgg16.json")
+    assert tables["fetal_planes"]["chosen"] == "cm_fetal_planes_vgg16_linear"

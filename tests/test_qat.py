@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from conftest import tiny_overrides, write_folder_dataset
+from conftest import FAMILIES, family_model, tiny_overrides, write_folder_dataset
 from fpc_keras.cli import main
 from fpc_keras.config import load_config
 from fpc_keras.errors import BadInputError
@@ -14,24 +14,9 @@ from fpc_keras.models import build_model
 from fpc_keras.qat import tf_keras_twin
 from fpc_keras.train import train
 
-FAMILIES = {
-    "lite_se": ["model.attention=se"],
-    "lite_cbam": ["model.attention=cbam"],
-    "lite_mhsa": ["model.attention=mhsa"],
-    "vgg16_flatten": ["model.name=frozen_features", "model.backbone=vgg16", "model.pooling=flatten",
-                      "model.attention=none"],
-}
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_twin_matches_the_keras3_model(family):
-    config = load_config(None, ["data.image_size=[32, 32]", "model.weights=none", "model.num_classes=3",
-                                "model.head_units=[16, 8]", *FAMILIES[family]])
-    model = build_model(config)
-    head = model.get_layer("head") if "head" in [layer.name for layer in model.layers] else model
-    rng = np.random.default_rng(0)  # a random classifier bias, so that the outputs differ per class
-    head.get_layer("classifier").set_weights([w + rng.normal(0, 0.3, w.shape)
-                                              for w in head.get_layer("classifier").get_weights()])
+    model = family_model(family)
     twin = tf_keras_twin(model)
     x = np.random.default_rng(1).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
     reference = np.asarray(model(x, training=False))

@@ -27,8 +27,8 @@ MULTISCALE_TAPS = {"vgg16": ("block3_pool", "block4_pool", FEATURES_LAYER),
 def build_fc_head(feature_shape: tuple[int, ...], num_classes: int, units: tuple[int, ...] = (4096, 4096),
                   dropout: float = 0.5, pooling: str = "flatten") -> keras.Model:
     inputs = keras.Input(feature_shape, name="feature_map")
-    if len(feature_shape) == 1:  # already pooled (multiscale)
-        x = inputs
+    if len(feature_shape) == 1:  # already pooled (multiscale): max-pooled activations reach the thousands, so
+        x = keras.layers.BatchNormalization(name="feature_norm")(inputs)  # standardise them per feature
     elif pooling == "flatten":
         x = keras.layers.Flatten(name="flatten")(inputs)
     elif pooling == "avg":
