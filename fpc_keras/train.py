@@ -322,11 +322,13 @@ class _EpochCallback(keras.callbacks.Callback):
 
 class FeatureCache:
     """Backbone features per image, computed once and stored under a key that changes with anything that
-    changes the features: the backbone weights, the preprocessing and each file's path, size and mtime."""
+    changes the features: the extractor's architecture and weights, the preprocessing and each file's path, size
+    and mtime."""
 
     def __init__(self, folder: Path, extractor: keras.Model, spec: ImageSpec, progress: Progress):
         self.folder, self.extractor, self.spec, self.progress = folder, extractor, spec, progress
         digest = hashlib.sha256(repr(spec).encode())
+        digest.update(extractor.to_json().encode())  # the architecture: same weights, other layers, other features
         for weight in extractor.weights:
             digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
         self.model_key = digest.hexdigest()[:16]

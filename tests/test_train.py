@@ -64,6 +64,9 @@ def test_cache_key_follows_files_and_weights(folder_dataset, tmp_path):
     assert cache.key(records) != key
     extractor.layers[-1].set_weights([w + 1 for w in extractor.layers[-1].get_weights()])
     assert FeatureCache(tmp_path, extractor, ImageSpec((32, 32)), lambda m: None).model_key != cache.model_key
+    pooled = keras.Model(inputs, keras.layers.GlobalMaxPooling2D()(extractor.output))  # same weights, other output
+    assert FeatureCache(tmp_path, pooled, ImageSpec((32, 32)), lambda m: None).model_key != \
+        FeatureCache(tmp_path, extractor, ImageSpec((32, 32)), lambda m: None).model_key
 
 
 @pytest.mark.parametrize("balance", ["none", "class_weights"])
