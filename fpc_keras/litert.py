@@ -10,12 +10,24 @@ import numpy as np
 from .errors import BadInputError
 
 
+def interpreter_class() -> type:
+    """ai-edge-litert's interpreter, or tflite-runtime's where a board has that instead."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        try:
+            from tflite_runtime.interpreter import Interpreter
+        except ImportError:
+            raise BadInputError("no TFLite interpreter installed",
+                                "pip install ai-edge-litert (or tflite-runtime)") from None
+    return Interpreter
+
+
 class TFLiteModel:
     """`model(batch)` runs the interpreter one item at a time and returns float outputs (dequantised)."""
 
     def __init__(self, path: str | Path, threads: int = 2):
-        from ai_edge_litert.interpreter import Interpreter
-
+        Interpreter = interpreter_class()
         try:
             self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
         except (ValueError, RuntimeError) as exc:

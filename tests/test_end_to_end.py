@@ -291,3 +291,20 @@ def test_int8_io_export_takes_int8_and_agrees_with_float_io(trained, exported, t
     x = np.random.default_rng(2).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
     floating = TFLiteModel(exported["int8"] / "model.tflite")(x)
     assert np.abs(integer(x) - floating).max() <= 0.05  # the same int8 graph; only the I/O (de)quantisation moves
+
+
+def test_tflite_runtime_is_the_fallback_interpreter(exported, monkeypatch):
+    import sys
+    import types
+
+    from fpc_keras import litert
+
+    fake = types.ModuleType("tflite_runtime.interpreter")
+    fake.Interpreter = object
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)  # import fails as if not installed
+    monkeypatch.setitem(sys.modules, "tflite_runtime", types.ModuleType("tflite_runtime"))
+    monkeypatch.setitem(sys.modules, "tflite_runtime.interpreter", fake)
+    assert litert.interpreter_class() is object
+    monkeypatch.setitem(sys.modules, "tflite_runtime.interpreter", None)
+    with pytest.raises(litert.BadInputError, match="no TFLite interpreter"):
+        litert.interpreter_class()
