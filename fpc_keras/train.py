@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import os
 import time
 from pathlib import Path
@@ -328,7 +329,9 @@ class FeatureCache:
     def __init__(self, folder: Path, extractor: keras.Model, spec: ImageSpec, progress: Progress):
         self.folder, self.extractor, self.spec, self.progress = folder, extractor, spec, progress
         digest = hashlib.sha256(repr(spec).encode())
-        digest.update(extractor.to_json().encode())  # the architecture: same weights, other layers, other features
+        # The architecture (its layers, not the model's own auto-numbered name): same weights, other layers, other
+        # features.
+        digest.update(json.dumps(extractor.get_config()["layers"], sort_keys=True, default=str).encode())
         for weight in extractor.weights:
             digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
         self.model_key = digest.hexdigest()[:16]

@@ -6,8 +6,9 @@ fully connected layers retrained (FC 4096-4096-N with dropout, on the unpooled c
 
 `model.head_units: [4096, 4096]` is the paper's head; lighter heads (e.g. `[512]`, `model.pooling: avg`) are
 options. `model.pooling: multiscale` feeds the head average- and max-pooled features of three depths (VGG16:
-block3_pool, block4_pool, block5_pool; CaffeNet: conv3, conv4, pool5) instead of conv5 alone: ultrasound
-texture lives in the middle layers, which ImageNet's last layers have specialised away. The head is a nested
+block3_pool, block4_pool, block5_pool; CaffeNet: conv3, conv4, pool5) instead of conv5 alone: the middle
+layers carry texture that ImageNet's last layers have specialised away. Their scales differ by orders of
+magnitude, so the head standardises them first, and a full-int8 export loses them (README: Edge). The head is a nested
 model named `head`, so training runs on cached features (whatever feeds the head is what is cached).
 """
 from __future__ import annotations
