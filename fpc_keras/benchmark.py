@@ -10,14 +10,13 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from .card import read_card
 from .errors import BadInputError
 from .export import export_run
 from .io import atomic_write_json
-from .litert import TFLiteModel, measure_latency
+from .litert import TFLiteModel, measure_latency, timing_input
 
 Progress = Callable[[str], None]
 
@@ -34,7 +33,7 @@ def onnx_session_factory(model: keras.Model, shape: tuple[int, ...]) -> tuple[Ca
     proto, _ = tf2onnx.convert.from_function(function, input_signature=[tf.TensorSpec((1, *shape), tf.float32,
                                                                                       name="image")], opset=17)
     data = proto.SerializeToString()
-    item = np.random.default_rng(0).uniform(0, 255, (1, *shape)).astype(np.float32)
+    item = timing_input((1, *shape))
 
     def session(threads: int) -> Callable:
         options = ort.SessionOptions()
@@ -56,7 +55,7 @@ def benchmark(run_dir: str | Path, variants: Sequence[str] = ("fp32", "fp16", "i
         export_run(run_dir, missing, progress=progress)
     model = keras.saving.load_model(run_dir / "model.keras", compile=False)
     shape = tuple(model.inputs[0].shape[1:])
-    item = np.random.default_rng(0).uniform(0, 255, (1, *shape)).astype(np.float32)
+    item = timing_input((1, *shape))
     step = tf.function(lambda x: model(x, training=False))
     rows = {"keras": {"size_bytes": _keras_size(model), "latency": {
         f"{os.cpu_count()}_threads (TF default)": measure_latency(lambda: step(item), runs)}}}

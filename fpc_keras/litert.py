@@ -68,8 +68,13 @@ class TFLiteModel:
 
     def latency_ms(self, runs: int = 30, warmup: int = 3) -> dict[str, float]:
         """Median and p90 of single-item invoke times on a fixed random input."""
-        item = np.random.default_rng(0).uniform(0, 255, self.input_shape[1:]).astype(np.float32)
+        item = timing_input(self.input_shape[1:])
         return measure_latency(lambda: self.run_one(item), runs, warmup)
+
+
+def timing_input(shape: tuple[int, ...]) -> np.ndarray:
+    """The fixed random 0-255 image every runtime is timed on, so that their latencies compare."""
+    return np.random.default_rng(0).uniform(0, 255, shape).astype(np.float32)
 
 
 def measure_latency(call: Callable[[], object], runs: int = 30, warmup: int = 3) -> dict[str, float]:
