@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from . import models  # noqa: F401  (registers custom layers)
 from .card import read_card, write_card
-from .config import QUANT_VARIANTS
+from .config import QUANT_VARIANTS, ExportConfig
 from .data.images import ImageSpec
 from .data.records import Record
 from .errors import BadInputError
@@ -33,10 +33,15 @@ Progress = Callable[[str], None]
 
 def convert(model: keras.Model, variant: str, representative: np.ndarray | None = None,
             int8_io: bool = False) -> bytes:
-    """The `.tflite` bytes of `model` as `variant` (one of QUANT_VARIANTS)."""
+    """The `.tflite` bytes of `model` as `variant` (one of QUANT_VARIANTS but qat, which needs a run folder)."""
     if variant not in QUANT_VARIANTS or variant == "qat":
         raise BadInputError(f"unknown export variant {variant!r}", f"use one of: {', '.join(QUANT_VARIANTS)}")
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    return run_converter(tf.lite.TFLiteConverter.from_keras_model(model), variant, representative, int8_io)
+
+
+def run_converter(converter: tf.lite.TFLiteConverter, variant: str, representative: np.ndarray | None = None,
+                  int8_io: bool = False) -> bytes:
+    """Set `converter` up for `variant` (fp32, fp16, dynamic, int8) and convert; shared with fpc_keras.qat."""
     if variant != "fp32":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if variant == "fp16":
@@ -70,7 +75,8 @@ def train_records(run_dir: Path) -> list[Record]:
 
 def export_run(run_dir: str | Path, variants: Sequence[str] = ("fp32", "int8"), representative_samples: int = 64,
                latency_runs: int = 30, evaluate_split: str = "test", threads: int = 2, int8_io: bool = False,
-               qat: tuple[int, float] = (2, 1e-5), progress: Progress = print) -> dict[str, Path]:
+               qat: tuple[int, float] = (ExportConfig.qat_epochs, ExportConfig.qat_learning_rate),
+               progress: Progress = print) -> dict[str, Path]:
     """Export the run's model as each variant, measure size, latency and accuracy; return variant -> folder."""
     run_dir = Path(run_dir)
     card = read_card(run_dir / "model.keras")

@@ -10,9 +10,7 @@ leaves alone, e.g. attention, are quantised from representative images as in pos
 from __future__ import annotations
 
 import argparse
-import contextlib
 import inspect
-import io
 import sys
 from pathlib import Path
 from typing import Any
@@ -207,7 +205,7 @@ def qat_tflite(run_dir: str | Path, epochs: int, learning_rate: float, represent
     from .card import read_card
     from .data.images import ImageSpec
     from .data.pipeline import image_dataset
-    from .export import representative_images, train_records
+    from .export import representative_images, run_converter, train_records
 
     run_dir = Path(run_dir)
     card = read_card(run_dir / "model.keras")
@@ -224,12 +222,7 @@ def qat_tflite(run_dir: str | Path, epochs: int, learning_rate: float, represent
     # Shape/Gather/Pack ops that the XNNPACK delegate refuses.
     function = tf.function(lambda x: model(x, training=False))
     concrete = function.get_concrete_function(tf.TensorSpec((1, *representative.shape[1:]), tf.float32))
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: ([item[None]] for item in representative)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    with contextlib.redirect_stdout(io.StringIO()):
-        return converter.convert()
+    return run_converter(tf.lite.TFLiteConverter.from_concrete_functions([concrete], model), "int8", representative)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,8 +8,8 @@ fully connected layers retrained (FC 4096-4096-N with dropout, on the unpooled c
 options. `model.pooling: multiscale` feeds the head average- and max-pooled features of three depths (VGG16:
 block3_pool, block4_pool, block5_pool; CaffeNet: conv3, conv4, pool5) instead of conv5 alone: the middle
 layers carry texture that ImageNet's last layers have specialised away. Their scales differ by orders of
-magnitude, so the head standardises them first, and a full-int8 export loses them (README: Edge). The head is a nested
-model named `head`, so training runs on cached features (whatever feeds the head is what is cached).
+magnitude, so the head standardises them first, and a full-int8 export loses them (README: Edge). The head
+is a nested model named `head`, so training runs on cached features (whatever feeds the head is cached).
 """
 from __future__ import annotations
 
