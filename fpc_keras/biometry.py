@@ -92,16 +92,53 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == (1 + int(np.argmax(sizes)))
 
 
+def radial_distance(ellipse: Ellipse, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Distance of each point to the ellipse along the ray from its centre (close to the geometric distance for
+    points near a head-shaped ellipse)."""
+    dx, dy = np.asarray(x) - ellipse.cx, np.asarray(y) - ellipse.cy
+    cos, sin = math.cos(ellipse.angle), math.sin(ellipse.angle)
+    u, v = dx * cos + dy * sin, -dx * sin + dy * cos
+    r = np.sqrt((u / ellipse.a) ** 2 + (v / ellipse.b) ** 2)
+    return np.hypot(dx, dy) * np.abs(1.0 - 1.0 / np.maximum(r, 1e-12))
+
+
+def fit_ellipse_robust(x: np.ndarray, y: np.ndarray, rounds: int = 3, cutoff: float = 3.0) -> Ellipse:
+    """Least-squares fit, then refits without points farther than `cutoff` robust standard deviations (1.4826
+    MAD, at least 1 pixel) from the ellipse: spurs and blobs of a predicted mask do not pull the fit."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    ellipse = fit_ellipse(x, y)
+    for _ in range(rounds):
+        distance = radial_distance(ellipse, x, y)
+        spread = max(1.4826 * float(np.median(np.abs(distance - np.median(distance)))), 1.0)
+        keep = distance <= np.median(distance) + cutoff * spread
+        if keep.all() or keep.sum() < 6:
+            break
+        x, y = x[keep], y[keep]
+        ellipse = fit_ellipse(x, y)
+    return ellipse
+
+
 def ellipse_from_mask(mask: np.ndarray) -> Ellipse | None:
-    """The ellipse of the largest filled region (holes filled), or None for an empty or degenerate mask."""
+    """The robust ellipse of the largest filled region (holes filled), or None for an empty or degenerate mask."""
     region = ndimage.binary_fill_holes(largest_component(mask))
     if region.sum() < 10:
         return None
     x, y = boundary_points(region)
     try:
-        return fit_ellipse(x, y)
+        return fit_ellipse_robust(x, y)
     except (ValueError, np.linalg.LinAlgError):
         return None
+
+
+def hausdorff_mm(predicted: np.ndarray, truth: np.ndarray, pixel_mm: float) -> float:
+    """Symmetric Hausdorff distance between the two masks' boundaries in mm (NaN when either is empty)."""
+    predicted, truth = np.asarray(predicted, bool), np.asarray(truth, bool)
+    if not predicted.any() or not truth.any():
+        return float("nan")
+    edge = lambda m: m & ~ndimage.binary_erosion(m)  # noqa: E731
+    to_truth = ndimage.distance_transform_edt(~edge(truth))
+    to_predicted = ndimage.distance_transform_edt(~edge(predicted))
+    return float(max(to_truth[edge(predicted)].max(), to_predicted[edge(truth)].max()) * pixel_mm)
 
 
 def ellipse_from_outline(outline: np.ndarray) -> Ellipse:
@@ -121,8 +158,12 @@ def ellipse_mask(shape: tuple[int, int], ellipse: Ellipse) -> np.ndarray:
 
 
 def head_circumference_mm(mask: np.ndarray, pixel_mm: float) -> float | None:
+    """The circumference of the mask's robust ellipse in mm (None for an empty or degenerate mask)."""
     ellipse = ellipse_from_mask(mask)
     return None if ellipse is None else ellipse.circumference * pixel_mm
+
+
+abdominal_circumference_mm = head_circumference_mm  # the same measurement on the abdomen's cross-section
 
 
 def femur_length_mm(mask: np.ndarray, pixel_mm: float) -> float | None:

@@ -43,7 +43,14 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from .evaluate import evaluate_path
 
-    evaluate_path(args.model, args.data, args.out, args.split, _aliases(args.alias), args.on_bad_input, args.threads)
+    results = evaluate_path(args.model, args.data, args.out, args.split, _aliases(args.alias), args.on_bad_input,
+                            args.threads)
+    if args.hc18_csv:
+        from .data.hc18 import write_challenge_csv
+
+        if "items" not in results:
+            raise BadInputError("--hc18-csv needs a segmentation model", "evaluate a HC18 segmenter on hc18: data")
+        print(f"HC18 challenge CSV: {write_challenge_csv(args.hc18_csv, results['items'])}")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -109,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--on-bad-input", choices=("error", "skip"), default="error",
                    help="stop at an unreadable file (default) or count and skip it")
     p.add_argument("--threads", type=int, default=2, help="TFLite interpreter threads")
+    p.add_argument("--hc18-csv", metavar="FILE", help="segmenters: also write the HC18 challenge result CSV "
+                   "(filename, center_x_mm, center_y_mm, semi_axes_a_mm, semi_axes_b_mm, angle_rad)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("export", help="export a run's model to TFLite (fp32, fp16, dynamic, int8, qat)")

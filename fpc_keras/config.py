@@ -69,6 +69,11 @@ class ModelConfig:
     # frozen_features: `flatten` keeps the conv5 map unpooled (the paper), `avg` pools it, `multiscale` pools
     # three depths of the backbone (avg + max) into one vector.
     pooling: str = "flatten"
+    # fetalnet: backbone `unet` is the plain U-Net encoder (`base_filters` doubling over `depth` levels); attention
+    # `gates` puts attention gates on the skips; temporal `convlstm` makes it a video model over clips.
+    base_filters: int = 16
+    depth: int = 4
+    temporal: str = "none"
     num_classes: int = 0
 
     def validate(self) -> None:
@@ -77,6 +82,9 @@ class ModelConfig:
         if any(units < 1 for units in self.head_units):
             raise BadInputError(f"model.head_units {self.head_units} has a non-positive size", "use positive sizes")
         _one_of("model.pooling", self.pooling, POOLING_MODES)
+        if self.base_filters < 1 or not 1 <= self.depth <= 6:
+            raise BadInputError(f"model.base_filters={self.base_filters}, model.depth={self.depth}",
+                                "use base_filters >= 1 and depth 1..6")
 
 
 POOLING_MODES = ("flatten", "avg", "multiscale")
@@ -100,6 +108,9 @@ class TrainConfig:
     finetune_blocks: int = 0
     finetune_epochs: int = 10
     finetune_learning_rate: float = 1e-4
+    # Multi-task models (fetalnet): loss weights of the mask (Dice + cross-entropy) and of the plane classifier.
+    mask_weight: float = 1.0
+    plane_weight: float = 0.2
     seed: int = 0
 
     def validate(self) -> None:

@@ -17,14 +17,14 @@ import numpy as np
 from .card import provenance, read_card
 from .data.datasets import TASK_OF_KIND, parse_data_spec, read_dataset, split_records
 from .data.hc18 import read_mask
-from .data.images import ImageSpec, unfit_image
+from .data.images import ImageSpec, image_size_of, unfit_image
 from .data.records import Record, in_split
 from .data.video import model_clips, read_video
 from .errors import BadInputError
 from .io import atomic_write_json
 from .metrics import classification_metrics, dice_iou, mean_metrics
 
-PredictFn = Callable[[np.ndarray], np.ndarray]
+PredictFn = Callable[..., np.ndarray]  # (batch, output=0) -> output `output` (0: primary) of a batch
 
 
 @dataclass
@@ -75,27 +75,35 @@ def keras_predict_fn(model) -> PredictFn:
     """Inference-mode calls through one traced function (much faster than `model.predict` per batch)."""
     import tensorflow as tf
 
+    from .litert import ranked_outputs
+
     infer = tf.function(lambda x: model(x, training=False))
-    return lambda batch: np.asarray(infer(tf.convert_to_tensor(batch, tf.float32)))
+    return lambda batch, output=0: ranked_outputs(infer(tf.convert_to_tensor(batch, tf.float32)))[output]
 
 
 def evaluate(predictor: Predictor, records: Sequence[Record], data: str, split: str | None,
              on_bad_input: str = "error", batch_size: int = 16, progress: Callable[[str], None] = print) -> dict:
     """Run the predictor over `records` and compute the metrics of its task."""
     start = time.perf_counter()
+    items = None
     if predictor.task == "classification":
         metrics, n, skipped = _classification(predictor, records, on_bad_input, batch_size, progress)
+    elif predictor.task == "segmentation" and int(predictor.card["preprocessing"].get("clip_length", 1)) > 1:
+        metrics, n, skipped = _sweep_segmentation(predictor, records, progress)
     elif predictor.task == "segmentation":
-        metrics, n, skipped = _segmentation(predictor, records, on_bad_input, batch_size, progress)
+        metrics, n, skipped, items = _segmentation(predictor, records, on_bad_input, batch_size, progress)
     elif predictor.task == "video":
         metrics, n, skipped = _video(predictor, records, on_bad_input, progress)
     else:
         raise BadInputError(f"model card task {predictor.task!r} unknown", "re-export the model")
     seconds = time.perf_counter() - start
-    return {"model": predictor.path, "model_name": predictor.card.get("name"), "data": data, "split": split,
-            "task": predictor.task, "n": n, "n_skipped": len(skipped), "skipped": skipped, "metrics": metrics,
-            "timings": {"seconds": seconds, "per_item_ms": 1000 * seconds / max(n, 1)},
-            "params": predictor.card.get("params", {}), "provenance": provenance()}
+    results = {"model": predictor.path, "model_name": predictor.card.get("name"), "data": data, "split": split,
+               "task": predictor.task, "n": n, "n_skipped": len(skipped), "skipped": skipped, "metrics": metrics,
+               "timings": {"seconds": seconds, "per_item_ms": 1000 * seconds / max(n, 1)},
+               "params": predictor.card.get("params", {}), "provenance": provenance()}
+    if items is not None:
+        results["items"] = items
+    return results
 
 
 def _predict_images(predictor: Predictor, records: Sequence[Record], on_bad_input: str, batch_size: int,
@@ -135,25 +143,71 @@ def _check_labels(records: Sequence[Record], labels: Sequence[str]) -> None:
 
 def _segmentation(predictor: Predictor, records: Sequence[Record], on_bad_input: str, batch_size: int,
                   progress: Callable[[str], None]):
-    annotated = [r for r in records if "mask" in r.extras]
-    if not annotated:
-        raise BadInputError("no annotated item (mask) in this data", "evaluate on HC18's training_set or a split of it")
-    masks, kept, skipped = _predict_images(predictor, annotated, on_bad_input, batch_size, progress)
+    """Dice, IoU, Hausdorff (mm) and head-circumference error (mm) on annotated items; every item (annotated or
+    not, e.g. HC18's test_set) gets its fitted ellipse in `items` (Bland-Altman data, the challenge CSV)."""
+    masks, kept, skipped = _predict_images(predictor, records, on_bad_input, batch_size, progress)
     resize = predictor.card["preprocessing"]["resize"]
-    per_item: dict[str, list[float]] = {"dice": [], "iou": [], "hc_mad_mm": []}
-    from .biometry import head_circumference_mm
-
+    per_item: dict[str, list[float]] = {"dice": [], "iou": [], "hausdorff_mm": [], "hc_mad_mm": []}
+    items = []
     for mask, i in zip(masks, kept):
-        record = annotated[i]
-        truth = read_mask(record.extras["mask"])
-        predicted = unfit_image(mask, truth.shape, resize)[:, :, 0] > 0.5
-        dice, iou = dice_iou(predicted, truth)
-        per_item["dice"].append(dice)
-        per_item["iou"].append(iou)
-        hc = head_circumference_mm(predicted, record.extras["pixel_mm"])
-        reference = record.extras.get("hc_mm")
-        per_item["hc_mad_mm"].append(abs(hc - reference) if hc is not None and reference else np.nan)
-    return mean_metrics(per_item), len(kept), skipped
+        item = _measure(records[i], mask, resize)
+        items.append(item)
+        if "dice" in item:
+            for name in per_item:
+                per_item[name].append(item[name])
+    metrics = mean_metrics(per_item)
+    if items and not per_item["dice"]:
+        progress("      no annotated item: ellipses only (no Dice / HC error)")
+    errors = [item["hc_mm"] - item["hc_true_mm"] for item in items if item.get("hc_true_mm") and item["hc_mm"]]
+    if errors:
+        bias, spread = float(np.mean(errors)), float(np.std(errors, ddof=1)) if len(errors) > 1 else 0.0
+        metrics["bland_altman"] = {"bias_mm": bias, "limits_mm": [bias - 1.96 * spread, bias + 1.96 * spread],
+                                   "n": len(errors)}
+    return metrics, len(kept), skipped, items
+
+
+def _measure(record: Record, mask: np.ndarray, resize: str) -> dict:
+    """One item: the predicted mask on the original pixel grid, its ellipse and HC, and the errors against the
+    annotation where there is one."""
+    from .biometry import ellipse_from_mask, hausdorff_mm
+
+    pixel_mm = record.extras.get("pixel_mm")
+    annotation = record.extras.get("mask")
+    original = read_mask(annotation).shape if annotation else image_size_of(record.source)
+    predicted = unfit_image(mask, original, resize)[:, :, 0] > 0.5
+    ellipse = ellipse_from_mask(predicted)
+    hc = ellipse.circumference * pixel_mm if ellipse is not None and pixel_mm else None
+    item = {"source": record.source, "pixel_mm": pixel_mm, "hc_mm": hc, "hc_true_mm": record.extras.get("hc_mm"),
+            "ellipse": None if ellipse is None else [ellipse.cx, ellipse.cy, ellipse.a, ellipse.b, ellipse.angle]}
+    if annotation:
+        truth = read_mask(annotation)
+        item["dice"], item["iou"] = dice_iou(predicted, truth)
+        item["hausdorff_mm"] = hausdorff_mm(predicted, truth, pixel_mm or 1.0)
+        item["hc_mad_mm"] = abs(hc - item["hc_true_mm"]) if hc is not None and item["hc_true_mm"] else np.nan
+    return item
+
+
+def _sweep_segmentation(predictor: Predictor, records: Sequence[Record], progress: Callable[[str], None]):
+    """Video segmenters on sweeps built from annotated images (fpc_keras.data.sweeps; item i always gives the same
+    sweep): per-frame Dice on the model's grid, per-frame plane accuracy, and best-frame detection (the frame the
+    plane head rates most likely standard, within one frame of the sweep's true standard plane)."""
+    from .data.pipeline import segmentation_arrays, sweep_arrays
+
+    frames = int(predictor.card["preprocessing"]["clip_length"])
+    images, masks = segmentation_arrays([r for r in records if "mask" in r.extras], predictor.image_spec(), progress)
+    clips, clip_masks, labels, best = sweep_arrays(images, masks, frames)
+    per_item: dict[str, list[float]] = {"sweep_dice": [], "plane_accuracy": [], "best_frame_within_1": [],
+                                        "best_frame_error": []}
+    for clip, truth, label, centre in zip(clips, clip_masks, labels, best):
+        batch = clip[None].astype(np.float32)
+        predicted, plane = predictor.predict(batch)[0], predictor.predict(batch, 1)[0]
+        per_item["sweep_dice"].append(float(np.mean([dice_iou(p[..., 0] > 0.5, t[..., 0] > 127)[0]
+                                                     for p, t in zip(predicted, truth)])))
+        per_item["plane_accuracy"].append(float((plane.argmax(axis=-1) == label).mean()))
+        error = abs(int(plane[:, 0].argmax()) - int(centre))
+        per_item["best_frame_within_1"].append(float(error <= 1))
+        per_item["best_frame_error"].append(float(error))
+    return mean_metrics(per_item), len(clips), {}
 
 
 def _video(predictor: Predictor, records: Sequence[Record], on_bad_input: str, progress: Callable[[str], None]):
@@ -197,7 +251,8 @@ def _split_as_trained(records: list[Record], card: dict) -> list[Record]:
 
 def summary_line(results: dict) -> str:
     parts = []
-    for name in ("top1", "top2", "macro_f1", "video_top1", "dice", "iou", "hc_mad_mm"):
+    for name in ("top1", "top2", "macro_f1", "video_top1", "dice", "iou", "hausdorff_mm", "hc_mad_mm", "sweep_dice",
+                 "best_frame_within_1"):
         metric = results["metrics"].get(name)
         if isinstance(metric, dict) and "value" in metric:
             lo, hi = metric["ci95"]

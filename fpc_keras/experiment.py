@@ -87,3 +87,34 @@ def write_tables(folder: str | Path, experiment: str, tables: dict) -> Path:
                    if t.get("rows"))
     atomic_write_text(folder / f"{experiment}.md", text)
     return folder / f"{experiment}.md"
+
+
+def segmentation_table(rows: Sequence[dict]) -> str:
+    """Markdown for segmenters: rows of {"run", "variant", "card"} (a run's card or an export's card)."""
+    def cell(metrics: dict, name: str, digits: int = 4) -> str:
+        metric = metrics.get(name)
+        if not isinstance(metric, dict) or "value" not in metric:
+            return "-"
+        lo, hi = metric["ci95"]
+        return f"{metric['value']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+    lines = ["| run | variant | n test | Dice | IoU | Hausdorff mm | HC abs. error mm | HC bias mm (95 % limits) "
+             "| sweep Dice | best frame +-1 | size MB | ms / input (2 threads) | trainable / total params | train s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        card = row["card"]
+        metrics = card.get("metrics", {}).get("test", {})
+        ba = metrics.get("bland_altman")
+        agreement = f"{ba['bias_mm']:+.2f} ({ba['limits_mm'][0]:+.2f}, {ba['limits_mm'][1]:+.2f})" if ba else "-"
+        export = card.get("export", {})
+        latency = export.get("latency", {}).get("2_threads", {}).get("median_ms")
+        size = f"{export['size_bytes'] / 1e6:.1f}" if export else "-"
+        params = card.get("params", {})
+        seconds = sum(p.get("seconds", 0.0) for p in card.get("training", {}).get("phases", {}).values())
+        cells = [row["run"], row["variant"], str(card.get("metrics", {}).get("n_test", "-")), cell(metrics, "dice"),
+                 cell(metrics, "iou"), cell(metrics, "hausdorff_mm", 2), cell(metrics, "hc_mad_mm", 2), agreement,
+                 cell(metrics, "sweep_dice"), cell(metrics, "best_frame_within_1", 3), size,
+                 f"{latency:.1f}" if latency else "-", f"{params.get('trainable', 0):,} / {params.get('total', 0):,}",
+                 f"{seconds:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import shutil
 import subprocess
 import sys
@@ -70,7 +71,8 @@ def train_records(run_dir: Path) -> list[Record]:
     if not path.is_file():
         raise BadInputError(f"{path} not found", "export from a run folder written by `fpc-keras train`")
     with path.open() as handle:
-        return [Record(r["source"], r["label"], r["group"], r["split"]) for r in csv.DictReader(handle)]
+        return [Record(r["source"], r["label"], r["group"], r["split"], json.loads(r.get("extras") or "{}"))
+                for r in csv.DictReader(handle)]
 
 
 def export_run(run_dir: str | Path, variants: Sequence[str] = ("fp32", "int8"), representative_samples: int = 64,

@@ -34,7 +34,8 @@ class TFLiteModel:
             raise BadInputError(f"{path} is not a valid TFLite model ({exc})", "export it again") from None
         self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
-        self.output = self.interpreter.get_output_details()[0]
+        # Multi-task models (fetalnet: mask, plane): outputs ranked as `ranked_outputs` does; the first is primary.
+        self.outputs = sorted(self.interpreter.get_output_details(), key=lambda detail: -len(detail["shape"]))
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -48,28 +49,42 @@ class TFLiteModel:
             return np.clip(np.round(x / scale + zero), info.min, info.max).astype(dtype)
         return x.astype(dtype)
 
-    def _dequantise(self, y: np.ndarray) -> np.ndarray:
-        if self.output["dtype"] in (np.int8, np.uint8):
-            scale, zero = self.output["quantization"]
+    @staticmethod
+    def _dequantise(y: np.ndarray, detail: dict) -> np.ndarray:
+        if detail["dtype"] in (np.int8, np.uint8):
+            scale, zero = detail["quantization"]
             return (y.astype(np.float32) - zero) * scale
         return y.astype(np.float32)
 
-    def run_one(self, item: np.ndarray) -> np.ndarray:
+    def run_one(self, item: np.ndarray, output: int = 0) -> np.ndarray:
         expected = self.input_shape[1:]
         if tuple(item.shape) != expected:
             raise BadInputError(f"input of shape {item.shape} does not fit the model's {expected}",
                                 "resize inputs as the model card's preprocessing says")
         self.interpreter.set_tensor(self.input["index"], self._quantise(item[None]))
         self.interpreter.invoke()
-        return self._dequantise(self.interpreter.get_tensor(self.output["index"]))[0]
+        detail = self.outputs[output]
+        return self._dequantise(self.interpreter.get_tensor(detail["index"]), detail)[0]
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return np.stack([self.run_one(item) for item in batch])
+    def __call__(self, batch: np.ndarray, output: int = 0) -> np.ndarray:
+        """Output `output` (0: the primary one) for each item of the batch."""
+        return np.stack([self.run_one(item, output) for item in batch])
 
     def latency_ms(self, runs: int = 30, warmup: int = 3) -> dict[str, float]:
         """Median and p90 of single-item invoke times on a fixed random input."""
         item = timing_input(self.input_shape[1:])
         return measure_latency(lambda: self.run_one(item), runs, warmup)
+
+
+def ranked_outputs(outputs) -> list[np.ndarray]:
+    """A model's outputs as numpy, highest rank first: a multi-task model's primary output (fetalnet's mask) is
+    the first, whatever order the runtime lists them in."""
+    outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+    return sorted((np.asarray(o) for o in outputs), key=lambda o: -o.ndim)
+
+
+def primary_output(outputs) -> np.ndarray:
+    return ranked_outputs(outputs)[0]
 
 
 def timing_input(shape: tuple[int, ...]) -> np.ndarray:

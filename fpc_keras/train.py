@@ -33,16 +33,20 @@ from .config import RunConfig, config_to_dict, save_config
 from .data.datasets import TASK_OF_KIND, prepare_records
 from .data.augment import build_augmenter
 from .data.images import ImageSpec
-from .data.pipeline import SkipLog, balanced_indices, image_dataset, label_ids
+from .data.pipeline import (SkipLog, balanced_indices, image_dataset, label_ids, segmentation_arrays,
+                            segmentation_dataset, sweep_arrays)
+from .data.sweeps import PLANE_LABELS
 from .data.records import Record, in_split, labels_of, split_counts
 from .errors import BadInputError
 from .evaluate import Predictor, evaluate, keras_predict_fn, summary_line
+from .litert import primary_output
 from .io import atomic_path, atomic_write_json, atomic_write_text, read_json
-from .metrics import macro_f1
+from .metrics import dice_iou, macro_f1
 from .models import build_model, parameter_counts
 from .models.backbones import set_backbone_trainable
 
 Progress = Callable[[str], None]
+Validate = Callable[[], tuple[float, float, str]]  # -> (score to maximise, loss to break ties, score name)
 
 
 def train(config: RunConfig, progress: Progress = print) -> Path:
@@ -54,18 +58,19 @@ def train(config: RunConfig, progress: Progress = print) -> Path:
     records = prepare_records(config.data.kind, config.data.path, config.data.val_fraction,
                               config.data.test_fraction, config.train.seed, config.data.aliases,
                               config.data.folds, config.data.fold)
-    labels = labels_of(records)
+    task = TASK_OF_KIND[config.data.kind]
+    labels = list(PLANE_LABELS) if task == "segmentation" else labels_of(records)
     if len(labels) < 2:
         raise BadInputError(f"{config.data.path} holds {len(labels)} class(es): {labels}", "give at least two classes")
     config.model.num_classes = len(labels)
     counts = split_counts(records)
     progress(f"      {len(records)} items, classes {labels}, splits {counts}")
     _write_run_files(config, records)
-    session = _Session(config, records, labels, progress)
+    session = (_SegmentationSession if task == "segmentation" else _Session)(config, records, labels, progress)
     model = session.run()
     with atomic_path(run_dir / "model.keras", suffix=".keras") as tmp:
         model.save(tmp)
-    card = make_card(config.name, TASK_OF_KIND[config.data.kind], labels, config.data.image_size,
+    card = make_card(config.name, task, labels, config.data.image_size,
                      config.data.channels, config.data.resize,
                      {"kind": config.data.kind, "aliases": dict(config.data.aliases)},
                      config_to_dict(config)["model"], parameter_counts(model),
@@ -74,6 +79,9 @@ def train(config: RunConfig, progress: Progress = print) -> Path:
                                      "test_fraction": config.data.test_fraction, "fold": config.data.fold,
                                      "seed": config.train.seed},
                       "seed": config.train.seed, "phases": session.summary()})
+    if len(model.inputs[0].shape) == 5:  # a clip model (fetalnet video): T frames per input
+        card["preprocessing"]["clip_length"] = config.data.clip_length
+        card["input"]["shape"].insert(1, config.data.clip_length)
     write_card(run_dir, card)
     progress("[4/4] evaluating the selected model on the test split")
     test = in_split(records, "test")
@@ -93,8 +101,9 @@ def _write_run_files(config: RunConfig, records: Sequence[Record]) -> None:
     save_config(config, config.run_dir / "config.yaml")
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["source", "label", "group", "split"])
-    writer.writerows([r.source, r.label, r.group, r.split] for r in records)
+    writer.writerow(["source", "label", "group", "split", "extras"])
+    writer.writerows([r.source, r.label, r.group, r.split, json.dumps(r.extras) if r.extras else ""]
+                     for r in records)
     atomic_write_text(config.run_dir / "splits.csv", buffer.getvalue())
 
 
@@ -171,7 +180,8 @@ class _Session:
                       f"{len(x_val)} val)")
         predict_val = lambda: head.predict(x_val, verbose=0, batch_size=256)  # noqa: E731
         data = _array_batches(indices.batch(t.batch_size), x_train, y_train, len(self.labels))
-        self.phase1.fit(head, data, t.epochs, predict_val, self.y_val, self._class_weights(y_train))
+        self.phase1.fit(head, data, t.epochs, _classification_score(predict_val, self.y_val),
+                        self._class_weights(y_train))
 
     def _fit_on_images(self, model: keras.Model, epochs: int, phase: "_Phase") -> None:
         t = self.config.train
@@ -183,7 +193,8 @@ class _Session:
         predict_val = lambda: np.concatenate([predict(x.numpy()) for x, _ in val])  # noqa: E731
         self.progress(f"[3/4] {phase.name}: the model on images ({len(self.train_records)} train, "
                       f"{len(self.val_records)} val, {parameter_counts(model)['trainable']:,} trainable parameters)")
-        phase.fit(model, data, epochs, predict_val, self.y_val, self._class_weights(self.y_train))
+        phase.fit(model, data, epochs, _classification_score(predict_val, self.y_val),
+                  self._class_weights(self.y_train))
 
     def _finetune(self, model: keras.Model) -> keras.Model:
         """Phase 2: unfreeze the top blocks; keep phase 1's model unless validation macro-F1 improves."""
@@ -207,6 +218,76 @@ class _Session:
         counts = np.bincount(y, minlength=len(self.labels))
         return {c: float(len(y) / (len(self.labels) * n)) if n else 0.0 for c, n in enumerate(counts)}
 
+
+
+@keras.saving.register_keras_serializable(package="fpc_keras")
+def dice_cross_entropy(y_true, y_pred):
+    """Soft Dice loss per item (over all its pixels and frames) plus pixel-wise binary cross-entropy."""
+    axes = tuple(range(1, len(y_pred.shape)))
+    overlap = keras.ops.sum(y_true * y_pred, axis=axes)
+    total = keras.ops.sum(y_true, axis=axes) + keras.ops.sum(y_pred, axis=axes)
+    dice = (2.0 * overlap + 1.0) / (total + 1.0)
+    pixels = keras.ops.mean(keras.losses.binary_crossentropy(y_true, y_pred), axis=axes[:-1])
+    return 1.0 - dice + pixels
+
+
+class _SegmentationSession:
+    """Multi-task training (fetalnet): mask (Dice + cross-entropy) and plane class, weighted by
+    `train.mask_weight` / `train.plane_weight`; selection on validation Dice. Frame models see each training item
+    through a random probe pose, a quarter of them as off-plane frames; video models see a new random sweep of
+    each item every epoch (fpc_keras.data.sweeps). An ImageNet encoder is fine-tuned end to end (its
+    BatchNormalization statistics stay frozen)."""
+
+    OFF_PLANE_FRACTION = 0.25
+
+    def __init__(self, config: RunConfig, records: Sequence[Record], labels: list[str], progress: Progress):
+        self.config, self.labels, self.progress = config, labels, progress
+        self.train_records = in_split(records, "train")
+        self.val_records = in_split(records, "val")
+        self.spec = ImageSpec(tuple(config.data.image_size), config.data.channels, config.data.resize)
+        self.phase = _Phase("phase1", config.run_dir / "checkpoints" / "phase1",
+                            config.train.early_stopping_patience, config.run_dir / "history.csv", progress)
+
+    def run(self) -> keras.Model:
+        t, m = self.config.train, self.config.model
+        self.progress(f"[2/4] building {m.name} (encoder {m.backbone}, attention {m.attention}, "
+                      f"temporal {m.temporal}, weights {m.weights})")
+        fitted = self.phase.resume()
+        if fitted is None:
+            fitted = build_model(self.config)
+            if m.backbone != "unet":
+                set_backbone_trainable(fitted, None)
+            fitted.compile(optimizer=keras.optimizers.Adam(t.learning_rate),
+                           loss=[dice_cross_entropy, keras.losses.CategoricalCrossentropy()],
+                           loss_weights=[t.mask_weight, t.plane_weight])
+        if not self.phase.state["done"]:
+            frames = self.config.data.clip_length if m.temporal != "none" else 0
+            images, masks = segmentation_arrays(self.train_records, self.spec, self.progress)
+            val_images, val_masks = segmentation_arrays(self.val_records, self.spec, self.progress)
+            if frames:  # video models: validated on fixed sweeps of the validation images
+                val_images, val_masks = sweep_arrays(val_images, val_masks, frames, t.seed)[:2]
+            data = segmentation_dataset(images, masks, t.batch_size, shuffle=True, seed=t.seed,
+                                        off_plane_fraction=self.OFF_PLANE_FRACTION, frames=frames)
+            self.progress(f"[3/4] phase1: the model on {'sweeps of ' if frames else ''}images ({len(images)} "
+                          f"train, {len(val_images)} val, {parameter_counts(fitted)['trainable']:,} trainable "
+                          "parameters)")
+            self.phase.fit(fitted, data, t.epochs, _dice_score(fitted, val_images, val_masks, t.batch_size))
+        return self.phase.best()
+
+    def summary(self) -> dict:
+        return {"phase1": {k: self.phase.state[k] for k in ("epoch", "best_epoch", "best_score", "best_loss",
+                                                            "seconds")}}
+
+
+def _dice_score(model: keras.Model, images: np.ndarray, masks: np.ndarray, batch_size: int) -> Validate:
+    """Mean validation Dice of the thresholded mask on the model's grid, and 1 - Dice as the tie-breaker."""
+    def validate() -> tuple[float, float, str]:
+        predicted = np.concatenate([primary_output(model(images[i:i + batch_size].astype(np.float32),
+                                                         training=False))
+                                    for i in range(0, len(images), batch_size)])
+        dice = float(np.mean([dice_iou(p[..., 0] > 0.5, m[..., 0] > 127)[0] for p, m in zip(predicted, masks)]))
+        return dice, 1.0 - dice, "dice"
+    return validate
 
 def _head_input(model: keras.Model) -> str:
     """The layer whose output feeds the nested `head` model: what the feature cache stores."""
@@ -260,10 +341,10 @@ class _Phase:
         path = self.folder / "best.keras"
         return keras.saving.load_model(path) if path.is_file() else None
 
-    def fit(self, model: keras.Model, data: tf.data.Dataset, epochs: int, predict_val: Callable[[], np.ndarray],
-            y_val: np.ndarray, class_weight: dict | None) -> None:
+    def fit(self, model: keras.Model, data: tf.data.Dataset, epochs: int, validate: Validate,
+            class_weight: dict | None = None) -> None:
         self.progress(f"      {self.name}: epochs {self.state['epoch'] + 2}..{epochs}")
-        callback = _EpochCallback(self, model, predict_val, y_val)
+        callback = _EpochCallback(self, model, validate)
         start = time.perf_counter()
         model.fit(data, epochs=epochs, initial_epoch=self.state["epoch"] + 1, verbose=2, shuffle=False,
                   class_weight=class_weight, callbacks=[callback])
@@ -271,7 +352,8 @@ class _Phase:
         self.state["done"] = True
         self._write_state()
 
-    def save_epoch(self, model: keras.Model, epoch: int, score: float, loss: float, logs: dict) -> bool:
+    def save_epoch(self, model: keras.Model, epoch: int, score: float, loss: float, logs: dict,
+                   score_name: str = "macro_f1") -> bool:
         """Record an epoch; returns True when early stopping should end the phase."""
         if (score, -loss) > self.best_key():
             with atomic_path(self.folder / "best.keras", suffix=".keras") as tmp:
@@ -282,18 +364,17 @@ class _Phase:
         with atomic_path(self.folder / "last.keras", suffix=".keras") as tmp:
             model.save(tmp)
         self.state["epoch"] = epoch
-        self._append_history(epoch, {**logs, "val_log_loss": loss}, score)
+        self._append_history(epoch, {**logs, "val_loss": loss, f"val_{score_name}": score})
         self._write_state()
         return self.state["wait"] >= self.patience
 
     def _write_state(self) -> None:
         atomic_write_json(self.folder / "state.json", self.state)
 
-    def _append_history(self, epoch: int, logs: dict, score: float) -> None:
+    def _append_history(self, epoch: int, logs: dict) -> None:
         rows = list(csv.DictReader(self.history.open())) if self.history.is_file() else []
         rows = [r for r in rows if r["phase"] != self.name or int(r["epoch"]) < epoch + 1]
-        rows.append({"phase": self.name, "epoch": epoch + 1, **{k: f"{float(v):.6f}" for k, v in logs.items()},
-                     "val_macro_f1": f"{score:.6f}"})
+        rows.append({"phase": self.name, "epoch": epoch + 1, **{k: f"{float(v):.6f}" for k, v in logs.items()}})
         fields = list(dict.fromkeys(k for r in rows for k in r))
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=fields, restval="")
@@ -303,22 +384,28 @@ class _Phase:
 
 
 class _EpochCallback(keras.callbacks.Callback):
-    def __init__(self, phase: _Phase, fit_model: keras.Model, predict_val: Callable[[], np.ndarray],
-                 y_val: np.ndarray):
+    def __init__(self, phase: _Phase, fit_model: keras.Model, validate: Validate):
         super().__init__()
-        self.phase, self.fit_model, self.predict_val, self.y_val = phase, fit_model, predict_val, y_val
+        self.phase, self.fit_model, self.validate = phase, fit_model, validate
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        probs = self.predict_val()
-        y_val = self.y_val[: len(probs)]
-        score = macro_f1(y_val, probs.argmax(axis=1), probs.shape[1])
-        loss = float(-np.log(np.clip(probs[np.arange(len(y_val)), y_val], 1e-7, 1.0)).mean())
+        score, loss, name = self.validate()
         best = max(score, self.phase.best_key()[0])
-        self.phase.progress(f"      {self.phase.name} epoch {epoch + 1}: val macro-F1 {score:.4f}, log-loss "
-                            f"{loss:.4f} (best F1 {best:.4f})")
-        if self.phase.save_epoch(self.fit_model, epoch, score, loss, logs or {}):
-            self.phase.progress(f"      early stop: no val macro-F1 gain for {self.phase.patience} epochs")
+        self.phase.progress(f"      {self.phase.name} epoch {epoch + 1}: val {name} {score:.4f}, loss "
+                            f"{loss:.4f} (best {best:.4f})")
+        if self.phase.save_epoch(self.fit_model, epoch, score, loss, logs or {}, name):
+            self.phase.progress(f"      early stop: no val {name} gain for {self.phase.patience} epochs")
             self.model.stop_training = True
+
+
+def _classification_score(predict_val: Callable[[], np.ndarray], y_val: np.ndarray) -> Validate:
+    """Validation macro-F1 and log-loss of the predicted probabilities."""
+    def validate() -> tuple[float, float, str]:
+        probs = predict_val()
+        y = y_val[: len(probs)]
+        score = macro_f1(y, probs.argmax(axis=1), probs.shape[1])
+        return score, float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0)).mean()), "macro_f1"
+    return validate
 
 
 class FeatureCache:

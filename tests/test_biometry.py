@@ -73,3 +73,24 @@ def test_hc18_masks_reproduce_the_published_circumference(shared_data):
         mask = read_mask(record.extras["mask"])
         errors.append(abs(head_circumference_mm(mask, record.extras["pixel_mm"]) - record.extras["hc_mm"]))
     assert np.mean(errors) < 0.5, errors  # the filled-ellipse masks agree with HC18's own HC to sub-mm
+
+
+def test_robust_fit_ignores_a_blob_attached_to_the_head():
+    truth = Ellipse(260.0, 240.0, 150.0, 110.0, 0.3)
+    mask = ellipse_mask((500, 540), truth)
+    mask[230:250, 400:440] = True  # a bright structure the segmenter merged with the skull
+    hc = head_circumference_mm(mask, 0.1)
+    assert abs(hc - truth.circumference * 0.1) / (truth.circumference * 0.1) < 0.005
+    from fpc_keras.biometry import boundary_points, fit_ellipse  # a plain fit is pulled by the blob
+
+    plain = fit_ellipse(*boundary_points(mask)).circumference * 0.1
+    assert abs(plain - truth.circumference * 0.1) > abs(hc - truth.circumference * 0.1)
+
+
+def test_hausdorff_of_a_shifted_mask_is_the_shift():
+    from fpc_keras.biometry import hausdorff_mm
+
+    truth = ellipse_mask((200, 200), Ellipse(100, 100, 50, 40, 0))
+    shifted = np.roll(truth, 7, axis=1)
+    assert hausdorff_mm(shifted, truth, 0.2) == pytest.approx(7 * 0.2, abs=0.05)
+    assert math.isnan(hausdorff_mm(np.zeros_like(truth), truth, 0.2))

@@ -15,8 +15,10 @@ from PIL import Image
 
 from ..biometry import ellipse_from_outline, ellipse_mask
 from ..errors import BadInputError
+from ..io import atomic_write_text
 from .images import read_bytes
 from .records import Record
+from .sweeps import PLANE_LABELS
 from .tables import read_table
 
 SETS = {"training_set": "training_set_pixel_size_and_HC.csv", "test_set": "test_set_pixel_size.csv"}
@@ -50,7 +52,7 @@ def _record(folder: Path, row: dict) -> Record:
     if annotation.is_file():
         extras["mask"] = str(annotation)
     match = SUBJECT.match(name)
-    return Record(str(image), None, match.group(1) if match else name, extras=extras)
+    return Record(str(image), PLANE_LABELS[0], match.group(1) if match else name, extras=extras)
 
 
 def _number(text: str, name: str) -> float:
@@ -69,3 +71,35 @@ def read_mask(annotation: str) -> np.ndarray:
     except (OSError, ValueError) as exc:
         raise BadInputError(f"annotation {annotation} cannot be turned into a mask: {exc}",
                             "check that it is the HC18 outline PNG") from None
+
+
+CHALLENGE_COLUMNS = ("filename", "center_x_mm", "center_y_mm", "semi_axes_a_mm", "semi_axes_b_mm", "angle_rad")
+
+
+def challenge_rows(items: list[dict]) -> list[dict]:
+    """Evaluated items (with `ellipse` [cx, cy, a, b, angle] in pixels and `pixel_mm`) -> rows of the HC18
+    challenge's result CSV: centre and semi-axes in mm, angle in radians; items without an ellipse get empty
+    cells (the challenge scores them as failures)."""
+    rows = []
+    for item in items:
+        row = {"filename": Path(item["source"]).name}
+        ellipse, pixel_mm = item.get("ellipse"), item.get("pixel_mm")
+        if ellipse and pixel_mm:
+            cx, cy, a, b, angle = ellipse
+            row.update(center_x_mm=cx * pixel_mm, center_y_mm=cy * pixel_mm, semi_axes_a_mm=a * pixel_mm,
+                       semi_axes_b_mm=b * pixel_mm, angle_rad=angle)
+        rows.append({key: row.get(key, "") for key in CHALLENGE_COLUMNS})
+    return rows
+
+
+def write_challenge_csv(path: str | Path, items: list[dict]) -> Path:
+    """Write the HC18 challenge result CSV (one row per evaluated image) atomically."""
+    import csv
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CHALLENGE_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in challenge_rows(items):
+        writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
+    atomic_write_text(path, buffer.getvalue())
+    return Path(path)

@@ -72,6 +72,15 @@ def read_image(source: str, channels: int = 3) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
+def image_size_of(source: str) -> tuple[int, int]:
+    """(height, width) of an image file, from its header."""
+    try:
+        with Image.open(io.BytesIO(read_bytes(source))) as image:
+            return image.size[1], image.size[0]
+    except (UnidentifiedImageError, OSError) as exc:
+        raise BadInputError(f"{source} cannot be decoded as an image ({exc})", SKIP_HINT) from None
+
+
 def _to_uint8(image: Image.Image) -> np.ndarray:
     """Gray stays one channel, colour becomes RGB; 16-bit and float images are scaled by their own range."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):

@@ -116,3 +116,81 @@ def _targets(records: Sequence[Record], labels: Sequence[str] | None) -> Callabl
 def label_ids(records: Sequence[Record], labels: Sequence[str]) -> np.ndarray:
     index = {label: k for k, label in enumerate(labels)}
     return np.array([index[r.label] for r in records], dtype=np.int64)
+
+
+def segmentation_arrays(records: Sequence[Record], spec: ImageSpec,
+                        progress: Callable[[str], None] = print) -> tuple[np.ndarray, np.ndarray]:
+    """Decoded images (N, H, W, C) and their masks (N, H, W, 1), uint8 on the model's grid (masks 0/255,
+    bilinear at the edges). Held in memory: a segmentation training set is read once, not every epoch."""
+    from .hc18 import read_mask
+    from .images import fit_image
+
+    records = list(records)
+    if not records:
+        raise BadInputError("no records to load (empty split)", "check the dataset path and its splits")
+    images, masks = [], []
+    for n, record in enumerate(records, start=1):
+        if "mask" not in record.extras:
+            raise BadInputError(f"{record.source} has no annotation mask", "train segmentation on annotated images")
+        images.append(spec.load(record.source))
+        masks.append(fit_image(read_mask(record.extras["mask"]).astype(np.uint8)[:, :, None] * 255, spec.size,
+                               spec.resize))
+        if n % 200 == 0:
+            progress(f"      read {n}/{len(records)} images and masks")
+    return np.stack(images), np.stack(masks)
+
+
+def segmentation_dataset(images: np.ndarray, masks: np.ndarray, batch_size: int, shuffle: bool = False,
+                         seed: int = 0, off_plane_fraction: float = 0.0, frames: int = 0) -> tf.data.Dataset:
+    """Batches of (float32 images 0-255, (masks 0-1, one-hot plane labels)).
+
+    With `shuffle` (training), every item is seen through a random probe pose (fpc_keras.data.sweeps): image and
+    mask warped together, gain and speckle; `off_plane_fraction` of them are off-plane frames labelled so.
+    Without it, the items pass unchanged as standard planes. With `frames` > 0 (video models) every item becomes
+    a new random sweep of that many frames each epoch: (B, T, H, W, C) clips, per-frame masks and labels.
+    """
+    from .sweeps import PLANE_LABELS, make_sweep, render, training_pose
+
+    classes = len(PLANE_LABELS)
+    rng = np.random.default_rng(seed)
+    lock = threading.Lock()
+
+    def augment(index: np.int64):
+        with lock:
+            item_rng = np.random.default_rng(rng.integers(1 << 62))
+        if frames:
+            clip, clip_masks, labels, _ = make_sweep(images[index], masks[index], frames, item_rng)
+            return clip, clip_masks, np.array([PLANE_LABELS.index(label) for label in labels], np.int64)
+        pose = training_pose(item_rng, off_plane=item_rng.random() < off_plane_fraction)
+        image, mask = render(images[index], masks[index], pose, item_rng)
+        return image, mask, np.int64(PLANE_LABELS.index(pose.label))
+
+    lead = (frames,) if frames else ()
+
+    def load(index):
+        if shuffle or frames:
+            image, mask, label = tf.numpy_function(augment, [index], (tf.uint8, tf.uint8, tf.int64))
+        else:
+            image, mask, label = tf.gather(images, index), tf.gather(masks, index), tf.constant(0, tf.int64)
+        image = tf.ensure_shape(image, (*lead, *images.shape[1:]))
+        mask = tf.ensure_shape(mask, (*lead, *masks.shape[1:]))
+        label = tf.ensure_shape(label, lead)
+        return tf.cast(image, tf.float32), (tf.cast(mask, tf.float32) / 255.0, tf.one_hot(label, classes))
+
+    ds = tf.data.Dataset.range(len(images))
+    if shuffle:
+        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    return ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=not shuffle).batch(batch_size).prefetch(AUTOTUNE)
+
+
+def sweep_arrays(images: np.ndarray, masks: np.ndarray, frames: int,
+                 seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One fixed sweep per item (item i drawn with seed (seed, i), so the same data always gives the same sweeps):
+    clips (N, T, H, W, C), masks (N, T, H, W, 1), plane label ids (N, T), best-frame index (N,)."""
+    from .sweeps import PLANE_LABELS, make_sweep
+
+    out = [make_sweep(image, mask, frames, np.random.default_rng((seed, i)))
+           for i, (image, mask) in enumerate(zip(images, masks))]
+    labels = np.array([[PLANE_LABELS.index(label) for label in item[2]] for item in out], np.int64)
+    return (np.stack([item[0] for item in out]), np.stack([item[1] for item in out]), labels,
+            np.array([item[3] for item in out], np.int64))

@@ -31,3 +31,26 @@ def caffe_preprocess(inputs):
 def channel_pool(inputs):
     return ops.concatenate([ops.mean(inputs, axis=-1, keepdims=True),
                             ops.max(inputs, axis=-1, keepdims=True)], axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="fpc_keras")
+class FoldFrames(keras.layers.Layer):
+    """(B, T, ...) -> (B * T, ...): a clip's frames go through 2-D layers as one batch (shared weights)."""
+
+    def call(self, inputs):
+        return ops.reshape(inputs, (-1, *inputs.shape[2:]))
+
+
+@keras.saving.register_keras_serializable(package="fpc_keras")
+class UnfoldFrames(keras.layers.Layer):
+    """(B * T, ...) -> (B, T, ...): the inverse of FoldFrames for clips of `frames` frames."""
+
+    def __init__(self, frames: int, **kwargs):
+        super().__init__(**kwargs)
+        self.frames = frames
+
+    def call(self, inputs):
+        return ops.reshape(inputs, (-1, self.frames, *inputs.shape[1:]))
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "frames": self.frames}
