@@ -21,6 +21,7 @@ DATA_KINDS = ("fetal_planes", "folder", "prefix", "csv", "hc18", "videos")
 RESIZE_MODES = ("pad", "crop", "stretch", "stretch_crop")
 ON_BAD_INPUT = ("error", "skip")
 BALANCE_MODES = ("none", "class_weights", "sampling")
+STRATEGIES = ("default", "mirrored", "multi_worker")
 
 
 @dataclass
@@ -104,13 +105,17 @@ class TrainConfig:
     # Phase 1 on cached features: also cache this many augmented copies of each training image.
     feature_copies: int = 0
     early_stopping_patience: int = 5
-    # Phase 2: fine-tune the top N backbone blocks (0: no phase 2) from images, with augmentation.
+    # Phase 2: fine-tune the top N backbone blocks (0: no phase 2) from images, with augmentation. Segmentation
+    # (fetalnet, trained end to end): any N > 0 refines the whole network at finetune_learning_rate.
     finetune_blocks: int = 0
     finetune_epochs: int = 10
     finetune_learning_rate: float = 1e-4
     # Multi-task models (fetalnet): loss weights of the mask (Dice + cross-entropy) and of the plane classifier.
     mask_weight: float = 1.0
     plane_weight: float = 0.2
+    # tf.distribute: `default` (one device), `mirrored` (every local GPU, or logical CPU devices), `multi_worker`
+    # (MultiWorkerMirroredStrategy; the cluster comes from the TF_CONFIG environment variable on each node).
+    strategy: str = "default"
     seed: int = 0
 
     def validate(self) -> None:
@@ -121,6 +126,7 @@ class TrainConfig:
         if not 0 <= self.label_smoothing < 1:
             raise BadInputError(f"train.label_smoothing is {self.label_smoothing}", "use a value in [0, 1)")
         _one_of("train.balance", self.balance, BALANCE_MODES)
+        _one_of("train.strategy", self.strategy, STRATEGIES)
         if self.finetune_blocks < 0 or self.feature_copies < 0:
             raise BadInputError("train.finetune_blocks and train.feature_copies must be >= 0", "use 0 to turn off")
 

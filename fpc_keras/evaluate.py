@@ -77,7 +77,7 @@ def keras_predict_fn(model) -> PredictFn:
 
     from .litert import ranked_outputs
 
-    infer = tf.function(lambda x: model(x, training=False))
+    infer = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
     return lambda batch, output=0: ranked_outputs(infer(tf.convert_to_tensor(batch, tf.float32)))[output]
 
 

@@ -38,6 +38,11 @@ class TFLiteModel:
         self.outputs = sorted(self.interpreter.get_output_details(), key=lambda detail: -len(detail["shape"]))
 
     @property
+    def output(self) -> dict:
+        """The primary output's details."""
+        return self.outputs[0]
+
+    @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(int(d) for d in self.input["shape"])
 

@@ -33,8 +33,8 @@ from .config import RunConfig, config_to_dict, save_config
 from .data.datasets import TASK_OF_KIND, prepare_records
 from .data.augment import build_augmenter
 from .data.images import ImageSpec
-from .data.pipeline import (SkipLog, balanced_indices, image_dataset, label_ids, segmentation_arrays,
-                            segmentation_dataset, sweep_arrays)
+from .data.pipeline import (SkipLog, balanced_order, epoch_batches, image_dataset, label_ids, segmentation_arrays,
+                            segmentation_dataset, shuffled_order, sweep_arrays)
 from .data.sweeps import PLANE_LABELS
 from .data.records import Record, in_split, labels_of, split_counts
 from .errors import BadInputError
@@ -67,7 +67,12 @@ def train(config: RunConfig, progress: Progress = print) -> Path:
     progress(f"      {len(records)} items, classes {labels}, splits {counts}")
     _write_run_files(config, records)
     session = (_SegmentationSession if task == "segmentation" else _Session)(config, records, labels, progress)
-    model = session.run()
+    strategy = distribution_strategy(config.train.strategy)
+    if strategy.num_replicas_in_sync > 1:
+        progress(f"      {config.train.strategy} strategy over {strategy.num_replicas_in_sync} replicas; a batch of "
+                 f"{config.train.batch_size} is split between them")
+    with strategy.scope():  # variables (model, optimizer) are created, restored and trained under it
+        model = session.run()
     with atomic_path(run_dir / "model.keras", suffix=".keras") as tmp:
         model.save(tmp)
     card = make_card(config.name, task, labels, config.data.image_size,
@@ -97,6 +102,17 @@ def train(config: RunConfig, progress: Progress = print) -> Path:
     return run_dir
 
 
+def distribution_strategy(name: str) -> tf.distribute.Strategy:
+    """`default`: the current (single-device) strategy; `mirrored`: synchronous data parallelism over the local
+    GPUs (or logical CPU devices where there are none); `multi_worker`: the same across the nodes in TF_CONFIG."""
+    if name == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        return tf.distribute.MirroredStrategy([d.name for d in gpus or tf.config.list_logical_devices("CPU")])
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
 def _write_run_files(config: RunConfig, records: Sequence[Record]) -> None:
     save_config(config, config.run_dir / "config.yaml")
     buffer = io.StringIO()
@@ -107,7 +123,7 @@ def _write_run_files(config: RunConfig, records: Sequence[Record]) -> None:
     atomic_write_text(config.run_dir / "splits.csv", buffer.getvalue())
 
 
-def _compiled(model: keras.Model, learning_rate: float, label_smoothing: float) -> keras.Model:
+def compile_classifier(model: keras.Model, learning_rate: float, label_smoothing: float) -> keras.Model:
     model.compile(optimizer=keras.optimizers.Adam(learning_rate),
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
                   metrics=["accuracy"])
@@ -138,12 +154,12 @@ class _Session:
         set_backbone_trainable(model, 0 if t.freeze_backbone else None)
         if t.freeze_backbone and t.cache_features:
             head = model.get_layer("head")
-            fitted = self.phase1.resume() or _compiled(head, t.learning_rate, t.label_smoothing)
+            fitted = self.phase1.resume() or compile_classifier(head, t.learning_rate, t.label_smoothing)
             if not self.phase1.state["done"]:
                 self._fit_on_cache(model, fitted)
             head.set_weights(self.phase1.best().get_weights())
         else:
-            fitted = self.phase1.resume() or _compiled(model, t.learning_rate, t.label_smoothing)
+            fitted = self.phase1.resume() or compile_classifier(model, t.learning_rate, t.label_smoothing)
             if not self.phase1.state["done"]:
                 self._fit_on_images(fitted, t.epochs, self.phase1)
             model = self.phase1.best()
@@ -171,17 +187,15 @@ class _Session:
         x_train = np.concatenate(x_train)
         y_train = np.tile(self.y_train, t.feature_copies + 1)
         x_val = cache.features(self.val_records)
-        if t.balance == "sampling":
-            indices = balanced_indices(y_train, t.seed).take(len(y_train))
-        else:
-            indices = tf.data.Dataset.range(len(y_train)).shuffle(len(y_train), seed=t.seed)
         self.progress(f"[3/4] phase 1: the head on cached features ({len(x_train)} train incl. "
                       f"{t.feature_copies} augmented cop{'y' if t.feature_copies == 1 else 'ies'}, "
                       f"{len(x_val)} val)")
         predict_val = lambda: head.predict(x_val, verbose=0, batch_size=256)  # noqa: E731
-        data = _array_batches(indices.batch(t.batch_size), x_train, y_train, len(self.labels))
+        order = balanced_order(y_train, t.seed) if t.balance == "sampling" else shuffled_order(len(y_train), t.seed)
+        batches = epoch_batches(order, self.phase1.state["epoch"] + 1, t.epochs, t.batch_size)
+        data = _array_batches(batches, x_train, y_train, len(self.labels))
         self.phase1.fit(head, data, t.epochs, _classification_score(predict_val, self.y_val),
-                        self._class_weights(y_train))
+                        self._class_weights(y_train), steps_per_epoch=-(-len(y_train) // t.batch_size))
 
     def _fit_on_images(self, model: keras.Model, epochs: int, phase: "_Phase") -> None:
         t = self.config.train
@@ -207,7 +221,7 @@ class _Session:
             fitted.set_weights(model.get_weights())
             unfrozen = set_backbone_trainable(fitted, t.finetune_blocks)
             self.progress(f"      phase 2: fine-tuning the top {t.finetune_blocks} blocks ({unfrozen} layers)")
-            fitted = _compiled(fitted, t.finetune_learning_rate, t.label_smoothing)
+            fitted = compile_classifier(fitted, t.finetune_learning_rate, t.label_smoothing)
         if not self.phase2.state["done"]:
             self._fit_on_images(fitted, t.finetune_epochs, self.phase2)
         return self.phase2.best() or model
@@ -245,8 +259,9 @@ class _SegmentationSession:
         self.train_records = in_split(records, "train")
         self.val_records = in_split(records, "val")
         self.spec = ImageSpec(tuple(config.data.image_size), config.data.channels, config.data.resize)
-        self.phase = _Phase("phase1", config.run_dir / "checkpoints" / "phase1",
-                            config.train.early_stopping_patience, config.run_dir / "history.csv", progress)
+        ckpt, history = config.run_dir / "checkpoints", config.run_dir / "history.csv"
+        self.phase = _Phase("phase1", ckpt / "phase1", config.train.early_stopping_patience, history, progress)
+        self.phase2 = _Phase("phase2", ckpt / "phase2", config.train.early_stopping_patience, history, progress)
 
     def run(self) -> keras.Model:
         t, m = self.config.train, self.config.model
@@ -261,22 +276,37 @@ class _SegmentationSession:
                            loss=[dice_cross_entropy, keras.losses.CategoricalCrossentropy()],
                            loss_weights=[t.mask_weight, t.plane_weight])
         if not self.phase.state["done"]:
-            frames = self.config.data.clip_length if m.temporal != "none" else 0
-            images, masks = segmentation_arrays(self.train_records, self.spec, self.progress)
-            val_images, val_masks = segmentation_arrays(self.val_records, self.spec, self.progress)
-            if frames:  # video models: validated on fixed sweeps of the validation images
-                val_images, val_masks = sweep_arrays(val_images, val_masks, frames, t.seed)[:2]
-            data = segmentation_dataset(images, masks, t.batch_size, shuffle=True, seed=t.seed,
-                                        off_plane_fraction=self.OFF_PLANE_FRACTION, frames=frames)
-            self.progress(f"[3/4] phase1: the model on {'sweeps of ' if frames else ''}images ({len(images)} "
-                          f"train, {len(val_images)} val, {parameter_counts(fitted)['trainable']:,} trainable "
-                          "parameters)")
-            self.phase.fit(fitted, data, t.epochs, _dice_score(fitted, val_images, val_masks, t.batch_size))
-        return self.phase.best()
+            self._fit(fitted, self.phase, t.epochs)
+        if not t.finetune_blocks:
+            return self.phase.best()
+        # Phase 2: phase 1's best, refined at the lower learning rate; kept only where validation Dice improves.
+        self.phase2.floor = (self.phase.state["best_score"], -self.phase.state["best_loss"])
+        refined = self.phase2.resume()
+        if refined is None:
+            refined = self.phase.best()
+            refined.optimizer.learning_rate.assign(t.finetune_learning_rate)
+            self.progress(f"      phase 2: refining at learning rate {t.finetune_learning_rate}")
+        if not self.phase2.state["done"]:
+            self._fit(refined, self.phase2, t.finetune_epochs)
+        return self.phase2.best() or self.phase.best()
+
+    def _fit(self, fitted: keras.Model, phase: "_Phase", epochs: int) -> None:
+        t, m = self.config.train, self.config.model
+        frames = self.config.data.clip_length if m.temporal != "none" else 0
+        images, masks = segmentation_arrays(self.train_records, self.spec, self.progress)
+        val_images, val_masks = segmentation_arrays(self.val_records, self.spec, self.progress)
+        if frames:  # video models: validated on fixed sweeps of the validation images
+            val_images, val_masks = sweep_arrays(val_images, val_masks, frames, t.seed)[:2]
+        data = segmentation_dataset(images, masks, t.batch_size, shuffle=True, seed=t.seed,
+                                    off_plane_fraction=self.OFF_PLANE_FRACTION, frames=frames)
+        self.progress(f"[3/4] {phase.name}: the model on {'sweeps of ' if frames else ''}images ({len(images)} "
+                      f"train, {len(val_images)} val, {parameter_counts(fitted)['trainable']:,} trainable "
+                      "parameters)")
+        phase.fit(fitted, data, epochs, _dice_score(fitted, val_images, val_masks, t.batch_size))
 
     def summary(self) -> dict:
-        return {"phase1": {k: self.phase.state[k] for k in ("epoch", "best_epoch", "best_score", "best_loss",
-                                                            "seconds")}}
+        return {p.name: {k: p.state[k] for k in ("epoch", "best_epoch", "best_score", "best_loss", "seconds")}
+                for p in (self.phase, self.phase2) if p.state["epoch"] >= 0}
 
 
 def _dice_score(model: keras.Model, images: np.ndarray, masks: np.ndarray, batch_size: int) -> Validate:
@@ -342,12 +372,12 @@ class _Phase:
         return keras.saving.load_model(path) if path.is_file() else None
 
     def fit(self, model: keras.Model, data: tf.data.Dataset, epochs: int, validate: Validate,
-            class_weight: dict | None = None) -> None:
+            class_weight: dict | None = None, steps_per_epoch: int | None = None) -> None:
         self.progress(f"      {self.name}: epochs {self.state['epoch'] + 2}..{epochs}")
         callback = _EpochCallback(self, model, validate)
         start = time.perf_counter()
         model.fit(data, epochs=epochs, initial_epoch=self.state["epoch"] + 1, verbose=2, shuffle=False,
-                  class_weight=class_weight, callbacks=[callback])
+                  class_weight=class_weight, callbacks=[callback], steps_per_epoch=steps_per_epoch)
         self.state["seconds"] += time.perf_counter() - start
         self.state["done"] = True
         self._write_state()
@@ -444,7 +474,8 @@ class FeatureCache:
         self.progress(f"      computing backbone features of {len(records)} images {variant} (once; cached)")
         start = time.perf_counter()
         data = image_dataset(records, self.spec, None, 32, augment=augment)
-        features = np.concatenate([self.extractor.predict_on_batch(x) for x, _ in data])
+        extract = keras_predict_fn(self.extractor)  # (predict_on_batch repeats rows under MirroredStrategy)
+        features = np.concatenate([extract(x) for x, _ in data])
         self.progress(f"      {len(records) / (time.perf_counter() - start):.1f} images/s")
         with atomic_path(path, suffix=".npy") as tmp:
             np.save(tmp, features)

@@ -53,6 +53,20 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A tiny classifier trained once per test session on a generated 3-class folder dataset (its run folder is
+    read-only for the tests that share it)."""
+    from fpc_keras.config import load_config
+    from fpc_keras.train import train
+
+    root = tmp_path_factory.mktemp("e2e")
+    data = write_folder_dataset(root / "data")
+    config = load_config(None, tiny_overrides(data, root / "runs"))
+    run_dir = train(config, progress=lambda m: None)
+    return {"root": root, "data": data, "run": run_dir, "config": config}
+
+
 def tiny_overrides(data_path: Path, runs: Path, **extra: str) -> list[str]:
     """A 32x32 EfficientNet-Lite0 (random weights) config: builds in about a second."""
     values = {"name": "tiny", "runs_dir": str(runs), "data.kind": "folder", "data.path": str(data_path),

@@ -18,15 +18,6 @@ from fpc_keras.train import train
 CONTRACT_METRICS = {"top1", "top2", "macro_f1", "per_class", "confusion"}
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("e2e")
-    data = write_folder_dataset(root / "data")
-    config = load_config(None, tiny_overrides(data, root / "runs"))
-    run_dir = train(config, progress=lambda m: None)
-    return {"root": root, "data": data, "run": run_dir, "config": config}
-
-
 def test_run_folder_contents(trained):
     run = trained["run"]
     for name in ("config.yaml", "model.keras", "model_card.json", "results.json", "history.csv", "splits.csv",

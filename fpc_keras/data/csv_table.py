@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..errors import BadInputError
 from .records import SPLITS, Record
-from .tables import read_table
+from .tables import one_column_hint, read_table
 
 ALIASES = {"path": ("path", "image", "file", "filename"), "label": ("label", "class"),
            "group": ("group", "study", "patient", "study_id", "patient_id"), "split": ("split",)}
@@ -25,7 +25,8 @@ def read_csv_dataset(csv_path: str | Path) -> list[Record]:
     missing = [name for name in ("path", "label") if name not in columns]
     if missing:
         raise BadInputError(f"{csv_path} has no {' or '.join(missing)} column (it has {list(frame.columns)})",
-                            "name the columns path,label[,group][,split] (aliases: image/file, class, study/patient)")
+                            "name the columns path,label[,group][,split] (aliases: image/file, class, study/patient)"
+                            + one_column_hint(list(frame.columns)))
     records = []
     for number, row in enumerate(frame.to_dict("records"), start=2):
         source = Path(row[columns["path"]])

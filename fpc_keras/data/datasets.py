@@ -10,7 +10,7 @@ from .csv_table import read_csv_dataset
 from .fetal_planes import read_fetal_planes
 from .folders import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, read_folder, read_prefix
 from .hc18 import read_hc18
-from .records import Record, assign_folds, assign_splits, validate_splits
+from .records import Record, assign_folds, assign_splits, check_label_typos, validate_splits
 
 KINDS = {
     "fetal_planes": "FETAL_PLANES_DB folder (CSV + Images/) or its Zenodo zip; official Train split",
@@ -61,8 +61,10 @@ def _read_videos(root: Path, aliases: dict[str, str] | None) -> list[Record]:
 
 def prepare_records(kind: str, path: str | Path, val_fraction: float, test_fraction: float, seed: int,
                     aliases: dict[str, str] | None = None, folds: int = 0, fold: int = 0) -> list[Record]:
-    """Read, split by group (keeping official splits), and check that no group straddles splits."""
-    return split_records(read_dataset(kind, path, aliases), val_fraction, test_fraction, seed, folds, fold)
+    """Read, refuse label typos, split by group (keeping official splits), check that no group straddles splits."""
+    records = read_dataset(kind, path, aliases)
+    check_label_typos(records)
+    return split_records(records, val_fraction, test_fraction, seed, folds, fold)
 
 
 def split_records(records: list[Record], val_fraction: float, test_fraction: float, seed: int, folds: int = 0,

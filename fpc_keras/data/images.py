@@ -18,6 +18,7 @@ from ..errors import BadInputError
 
 ZIP_SEPARATOR = "::"  # "archive.zip::member/path.png" addresses a file inside a zip without unpacking it
 MAX_PIXELS = 100_000_000
+MIN_SIDE = 8  # smaller is no scan (a thumbnail, a tracking pixel, a failed export)
 SKIP_HINT = "replace or remove the file, or set data.on_bad_input=skip to count and skip such files"
 
 
@@ -54,6 +55,9 @@ def read_image(source: str, channels: int = 3) -> np.ndarray:
             if width * height > MAX_PIXELS:
                 raise BadInputError(f"{source} is {width}x{height} pixels, over the {MAX_PIXELS:,}-pixel limit",
                                     "downsize the image before training, or " + SKIP_HINT)
+            if min(width, height) < MIN_SIDE:
+                raise BadInputError(f"{source} is {width}x{height} pixels, too small to be a scan (under "
+                                    f"{MIN_SIDE} pixels a side)", SKIP_HINT)
             image.load()
             array = _to_uint8(image)
     except BadInputError:

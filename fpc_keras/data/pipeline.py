@@ -54,13 +54,40 @@ def _loader(spec: ImageSpec, records: Sequence[Record], skip_log: SkipLog | None
     return load
 
 
+def shuffled_order(n: int, seed: int) -> Callable[[int], np.ndarray]:
+    return lambda epoch: np.random.default_rng((seed, epoch)).permutation(n)
+
+
+def balanced_order(class_ids: np.ndarray, seed: int) -> Callable[[int], np.ndarray]:
+    """len(class_ids) draws per epoch with every class equally likely (class-balanced sampling)."""
+    members = [np.flatnonzero(class_ids == c) for c in np.unique(class_ids)]
+
+    def order(epoch: int) -> np.ndarray:
+        rng = np.random.default_rng((seed, epoch))
+        classes = rng.integers(0, len(members), len(class_ids))
+        return np.array([members[c][rng.integers(len(members[c]))] for c in classes], np.int64)
+    return order
+
+
+def _ordered(order: Callable[[int], np.ndarray], key) -> tf.data.Dataset:
+    """The item indices `order(key)` as a dataset (key: an int64 scalar tensor)."""
+    indices = tf.numpy_function(lambda k: order(int(k)).astype(np.int64), [key], tf.int64)
+    return tf.data.Dataset.from_tensor_slices(tf.ensure_shape(indices, (None,)))
+
+
+def epoch_batches(order: Callable[[int], np.ndarray], first: int, epochs: int, batch_size: int) -> tf.data.Dataset:
+    """Batches of item indices for epochs first..epochs-1, epoch e in the order `order(e)`: a function of the seed
+    and e alone, so a run resumed at epoch e sees exactly the batches an uninterrupted run would (fit with
+    steps_per_epoch, which keeps one iterator across epochs)."""
+    return tf.data.Dataset.range(first, epochs).flat_map(lambda epoch: _ordered(order, epoch).batch(batch_size))
+
+
 def balanced_indices(class_ids: np.ndarray, seed: int = 0) -> tf.data.Dataset:
-    """An endless stream of item indices in which every class is equally likely (each class's items are
-    reshuffled as they repeat): class-balanced sampling."""
-    per_class = [tf.data.Dataset.from_tensor_slices(np.flatnonzero(class_ids == c).astype(np.int64))
-                 .shuffle(int((class_ids == c).sum()), seed=seed + c, reshuffle_each_iteration=True).repeat()
-                 for c in np.unique(class_ids)]
-    return tf.data.Dataset.sample_from_datasets(per_class, seed=seed, rerandomize_each_iteration=True)
+    """An endless stream of item indices in which every class is equally likely (`balanced_order`), drawn anew
+    each time the stream is iterated again (each epoch)."""
+    order = balanced_order(class_ids, seed)
+    keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    return keys.flat_map(lambda key: _ordered(order, key % (1 << 62)))
 
 
 def image_dataset(records: Sequence[Record], spec: ImageSpec, labels: Sequence[str] | None = None,

@@ -40,6 +40,23 @@ def in_split(records: Sequence[Record], split: str | None) -> list[Record]:
     return chosen
 
 
+def check_label_typos(records: Sequence[Record], ratio: float = 0.8, rare: float = 0.1) -> None:
+    """Refuse a label that is rare (at most `rare` of another label's count) and spelt almost like that label
+    (difflib similarity >= `ratio`, case-insensitive): `kidnye` beside 200 `kidney` is a typo, not a class."""
+    import difflib
+
+    counts = Counter(str(r.label) for r in records if r.label is not None)
+    for label, count in sorted(counts.items(), key=lambda item: item[1]):
+        for other, other_count in counts.items():
+            similar = difflib.SequenceMatcher(None, label.lower(), other.lower()).ratio() >= ratio
+            if other != label and similar and count <= rare * other_count:
+                example = next(r.source for r in records if str(r.label) == label)
+                raise BadInputError(f"label {label!r} ({count} item(s), e.g. {example}) looks like a typo of "
+                                    f"{other!r} ({other_count} items)",
+                                    f"correct it in the data, or map it with --alias {label}={other} "
+                                    f"(config: data.aliases)")
+
+
 def validate_splits(records: Sequence[Record]) -> None:
     """No group (patient, study, source) may appear in two splits."""
     splits_of: dict[str, set] = defaultdict(set)

@@ -32,7 +32,7 @@ def read_video(source: str, size: tuple[int, int], channels: int = 3, mode: str 
         raise
     except Exception as exc:  # decoders raise many types (OSError, RuntimeError, ValueError...)
         if not out:
-            raise BadInputError(f"{source} cannot be decoded as a video ({type(exc).__name__}: {exc})",
+            raise BadInputError(f"{source} cannot be decoded as a video ({decoder_reason(exc)})",
                                 DECODE_HINT) from None
         # A damaged tail after good frames: keep what decoded.
     if not out:
@@ -47,8 +47,15 @@ def _imageio_frames(path: Path):
     try:
         yield from iio.imiter(path, plugin=plugin)
     except Exception as exc:
-        raise BadInputError(f"{path} cannot be decoded as a video ({type(exc).__name__}: {exc})",
-                            DECODE_HINT) from None
+        raise BadInputError(f"{path} cannot be decoded as a video ({decoder_reason(exc)})", DECODE_HINT) from None
+
+
+def decoder_reason(exc: Exception) -> str:
+    """A decoder's failure in one line: ffmpeg's errors carry its whole log, whose last error line says why."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    errors = [line for line in lines if "rror" in line or "not found" in line or "nvalid" in line]
+    reason = errors[-1] if errors else (lines[0] if lines else "")
+    return f"{type(exc).__name__}: {reason[:200]}"
 
 
 def _dicom_frames(path: Path):
