@@ -177,7 +177,8 @@ def _measure(record: Record, mask: np.ndarray, resize: str) -> dict:
     predicted = unfit_image(mask, original, resize)[:, :, 0] > 0.5
     ellipse = ellipse_from_mask(predicted)
     hc = ellipse.circumference * pixel_mm if ellipse is not None and pixel_mm else None
-    item = {"source": record.source, "pixel_mm": pixel_mm, "hc_mm": hc, "hc_true_mm": record.extras.get("hc_mm"),
+    item = {"source": record.source, "mask": annotation, "pixel_mm": pixel_mm, "hc_mm": hc,
+            "hc_true_mm": record.extras.get("hc_mm"),
             "ellipse": None if ellipse is None else [ellipse.cx, ellipse.cy, ellipse.a, ellipse.b, ellipse.angle]}
     if annotation:
         truth = read_mask(annotation)

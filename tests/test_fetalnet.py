@@ -146,6 +146,11 @@ def test_train_resume_export_and_challenge_csv(tmp_path):
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 12 and list(rows[0]) == ["filename", "center_x_mm", "center_y_mm", "semi_axes_a_mm",
                                                  "semi_axes_b_mm", "angle_rad"]
+    page = tmp_path / "report.html"
+    assert main(["report", "--runs", str(tmp_path / "runs"), "--out", str(page)]) == 0
+    html = page.read_text()
+    assert "head circumference agreement of fn" in html and "best, median and worst segmentations of fn" in html
+    assert "<th>dice (TFLite)</th>" in html
 
 
 def test_challenge_rows_are_in_millimetres():

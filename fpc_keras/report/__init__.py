@@ -8,7 +8,7 @@ import jinja2
 import yaml
 
 from ..io import atomic_write_text, read_json
-from .figures import confusion_figure, history_figure
+from .figures import bland_altman_figure, confusion_figure, history_figure, overlay_figure
 from .papers import LOWER_IS_BETTER, PAPERS
 
 TEMPLATE = Path(__file__).with_name("template.html")
@@ -31,7 +31,9 @@ def collect_runs(runs_dir: str | Path) -> list[dict]:
                      "paper": (yaml.safe_load(config) or {}).get("model", {}).get("name") if config else None,
                      "confusion": confusion_figure(results["metrics"]["confusion"])
                      if "confusion" in results["metrics"] else None,
-                     "history": history_figure(folder / "history.csv")})
+                     "history": history_figure(folder / "history.csv"),
+                     "bland_altman": bland_altman_figure(results.get("items", [])),
+                     "overlays": overlay_figure(results.get("items", []))})
     return runs
 
 
@@ -48,7 +50,7 @@ def comparison_tables(runs: list[dict]) -> list[dict]:
     for key, paper in PAPERS.items():
         names = list(paper["metrics"])
         rows = [{"who": "paper", "data": paper["data"], "n": "", "cells": [f"{paper['metrics'][m]:.4f}" for m in names]}]
-        rows += [{"who": who, "data": paper["data"], "n": "",
+        rows += [{"who": who, "data": values.get("data", paper["data"]), "n": "",
                   "cells": [f"{values[m]:.4f}" if m in values else "–" for m in names]}
                  for who, values in paper.get("references", {}).items()]
         for run in runs:
@@ -70,12 +72,13 @@ def export_rows(run: dict) -> list[dict]:
         split_metrics = card.get("metrics", {})
         test = split_metrics.get("test") or {}
         keras_test = split_metrics.get("keras_test") or {}
-        top1 = test.get("top1", {}).get("value")
-        keras_top1 = keras_test.get("top1", {}).get("value")
+        metric = "top1" if "top1" in test else "dice"  # a classifier's top-1, a segmenter's Dice
+        top1 = test.get(metric, {}).get("value")
+        keras_top1 = keras_test.get(metric, {}).get("value")
         rows.append({"variant": export["variant"], "size_mb": export["size_bytes"] / 1e6,
                      "latency": f"{latency['median_ms']:.1f} / {latency['p90_ms']:.1f}",
                      "threads": next(iter(export["latency"])).split("_")[0],
-                     "top1": fmt(test.get("top1")),
+                     "metric": metric, "top1": fmt(test.get(metric)),
                      "drop": f"{100 * (keras_top1 - top1):+.2f}" if top1 is not None and keras_top1 is not None else "–"})
     return rows
 

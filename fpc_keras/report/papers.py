@@ -20,7 +20,8 @@ PAPERS = {
         "title": "Płotka et al.: FetalNet, multi-task U-Net for fetal biometry (arXiv 2107.06943)",
         "data": "private fetal ultrasound videos (head, abdomen, femur)",
         "metrics": {"iou": 0.905, "dice": 0.962, "plane_accuracy": 0.96, "hc_mad_mm": 2.9},
-        "references": {"best published on the HC18 test set": {"dice": 0.9775, "hc_mad_mm": 1.90}},
+        "references": {"best published on the HC18 test set": {"dice": 0.9775, "hc_mad_mm": 1.90,
+                                                               "data": "HC18 challenge test set (335 images)"}},
         "notes": "Ours: HC18 (heads only, 2-D frames, split by subject). No public fetal video exists here: the "
                  "video model and plane_accuracy (standard head plane vs off-plane frame) are measured on probe "
                  "sweeps synthesised from HC18 test images, not on real video; the paper's plane classes differ.",
