@@ -21,3 +21,19 @@ def test_abdominal_vgg16_frozen_evaluates_its_own_test_split(shared_data, tmp_pa
     assert result["n"] == card["metrics"]["n_test"] == 60  # the split rule travels in the card
     assert result["metrics"]["top1"]["value"] == pytest.approx(card["metrics"]["test"]["top1"]["value"])
     assert result["metrics"]["top1"]["value"] >= 0.95
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_hc18_fetalnet_evaluates_its_own_test_split(shared_data, tmp_path):
+    model = SHIPPED / "hc18_fetalnet" / "model.tflite"
+    card = read_json(model.parent / "model_card.json")
+    assert card["task"] == "segmentation" and card["export"]["variant"] == "int8"
+    out, ellipses = tmp_path / "result.json", tmp_path / "ellipses.csv"
+    assert main(["evaluate", "--model", str(model), "--data", f"hc18:{shared_data / 'HC18'}", "--split", "test",
+                 "--out", str(out), "--hc18-csv", str(ellipses)]) == 0
+    result = read_json(out)
+    assert result["n"] == card["metrics"]["n_test"] == 158
+    for name in ("dice", "hc_mad_mm"):
+        assert result["metrics"][name]["value"] == pytest.approx(card["metrics"]["test"][name]["value"], abs=1e-4)
+    assert result["metrics"]["dice"]["value"] >= 0.97 and len(ellipses.read_text().splitlines()) == 159
