@@ -106,7 +106,7 @@ def test_kill_during_export_then_rerun(tmp_path, trained):
     run = tmp_path / "run"
     subprocess.run(["cp", "-r", str(trained["run"]), str(run)], check=True)
     subprocess.run(["rm", "-rf", str(run / "exports")], check=True)
-    export = _command(tmp_path, "export", "--model", str(run), "--quant", "fp32", "int8")
+    export = _command(tmp_path, "export", "--model", str(run), "--quant", "int8")
     _kill_at(export, "exporting int8")
     _all_json_valid(run)
     assert not (run / "exports" / "int8" / "model.tflite").exists()

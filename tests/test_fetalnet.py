@@ -137,11 +137,11 @@ def test_train_resume_export_and_challenge_csv(tmp_path):
     # Rerunning the finished command resumes from its checkpoints instead of training again.
     assert main(args) == 0
     assert read_json(run / "checkpoints" / "phase1" / "state.json")["epoch"] == 1
-    assert main(["export", "--model", str(run), "--quant", "fp32", "int8"]) == 0
+    assert main(["export", "--model", str(run), "--quant", "int8"]) == 0
     int8_card = read_json(run / "exports" / "int8" / "model_card.json")
     assert "dice" in int8_card["metrics"]["test"]  # the .tflite's own Dice, from the split's masks
     out = tmp_path / "ellipses.csv"
-    assert main(["evaluate", "--model", str(run / "exports" / "fp32" / "model.tflite"), "--data", f"hc18:{data}",
+    assert main(["evaluate", "--model", str(run / "exports" / "int8" / "model.tflite"), "--data", f"hc18:{data}",
                  "--hc18-csv", str(out)]) == 0
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 12 and list(rows[0]) == ["filename", "center_x_mm", "center_y_mm", "semi_axes_a_mm",
@@ -166,11 +166,11 @@ def test_challenge_rows_are_in_millimetres():
 
 
 def test_video_model_trains_on_sweeps_and_is_evaluated_on_them(tmp_path):
-    assert main(_train_args(tmp_path, "fnv", 8, "data.clip_length=6", "model.temporal=convlstm", "train.epochs=1",
+    assert main(_train_args(tmp_path, "fnv", 6, "data.clip_length=4", "model.temporal=convlstm", "train.epochs=1",
                             "train.batch_size=2")) == 0
     run = tmp_path / "runs" / "fnv"
     card = read_json(run / "model_card.json")
-    assert card["preprocessing"]["clip_length"] == 6 and card["input"]["shape"] == [1, 6, 32, 32, 3]
+    assert card["preprocessing"]["clip_length"] == 4 and card["input"]["shape"] == [1, 4, 32, 32, 3]
     metrics = read_json(run / "results.json")["metrics"]
     assert {"sweep_dice", "plane_accuracy", "best_frame_within_1", "best_frame_error"} <= set(metrics)
     assert main(["export", "--model", str(run), "--quant", "fp32"]) == 0

@@ -25,13 +25,14 @@ def test_modes_become_uint8_with_requested_channels(tmp_path):
     Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
     Image.new("CMYK", (16, 16), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg")
     Image.new("P", (8, 8)).save(tmp_path / "palette.png")
-    Image.new("L", (1, 1), 7).save(tmp_path / "one.png")
+    Image.new("L", (1, 1), 7).save(tmp_path / "one.png")  # no scan: refused (tests/test_bad_inputs.py)
     g16 = read_image(str(tmp_path / "g16.png"), 3)
     assert g16.dtype == np.uint8 and g16.shape == (64, 64, 3) and g16.max() == 255 and g16.min() == 0
     assert read_image(str(tmp_path / "rgba.png"), 3)[0, 0].tolist() == [200, 0, 0]
     assert read_image(str(tmp_path / "cmyk.jpg"), 3)[0, 0, 0] > 200  # CMYK (0,255,255,0) is red
     assert read_image(str(tmp_path / "palette.png"), 1).shape == (8, 8, 1)
-    assert read_image(str(tmp_path / "one.png"), 3).shape == (1, 1, 3)
+    with pytest.raises(BadInputError, match="1x1 pixels, too small"):
+        read_image(str(tmp_path / "one.png"), 3)
 
 
 @pytest.mark.parametrize("content, words", [
@@ -77,8 +78,8 @@ def test_huge_image_is_refused_before_decoding(tmp_path):
 def test_zip_member(tmp_path):
     archive = tmp_path / "a.zip"
     with zipfile.ZipFile(archive, "w") as z:
-        z.writestr("Images/x.png", _png(np.full((5, 7), 9, np.uint8)))
-    assert read_image(f"{archive}::Images/x.png", 1).shape == (5, 7, 1)
+        z.writestr("Images/x.png", _png(np.full((9, 11), 9, np.uint8)))
+    assert read_image(f"{archive}::Images/x.png", 1).shape == (9, 11, 1)
     with pytest.raises(BadInputError, match="not in"):
         read_image(f"{archive}::Images/y.png")
 
