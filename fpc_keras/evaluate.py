@@ -24,7 +24,7 @@ from .errors import BadInputError
 from .io import atomic_write_json
 from .metrics import classification_metrics, dice_iou, mean_metrics
 
-PredictFn = Callable[..., np.ndarray]  # (batch, output=0) -> output `output` (0: primary) of a batch
+PredictFn = Callable[..., np.ndarray]  # (batch, output=0) -> output `output` (0: primary; None: all, ranked)
 
 
 @dataclass
@@ -78,7 +78,10 @@ def keras_predict_fn(model) -> PredictFn:
     from .litert import ranked_outputs
 
     infer = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-    return lambda batch, output=0: ranked_outputs(infer(tf.convert_to_tensor(batch, tf.float32)))[output]
+    def predict(batch: np.ndarray, output: int | None = 0):
+        ranked = ranked_outputs(infer(tf.convert_to_tensor(batch, tf.float32)))
+        return ranked if output is None else ranked[output]
+    return predict
 
 
 def evaluate(predictor: Predictor, records: Sequence[Record], data: str, split: str | None,
@@ -173,15 +176,15 @@ def _measure(record: Record, mask: np.ndarray, resize: str) -> dict:
 
     pixel_mm = record.extras.get("pixel_mm")
     annotation = record.extras.get("mask")
-    original = read_mask(annotation).shape if annotation else image_size_of(record.source)
+    truth = read_mask(annotation) if annotation else None
+    original = truth.shape if truth is not None else image_size_of(record.source)
     predicted = unfit_image(mask, original, resize)[:, :, 0] > 0.5
     ellipse = ellipse_from_mask(predicted)
     hc = ellipse.circumference * pixel_mm if ellipse is not None and pixel_mm else None
     item = {"source": record.source, "mask": annotation, "pixel_mm": pixel_mm, "hc_mm": hc,
             "hc_true_mm": record.extras.get("hc_mm"),
             "ellipse": None if ellipse is None else [ellipse.cx, ellipse.cy, ellipse.a, ellipse.b, ellipse.angle]}
-    if annotation:
-        truth = read_mask(annotation)
+    if truth is not None:
         item["dice"], item["iou"] = dice_iou(predicted, truth)
         item["hausdorff_mm"] = hausdorff_mm(predicted, truth, pixel_mm or 1.0)
         item["hc_mad_mm"] = abs(hc - item["hc_true_mm"]) if hc is not None and item["hc_true_mm"] else np.nan
@@ -201,7 +204,7 @@ def _sweep_segmentation(predictor: Predictor, records: Sequence[Record], progres
                                         "best_frame_error": []}
     for clip, truth, label, centre in zip(clips, clip_masks, labels, best):
         batch = clip[None].astype(np.float32)
-        predicted, plane = predictor.predict(batch)[0], predictor.predict(batch, 1)[0]
+        predicted, plane = (output[0] for output in predictor.predict(batch, None))  # one inference, both outputs
         per_item["sweep_dice"].append(float(np.mean([dice_iou(p[..., 0] > 0.5, t[..., 0] > 127)[0]
                                                      for p, t in zip(predicted, truth)])))
         per_item["plane_accuracy"].append(float((plane.argmax(axis=-1) == label).mean()))

@@ -61,18 +61,21 @@ class TFLiteModel:
             return (y.astype(np.float32) - zero) * scale
         return y.astype(np.float32)
 
-    def run_one(self, item: np.ndarray, output: int = 0) -> np.ndarray:
+    def run_one(self, item: np.ndarray, output: int | None = 0):
         expected = self.input_shape[1:]
         if tuple(item.shape) != expected:
             raise BadInputError(f"input of shape {item.shape} does not fit the model's {expected}",
                                 "resize inputs as the model card's preprocessing says")
         self.interpreter.set_tensor(self.input["index"], self._quantise(item[None]))
         self.interpreter.invoke()
-        detail = self.outputs[output]
-        return self._dequantise(self.interpreter.get_tensor(detail["index"]), detail)[0]
+        read = lambda d: self._dequantise(self.interpreter.get_tensor(d["index"]), d)[0]  # noqa: E731
+        return [read(d) for d in self.outputs] if output is None else read(self.outputs[output])
 
-    def __call__(self, batch: np.ndarray, output: int = 0) -> np.ndarray:
-        """Output `output` (0: the primary one) for each item of the batch."""
+    def __call__(self, batch: np.ndarray, output: int | None = 0):
+        """Output `output` (0: the primary one; None: all of them, ranked) for each item of the batch."""
+        if output is None:
+            per_item = [self.run_one(item, None) for item in batch]
+            return [np.stack(outputs) for outputs in zip(*per_item)]
         return np.stack([self.run_one(item, output) for item in batch])
 
     def latency_ms(self, runs: int = 30, warmup: int = 3) -> dict[str, float]:
