@@ -403,7 +403,7 @@ class _Phase:
 
     def _append_history(self, epoch: int, logs: dict) -> None:
         rows = list(csv.DictReader(self.history.open())) if self.history.is_file() else []
-        rows = [r for r in rows if r["phase"] != self.name or int(r["epoch"]) < epoch + 1]
+        rows = [r for r in rows if r.get("phase", "phase1") != self.name or int(r["epoch"]) < epoch + 1]
         rows.append({"phase": self.name, "epoch": epoch + 1, **{k: f"{float(v):.6f}" for k, v in logs.items()}})
         fields = list(dict.fromkeys(k for r in rows for k in r))
         buffer = io.StringIO()
