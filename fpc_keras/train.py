@@ -16,6 +16,7 @@ best.keras, state.json), history.csv, model.keras (the selected model), results.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -293,8 +294,7 @@ class _SegmentationSession:
     def _fit(self, fitted: keras.Model, phase: "_Phase", epochs: int) -> None:
         t, m = self.config.train, self.config.model
         frames = self.config.data.clip_length if m.temporal != "none" else 0
-        images, masks = segmentation_arrays(self.train_records, self.spec, self.progress)
-        val_images, val_masks = segmentation_arrays(self.val_records, self.spec, self.progress)
+        images, masks, val_images, val_masks = self._arrays()
         if frames:  # video models: validated on fixed sweeps of the validation images
             val_images, val_masks = sweep_arrays(val_images, val_masks, frames, t.seed)[:2]
         data = segmentation_dataset(images, masks, t.batch_size, shuffle=True, seed=t.seed,
@@ -303,6 +303,12 @@ class _SegmentationSession:
                       f"train, {len(val_images)} val, {parameter_counts(fitted)['trainable']:,} trainable "
                       "parameters)")
         phase.fit(fitted, data, epochs, _dice_score(fitted, val_images, val_masks, t.batch_size))
+
+    @functools.cache
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Training and validation images and masks, read once for both phases."""
+        return (*segmentation_arrays(self.train_records, self.spec, self.progress),
+                *segmentation_arrays(self.val_records, self.spec, self.progress))
 
     def summary(self) -> dict:
         return {p.name: {k: p.state[k] for k in ("epoch", "best_epoch", "best_score", "best_loss", "seconds")}
