@@ -20,8 +20,9 @@ $(STAMP): setup.cfg pyproject.toml
 demo: setup
 	$(BIN)/python experiments/demo.py
 
+# Two (up to four) test processes: much of the suite waits on the single-threaded TFLite converter and child processes.
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --maxprocesses=4
 
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow

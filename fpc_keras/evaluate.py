@@ -7,6 +7,7 @@ written atomically as {"model", "data", "split", "task", "n", "metrics": {name: 
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,10 +15,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from . import postprocess
 from .card import provenance, read_card
 from .data.datasets import TASK_OF_KIND, parse_data_spec, read_dataset, split_records
 from .data.hc18 import read_mask
-from .data.images import ImageSpec, image_size_of, unfit_image
+from .data.images import ImageSpec, image_size_of
 from .data.records import Record, in_split
 from .data.video import model_clips, read_video
 from .errors import BadInputError
@@ -110,14 +112,17 @@ def evaluate(predictor: Predictor, records: Sequence[Record], data: str, split: 
 
 
 def _predict_images(predictor: Predictor, records: Sequence[Record], on_bad_input: str, batch_size: int,
-                    progress: Callable[[str], None]) -> tuple[np.ndarray, np.ndarray, dict]:
+                    progress: Callable[[str], None], predict: Callable[[np.ndarray], np.ndarray] | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, dict]:
+    """`predict` (default: the predictor's own) over the records' images -> outputs, indices kept, skips."""
     from .data.pipeline import SkipLog, image_dataset
 
+    predict = predict or predictor.predict
     log = SkipLog() if on_bad_input == "skip" else None
     ds = image_dataset(records, predictor.image_spec(), None, batch_size, skip_log=log)
     outputs, kept, done, report_every = [], [], 0, max(500, len(records) // 10)
     for images, indices in ds:
-        outputs.append(predictor.predict(images.numpy()))
+        outputs.append(predict(images.numpy()))
         kept.append(indices.numpy())
         done += len(indices)
         if done // report_every > (done - len(indices)) // report_every:
@@ -147,13 +152,16 @@ def _check_labels(records: Sequence[Record], labels: Sequence[str]) -> None:
 def _segmentation(predictor: Predictor, records: Sequence[Record], on_bad_input: str, batch_size: int,
                   progress: Callable[[str], None]):
     """Dice, IoU, Hausdorff (mm) and head-circumference error (mm) on annotated items; every item (annotated or
-    not, e.g. HC18's test_set) gets its fitted ellipse in `items` (Bland-Altman data, the challenge CSV)."""
-    masks, kept, skipped = _predict_images(predictor, records, on_bad_input, batch_size, progress)
+    not, e.g. HC18's test_set) gets its fitted ellipse in `items` (Bland-Altman data, the challenge CSV). Masks
+    follow the card's post-processing (mirrored averaging, threshold)."""
+    post = postprocess.settings(predictor.card)
+    probs, kept, skipped = _predict_images(predictor, records, on_bad_input, batch_size, progress,
+                                           _mask_predict(predictor, post["flip"]))
     resize = predictor.card["preprocessing"]["resize"]
     per_item: dict[str, list[float]] = {"dice": [], "iou": [], "hausdorff_mm": [], "hc_mad_mm": []}
     items = []
-    for mask, i in zip(masks, kept):
-        item = _measure(records[i], mask, resize)
+    for prob, i in zip(probs, kept):
+        item = _measure(records[i], prob, resize, post["threshold"])
         items.append(item)
         if "dice" in item:
             for name in per_item:
@@ -169,16 +177,22 @@ def _segmentation(predictor: Predictor, records: Sequence[Record], on_bad_input:
     return metrics, len(kept), skipped, items
 
 
-def _measure(record: Record, mask: np.ndarray, resize: str) -> dict:
+def _mask_predict(predictor: Predictor, flip: bool) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda batch: postprocess.mask_probabilities(predictor.predict, batch, flip)
+
+
+def _measure(record: Record, probs: np.ndarray, resize: str, threshold: float, truth: np.ndarray | None = None,
+             hausdorff: bool = True) -> dict:
     """One item: the predicted mask on the original pixel grid, its ellipse and HC, and the errors against the
-    annotation where there is one."""
+    annotation where there is one (`truth`: the annotation's mask when already read)."""
     from .biometry import ellipse_from_mask, hausdorff_mm
 
     pixel_mm = record.extras.get("pixel_mm")
     annotation = record.extras.get("mask")
-    truth = read_mask(annotation) if annotation else None
+    if truth is None and annotation:
+        truth = read_mask(annotation)
     original = truth.shape if truth is not None else image_size_of(record.source)
-    predicted = unfit_image(mask, original, resize)[:, :, 0] > 0.5
+    predicted = postprocess.original_mask(probs, original, resize, threshold)
     ellipse = ellipse_from_mask(predicted)
     hc = ellipse.circumference * pixel_mm if ellipse is not None and pixel_mm else None
     item = {"source": record.source, "mask": annotation, "pixel_mm": pixel_mm, "hc_mm": hc,
@@ -186,9 +200,52 @@ def _measure(record: Record, mask: np.ndarray, resize: str) -> dict:
             "ellipse": None if ellipse is None else [ellipse.cx, ellipse.cy, ellipse.a, ellipse.b, ellipse.angle]}
     if truth is not None:
         item["dice"], item["iou"] = dice_iou(predicted, truth)
-        item["hausdorff_mm"] = hausdorff_mm(predicted, truth, pixel_mm or 1.0)
+        if hausdorff:
+            item["hausdorff_mm"] = hausdorff_mm(predicted, truth, pixel_mm or 1.0)
         item["hc_mad_mm"] = abs(hc - item["hc_true_mm"]) if hc is not None and item["hc_true_mm"] else np.nan
     return item
+
+
+POSTPROCESS_THRESHOLDS = tuple(np.round(np.arange(0.3, 0.701, 0.05), 2))
+
+
+def choose_postprocessing(predictor: Predictor, records: Sequence[Record], batch_size: int = 16,
+                          progress: Callable[[str], None] = print) -> dict:
+    """Mirrored averaging on or off and the mask threshold, chosen on annotated `records` (the validation split,
+    never test): the lowest mean HC error where the items carry a true HC, else the highest Dice."""
+    records = [r for r in records if r.extras.get("mask")]
+    if not records:
+        raise BadInputError("no annotated validation item to choose the mask threshold on",
+                            "keep a validation split with annotations (data.val_fraction > 0)")
+    truths = {r.source: read_mask(r.extras["mask"]) for r in records}
+    resize = predictor.card["preprocessing"]["resize"]
+    rows, by_hc = [], all(r.extras.get("hc_mm") for r in records)
+    for flip in (False, True):
+        probs, kept, _ = _predict_images(predictor, records, "error", batch_size, lambda m: None,
+                                         _mask_predict(predictor, flip))
+        for threshold in POSTPROCESS_THRESHOLDS:
+            items = [_measure(records[i], p, resize, float(threshold), truths[records[i].source], hausdorff=False)
+                     for p, i in zip(probs, kept)]
+            rows.append(_candidate(items, flip, float(threshold), by_hc))
+
+    def rank(row: dict) -> tuple[int, float]:  # fewest items without an ellipse, then HC error or Dice
+        if not by_hc:
+            return row["no_ellipse"], -row["dice"]
+        return row["no_ellipse"], math.inf if row["hc_mad_mm"] is None else row["hc_mad_mm"]
+    best = min(rows, key=rank)
+    progress(f"      post-processing chosen on validation (n={len(records)}, by {'HC error' if by_hc else 'Dice'}): "
+             f"threshold {best['threshold']}, mirrored averaging {'on' if best['flip'] else 'off'} (Dice "
+             f"{best['dice']:.4f}" + (f", HC error {best['hc_mad_mm']:.3f} mm)" if by_hc else ")"))
+    return {"threshold": best["threshold"], "flip": best["flip"], "chosen_on": "val", "n": len(records),
+            "criterion": "hc_mad_mm" if by_hc else "dice", "candidates": rows}
+
+
+def _candidate(items: list[dict], flip: bool, threshold: float, by_hc: bool) -> dict:
+    """One post-processing candidate's validation scores (the HC error over the items with an ellipse)."""
+    hc = np.array([item["hc_mad_mm"] for item in items if item["ellipse"] is not None], dtype=float)
+    return {"flip": flip, "threshold": threshold, "dice": float(np.mean([item["dice"] for item in items])),
+            "hc_mad_mm": float(np.nanmean(hc)) if by_hc and len(hc) else None,
+            "no_ellipse": sum(item["ellipse"] is None for item in items)}
 
 
 def _sweep_segmentation(predictor: Predictor, records: Sequence[Record], progress: Callable[[str], None]):

@@ -12,7 +12,8 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image
 
-from .data.images import read_image, unfit_image
+from .card import read_card
+from .data.images import ImageSpec, read_image, unfit_image
 from .errors import BadInputError
 from .io import atomic_path
 from .models.backbones import FEATURES_LAYER
@@ -77,3 +78,47 @@ def explain_file(model_path: str | Path, image_path: str, out: str | Path, metho
         Image.fromarray(overlay(original, cam_full)).save(tmp, format="PNG")
     return {"image": image_path, "class": labels[target], "probability": float(probs[target]),
             "predicted": labels[int(probs.argmax())], "method": method, "out": str(out)}
+
+
+def class_montage(run_dir: str | Path, out: str | Path, method: str = "gradcam") -> Path | None:
+    """Grad-CAM per class of a classification run: the first test image of each class (splits.csv order), its
+    map for the true class, titled with the model's prediction; one PNG row. None for other tasks or runs whose
+    test images are not on this machine."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .export import train_records
+
+    run_dir = Path(run_dir)
+    card = read_card(run_dir / "model.keras")
+    labels = card["labels"]
+    if card["task"] != "classification" or len(card["input"]["shape"]) != 4:
+        return None
+    test = [r for r in train_records(run_dir) if r.split == "test" and Path(r.source).is_file()]
+    chosen = [next((r for r in test if r.label == label), None) for label in labels]
+    if not any(chosen):
+        return None
+    from . import models  # noqa: F401
+
+    model = keras.saving.load_model(run_dir / "model.keras", compile=False)
+    pre = card["preprocessing"]
+    spec = ImageSpec(tuple(pre["image_size"]), pre["channels"], pre["resize"])
+    figure, axes = plt.subplots(1, len(labels), figsize=(2.2 * len(labels), 2.6), squeeze=False)
+    for axis, label, record in zip(axes[0], labels, chosen):
+        axis.axis("off")
+        if record is None:
+            axis.set_title(f"{label}: no test image", fontsize=7)
+            continue
+        x = spec.load(record.source).astype(np.float32)
+        probs = np.asarray(model(x[None], training=False))[0]
+        cam = heatmap(model, x, labels.index(label), method)
+        axis.imshow(overlay(np.clip(x, 0, 255).astype(np.uint8), cam))
+        predicted = labels[int(probs.argmax())]
+        axis.set_title(f"true {label}\npredicted {predicted} ({probs.max():.2f})", fontsize=7,
+                       color="black" if predicted == label else "firebrick")
+    with atomic_path(out, suffix=".png") as tmp:
+        figure.savefig(tmp, format="png", dpi=90, bbox_inches="tight")
+    plt.close(figure)
+    return Path(out)

@@ -62,7 +62,26 @@ def classification_metrics(y_true: Sequence[int], probs: np.ndarray, labels: Seq
         "macro_f1": with_ci(lambda i: macro_f1(y_true[i], y_pred[i], k), n, n_boot),
         "per_class": per_class(matrix, labels),
         "confusion": {"labels": list(labels), "matrix": matrix.tolist()},
+        "calibration": calibration(y_true, probs, n_boot=n_boot),
     }
+
+
+def calibration(y_true: np.ndarray, probs: np.ndarray, bins: int = 10, n_boot: int = N_BOOT) -> dict:
+    """Reliability of the top-1 probability: per confidence bin (equal width) its count, mean confidence and
+    accuracy, and the expected calibration error (count-weighted |accuracy - confidence|) with its CI."""
+    confidence = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == y_true).astype(np.float64)
+    index = np.clip((confidence * bins).astype(np.int64), 0, bins - 1)
+
+    def ece(items: np.ndarray) -> float:
+        counts = np.bincount(index[items], minlength=bins)
+        gap = np.bincount(index[items], correct[items] - confidence[items], minlength=bins)
+        return float(np.abs(gap).sum() / max(counts.sum(), 1))
+
+    rows = [{"lo": b / bins, "hi": (b + 1) / bins, "count": int((index == b).sum()),
+             "confidence": float(confidence[index == b].mean()), "accuracy": float(correct[index == b].mean())}
+            for b in range(bins) if (index == b).any()]
+    return {"ece": with_ci(ece, len(y_true), n_boot), "bins": rows}
 
 
 def per_class(matrix: np.ndarray, labels: Sequence[str]) -> dict:

@@ -39,7 +39,7 @@ from .data.pipeline import (SkipLog, balanced_order, epoch_batches, image_datase
 from .data.sweeps import PLANE_LABELS
 from .data.records import Record, in_split, labels_of, split_counts
 from .errors import BadInputError
-from .evaluate import Predictor, evaluate, keras_predict_fn, summary_line
+from .evaluate import Predictor, choose_postprocessing, evaluate, keras_predict_fn, summary_line
 from .litert import primary_output
 from .io import atomic_path, atomic_write_json, atomic_write_text, read_json
 from .metrics import dice_iou, macro_f1
@@ -88,10 +88,13 @@ def train(config: RunConfig, progress: Progress = print) -> Path:
     if len(model.inputs[0].shape) == 5:  # a clip model (fetalnet video): T frames per input
         card["preprocessing"]["clip_length"] = config.data.clip_length
         card["input"]["shape"].insert(1, config.data.clip_length)
+    predictor = Predictor(str(run_dir / "model.keras"), card, keras_predict_fn(model))
+    if task == "segmentation" and "clip_length" not in card["preprocessing"]:
+        card["postprocessing"] = choose_postprocessing(predictor, in_split(records, "val"), config.train.batch_size,
+                                                       progress)
     write_card(run_dir, card)
     progress("[4/4] evaluating the selected model on the test split")
     test = in_split(records, "test")
-    predictor = Predictor(str(run_dir / "model.keras"), card, keras_predict_fn(model))
     results = evaluate(predictor, test, f"{config.data.kind}:{config.data.path}", "test",
                        config.data.on_bad_input, config.train.batch_size, progress)
     results["timings"]["train_seconds"] = sum(p["seconds"] for p in session.summary().values())
@@ -184,7 +187,7 @@ class _Session:
         x_train = [cache.features(self.train_records)]
         for copy in range(1, t.feature_copies + 1):
             augment = build_augmenter(seed=t.seed + 100 * copy)
-            x_train.append(cache.features(self.train_records, augment, f"augment{t.seed}-{copy}"))
+            x_train.append(cache.features(self.train_records, augment, f"augment{copy}-{augment.fingerprint}"))
         x_train = np.concatenate(x_train)
         y_train = np.tile(self.y_train, t.feature_copies + 1)
         x_val = cache.features(self.val_records)

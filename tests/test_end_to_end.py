@@ -1,7 +1,9 @@
 """Train a tiny model once, then pin the run folder, the evaluation contract, export parity, the CLI's
 error handling, Grad-CAM and the report on it."""
 import json
+import os
 import shutil
+import subprocess
 
 import keras
 import numpy as np
@@ -15,7 +17,7 @@ from fpc_keras.io import read_json
 from fpc_keras.litert import TFLiteModel
 from fpc_keras.train import train
 
-CONTRACT_METRICS = {"top1", "top2", "macro_f1", "per_class", "confusion"}
+CONTRACT_METRICS = {"top1", "top2", "macro_f1", "per_class", "confusion", "calibration"}
 
 
 def test_run_folder_contents(trained):
@@ -189,13 +191,51 @@ def test_heatmap_follows_the_evidence():
     assert cam[:16, :16].mean() > 2 * cam[16:, 16:].mean()
 
 
-def test_report_has_every_paper_table(trained, exported, tmp_path):
-    out = tmp_path / "index.html"
+def test_report_has_every_paper_table_and_a_page_per_run(trained, exported, tmp_path):
+    out = tmp_path / "report" / "index.html"
     assert main(["report", "--runs", str(trained["run"].parent), "--out", str(out)]) == 0
     page = out.read_text()
     for paper in ("efficientnet_attention", "frozen_features", "fetalnet", "slowfast"):
         assert f'data-paper="{paper}"' in page
-    assert "tiny" in page and "data:image/png;base64," in page and "int8" in page
+    assert 'href="runs/tiny.html"' in page and "latency against top1" in page
+    run_page = (out.parent / "runs" / "tiny.html").read_text()
+    for figure in ("confusion matrix", "reliability diagram", "learning curves", "Grad-CAM per class"):
+        assert f'alt="{figure} of tiny"' in run_page, figure
+    assert "int8" in run_page and "model_card.json" in run_page and "tensorflow" in run_page
+
+
+def _chromium() -> str:
+    """Debian's chromium, installed here when absent and possible (root, apt); else the test is skipped."""
+    from fpc_keras.report.browser import find_browser
+
+    if find_browser() is None and shutil.which("apt-get") and os.geteuid() == 0:
+        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], capture_output=True, timeout=900,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    browser = find_browser()
+    if browser is None:
+        pytest.skip("no Chromium and it cannot be installed here (needs root and apt-get install chromium)")
+    pytest.importorskip("websocket", reason="websocket-client (the dev extra) is needed to drive Chromium")
+    return browser
+
+
+def test_report_renders_in_headless_chromium(trained, exported, tmp_path):
+    _chromium()
+    from fpc_keras.report.browser import render
+
+    out = tmp_path / "report" / "index.html"
+    assert main(["report", "--runs", str(trained["run"].parent), "--out", str(out)]) == 0
+    facts = render(out, tmp_path / "index.png")
+    assert facts["console_errors"] == [] and facts["broken"] == []
+    assert facts["papers"] == ["efficientnet_attention", "frozen_features", "fetalnet", "slowfast"]
+    shot = np.asarray(Image.open(tmp_path / "index.png").convert("L"))
+    assert shot.shape[1] == 1280 and shot.std() > 10  # a rendered page, not a blank one
+    run_facts = render(out.parent / "runs" / "tiny.html")
+    assert run_facts["console_errors"] == [] and run_facts["broken"] == [] and run_facts["images"] >= 4
+    broken = out.parent / "broken.html"
+    broken.write_text('<html><body><img alt="x" src="data:image/png;base64,AAAA"><script>console.error("boom")'
+                      '</script></body></html>')
+    bad = render(broken)  # the check can fail: a broken image and a console error are seen
+    assert bad["broken"] == ["x"] and any("boom" in e for e in bad["console_errors"])
 
 
 def test_datasets_command(folder_dataset, capsys):

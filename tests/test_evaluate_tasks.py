@@ -59,6 +59,40 @@ def test_segmentation_metrics_on_hc18_layout(tmp_path):
     assert metrics["hc_mad_mm"]["value"] < 1.5  # a 64x64 model grid, mapped back to 200x160 pixels of 0.1 mm
 
 
+def _soft_segmenter(size):
+    """A segmenter whose soft edge spills outward: at threshold 0.5 its masks are too large."""
+    model = _threshold_segmenter(size)
+    model.layers[-1].set_weights([np.full((1, 1, 3, 1), 1 / 122, np.float32), np.array([-1.4], np.float32)])
+    return model
+
+
+def test_postprocessing_is_chosen_on_validation_and_followed_by_the_evaluator(tmp_path):
+    from fpc_keras.data.hc18 import read_hc18
+    from fpc_keras.evaluate import choose_postprocessing, evaluate, load_predictor
+
+    model_dir = _save(_soft_segmenter((64, 64)), tmp_path / "seg", "segmentation", [], (64, 64))
+    records = read_hc18(_hc18(tmp_path / "hc18"))
+    predictor = load_predictor(model_dir)
+    default = evaluate(predictor, records, "hc18:x", None, progress=lambda m: None)["metrics"]
+    chosen = choose_postprocessing(predictor, records, progress=lambda m: None)
+    assert chosen["criterion"] == "hc_mad_mm" and chosen["threshold"] > 0.5 and len(chosen["candidates"]) == 18
+    predictor.card["postprocessing"] = chosen
+    after = evaluate(predictor, records, "hc18:x", None, progress=lambda m: None)["metrics"]
+    assert after["hc_mad_mm"]["value"] < default["hc_mad_mm"]["value"]
+    assert after["bland_altman"]["bias_mm"] < default["bland_altman"]["bias_mm"]
+
+
+def test_mirrored_averaging_mirrors_back():
+    from fpc_keras.postprocess import mask_probabilities
+
+    batch = np.zeros((1, 4, 6, 1), np.float32)
+    right_half = lambda x: np.broadcast_to((np.arange(6) >= 3).astype(np.float32)[None, None, :, None], x.shape)
+    np.testing.assert_allclose(mask_probabilities(right_half, batch, flip=True)[0, 0, :, 0], 0.5)
+    keeps = lambda x: x
+    ramp = np.arange(6, dtype=np.float32)[None, None, :, None] * np.ones((1, 4, 6, 1), np.float32)
+    np.testing.assert_allclose(mask_probabilities(keeps, ramp, flip=True), ramp)
+
+
 def test_segmentation_model_refuses_classification_data(tmp_path, folder_dataset, capsys):
     model_dir = _save(_threshold_segmenter((32, 32)), tmp_path / "seg", "segmentation", [], (32, 32))
     assert main(["evaluate", "--model", str(model_dir), "--data", f"folder:{folder_dataset}"]) == 2

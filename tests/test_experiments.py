@@ -30,6 +30,7 @@ def _fetal_planes_zip(csv_path, folder):
 
 
 @pytest.mark.realdata
+@pytest.mark.slow  # 12,400 stand-in images through EfficientNet-Lite0: about a minute (the reader: test_readers.py)
 def test_fetal_planes_command_runs_the_paper_protocol(shared_data, tmp_path):
     archive = _fetal_planes_zip(shared_data / "FETAL_PLANES_DB" / "FETAL_PLANES_DB_data.csv", tmp_path)
     runs = tmp_path / "runs"
@@ -63,3 +64,17 @@ def test_frozen_feature_baseline_runs_on_fetal_planes(shared_data, tmp_path):
     assert results["split"] == "test" and results["n"] == 5271
     tables = read_json(runs / "_tables" / "frozen_features_vgg16.json")
     assert tables["fetal_planes"]["chosen"] == "cm_fetal_planes_vgg16_linear"
+
+
+def test_run_all_covers_every_experiment_script():
+    """run_all.py names every script in experiments/ (a new one must be added to it) and ends with the report."""
+    out = subprocess.run([sys.executable, str(REPO / "experiments" / "run_all.py"), "--dry-run"], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    scripts = {p.name for p in (REPO / "experiments").glob("*.py")} - {"run_all.py"}
+    listed = {word.rsplit("/", 1)[-1] for word in out.stdout.split() if word.endswith(".py")}
+    assert scripts <= listed, scripts - listed
+    assert out.stdout.strip().splitlines()[-1].endswith("report --runs runs --out reports/index.html")
+    bad = subprocess.run([sys.executable, str(REPO / "experiments" / "run_all.py"), "--only", "nope", "--dry-run"],
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "unknown experiment" in bad.stderr

@@ -130,6 +130,7 @@ def test_train_resume_export_and_challenge_csv(tmp_path):
     run = tmp_path / "runs" / "fn"
     card = read_json(run / "model_card.json")
     assert card["task"] == "segmentation" and card["labels"] == list(PLANE_LABELS)
+    assert card["postprocessing"]["chosen_on"] == "val" and card["postprocessing"]["n"] == 3
     results = read_json(run / "results.json")
     assert {"dice", "iou", "hausdorff_mm"} <= set(results["metrics"]) and results["n"] == len(results["items"])
     history = list(csv.DictReader((run / "history.csv").open()))
@@ -146,11 +147,12 @@ def test_train_resume_export_and_challenge_csv(tmp_path):
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 12 and list(rows[0]) == ["filename", "center_x_mm", "center_y_mm", "semi_axes_a_mm",
                                                  "semi_axes_b_mm", "angle_rad"]
-    page = tmp_path / "report.html"
+    page = tmp_path / "report" / "index.html"
     assert main(["report", "--runs", str(tmp_path / "runs"), "--out", str(page)]) == 0
-    html = page.read_text()
+    assert 'href="runs/fn.html"' in page.read_text() and "latency against dice" in page.read_text()
+    html = (tmp_path / "report" / "runs" / "fn.html").read_text()
     assert "head circumference agreement of fn" in html and "best, median and worst segmentations of fn" in html
-    assert "<th>dice (TFLite)</th>" in html
+    assert "<th>dice (TFLite)</th>" in html and "Post-processing chosen on validation" in html
 
 
 def test_challenge_rows_are_in_millimetres():

@@ -33,3 +33,18 @@ def test_dice_iou():
 def test_mean_metrics_skip_nan():
     out = mean_metrics({"hc_mad_mm": [1.0, np.nan, 3.0]}, n_boot=100)
     assert out["hc_mad_mm"]["value"] == 2.0
+
+
+def test_calibration_bins_and_expected_calibration_error():
+    from fpc_keras.metrics import calibration
+
+    # Four items at confidence 0.95 (three right) and two at 0.55 (both right).
+    probs = np.array([[0.95, 0.05]] * 4 + [[0.55, 0.45]] * 2)
+    y = np.array([0, 0, 0, 1, 0, 0])
+    c = calibration(y, probs, n_boot=50)
+    assert [(b["lo"], b["count"]) for b in c["bins"]] == [(0.5, 2), (0.9, 4)]
+    assert c["bins"][1]["accuracy"] == 0.75 and abs(c["bins"][1]["confidence"] - 0.95) < 1e-12
+    expected = (4 * abs(0.75 - 0.95) + 2 * abs(1.0 - 0.55)) / 6
+    assert abs(c["ece"]["value"] - expected) < 1e-12
+    perfect = calibration(np.array([0, 1]), np.array([[1.0, 0.0], [0.0, 1.0]]), n_boot=10)
+    assert perfect["ece"]["value"] == 0.0 and perfect["bins"][0]["lo"] == 0.9

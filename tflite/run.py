@@ -24,7 +24,8 @@ if (REPO / "fpc_keras").is_dir() and str(REPO) not in sys.path:
 import numpy as np  # noqa: E402
 
 from fpc_keras.card import read_card  # noqa: E402
-from fpc_keras.data.images import ImageSpec, read_image, unfit_image  # noqa: E402
+from fpc_keras import postprocess  # noqa: E402
+from fpc_keras.data.images import ImageSpec, read_image  # noqa: E402
 from fpc_keras.errors import BadInputError  # noqa: E402
 from fpc_keras.litert import TFLiteModel  # noqa: E402
 
@@ -34,10 +35,9 @@ def classify(model: TFLiteModel, card: dict, source: str, top: int) -> dict:
 
 
 def segment(model: TFLiteModel, card: dict, source: str, pixel_mm: float | None) -> dict:
-    spec = _spec(card)
-    out = model(spec.load(source).astype(np.float32)[None])[0]
-    original = read_image(source, 1).shape[:2]
-    mask = unfit_image(out[..., :1], original, spec.resize)[:, :, 0] > 0.5
+    spec, post = _spec(card), postprocess.settings(card)
+    probs = postprocess.mask_probabilities(model, spec.load(source).astype(np.float32)[None], post["flip"])[0]
+    mask = postprocess.original_mask(probs, read_image(source, 1).shape[:2], spec.resize, post["threshold"])
     result = {"input": source, "mask_pixels": int(mask.sum())}
     if pixel_mm:
         from fpc_keras.biometry import head_circumference_mm

@@ -121,8 +121,10 @@ def image_dataset(records: Sequence[Record], spec: ImageSpec, labels: Sequence[s
         ds = ds.shuffle(min(len(records), 4096), seed=seed, reshuffle_each_iteration=True)
     ds = ds.map(_targets(records, labels), num_parallel_calls=AUTOTUNE)
     ds = ds.batch(batch_size)
-    if augment is not None:
-        ds = ds.map(lambda x, *y: (augment(x, training=True), *y), num_parallel_calls=AUTOTUNE)
+    if augment is not None:  # one key per batch, new each epoch, the same in every run of this seed
+        keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+        ds = tf.data.Dataset.zip(ds, keys).map(lambda batch, key: (augment(batch[0], key), *batch[1:]),
+                                               num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)
 
 

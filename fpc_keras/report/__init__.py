@@ -3,19 +3,23 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
+from typing import Callable
 
 import jinja2
 import yaml
 
+from ..errors import BadInputError
 from ..io import atomic_write_text, read_json
-from .figures import bland_altman_figure, confusion_figure, history_figure, overlay_figure
+from .figures import (bland_altman_figure, confusion_figure, history_figure, image_file_uri, latency_accuracy_figure,
+                      overlay_figure, reliability_figure)
 from .papers import LOWER_IS_BETTER, PAPERS
 
 TEMPLATE = Path(__file__).with_name("template.html")
+RUN_TEMPLATE = Path(__file__).with_name("run.html")
 
 
 def collect_runs(runs_dir: str | Path) -> list[dict]:
-    """Every finished run (results.json beside model_card.json), with its exports."""
+    """Every finished run (results.json beside model_card.json), with its exports and figures."""
     runs = []
     for results_path in sorted(Path(runs_dir).glob("*/results.json")):
         folder = results_path.parent
@@ -24,17 +28,58 @@ def collect_runs(runs_dir: str | Path) -> list[dict]:
             continue
         card = read_json(card_path)
         results = read_json(results_path)
+        metrics = results["metrics"]
         exports = [read_json(p) for p in sorted(folder.glob("exports/*/model_card.json"))]
         config = (folder / "config.yaml").read_text() if (folder / "config.yaml").is_file() else ""
         runs.append({"name": folder.name, "folder": str(folder), "card": card, "results": results,
                      "exports": exports, "config": config,
                      "paper": (yaml.safe_load(config) or {}).get("model", {}).get("name") if config else None,
-                     "confusion": confusion_figure(results["metrics"]["confusion"])
-                     if "confusion" in results["metrics"] else None,
+                     "confusion": confusion_figure(metrics["confusion"]) if "confusion" in metrics else None,
+                     "reliability": reliability_figure(metrics["calibration"]) if "calibration" in metrics else None,
                      "history": history_figure(folder / "history.csv"),
                      "bland_altman": bland_altman_figure(results.get("items", [])),
                      "overlays": overlay_figure(results.get("items", []))})
     return runs
+
+
+def run_files(folder: str | Path) -> list[dict]:
+    """The run folder's files (checkpoints summed per phase), for its page."""
+    folder, rows = Path(folder), {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        relative = path.relative_to(folder)
+        key = str(Path(*relative.parts[:2])) + "/" if relative.parts[0] == "checkpoints" else str(relative)
+        entry = rows.setdefault(key, {"path": key, "bytes": 0, "files": 0})
+        entry["bytes"] += path.stat().st_size
+        entry["files"] += 1
+    return list(rows.values())
+
+
+def gradcam_montage(run: dict, pages: Path, progress: Callable[[str], None]) -> str | None:
+    """The run's Grad-CAM per class as a data URI, computed once per model (cached beside the run pages)."""
+    from ..explain import class_montage
+
+    model, cached = Path(run["folder"]) / "model.keras", pages / f"{run['name']}.gradcam.png"
+    if run["card"]["task"] != "classification" or not model.is_file():
+        return None
+    if not cached.is_file() or cached.stat().st_mtime < model.stat().st_mtime:
+        progress(f"      Grad-CAM per class for {run['name']}")
+        try:
+            class_montage(run["folder"], cached)
+        except BadInputError as error:
+            progress(f"      no Grad-CAM for {run['name']}: {error}")
+            return None
+    return image_file_uri(cached)
+
+
+def latency_points(runs: list[dict]) -> list[dict]:
+    """(run, export variant, median latency, test top-1 or Dice) for every export with both measured."""
+    points = []
+    for run in runs:
+        for row in export_rows(run):
+            if row["value"] is not None:
+                points.append({"run": run["name"], "variant": row["variant"], "latency_ms": row["median_ms"],
+                               "metric": row["metric"], "value": row["value"]})
+    return points
 
 
 def fmt(metric) -> str:
@@ -77,6 +122,7 @@ def export_rows(run: dict) -> list[dict]:
         keras_top1 = keras_test.get(metric, {}).get("value")
         rows.append({"variant": export["variant"], "size_mb": export["size_bytes"] / 1e6,
                      "latency": f"{latency['median_ms']:.1f} / {latency['p90_ms']:.1f}",
+                     "median_ms": latency["median_ms"], "value": top1,
                      "threads": next(iter(export["latency"])).split("_")[0],
                      "metric": metric, "top1": fmt(test.get(metric)),
                      "drop": f"{100 * (keras_top1 - top1):+.2f}" if top1 is not None and keras_top1 is not None else "–"})
@@ -109,15 +155,29 @@ def _parameter_rows(chosen: list[tuple[str, dict]], references: dict) -> list[di
     return rows
 
 
-def build_report(runs_dir: str | Path = "runs", out: str | Path = "reports/index.html") -> Path:
+def build_report(runs_dir: str | Path = "runs", out: str | Path = "reports/index.html",
+                 progress: Callable[[str], None] = print) -> Path:
+    """`out` (the papers beside every run, latency against accuracy) and one page per run in `runs/` beside it
+    (figures, exports, config, environment, files). Every page embeds its images: it works offline."""
+    out = Path(out)
+    pages = out.parent / "runs"
+    pages.mkdir(parents=True, exist_ok=True)
     runs = collect_runs(runs_dir)
     for run in runs:
         run["export_rows"] = export_rows(run)
         run["metric_cells"] = {name: fmt(value) for name, value in run["results"]["metrics"].items()
                                if isinstance(value, dict) and "value" in value}
+        run["gradcam"] = gradcam_montage(run, pages, progress)
+        run["files"] = run_files(run["folder"])
+        run["page"] = f"runs/{run['name']}.html"
     environment = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE.parent), autoescape=False)
     environment.filters["e"] = html.escape
-    page = environment.get_template(TEMPLATE.name).render(tables=comparison_tables(runs), runs=runs,
-                                                          experiments=experiment_tables(runs_dir))
+    for run in runs:
+        atomic_write_text(pages / f"{run['name']}.html", environment.get_template(RUN_TEMPLATE.name).render(run=run))
+    points = latency_points(runs)
+    trade_offs = [(metric, latency_accuracy_figure(points, metric)) for metric in ("top1", "dice")]
+    page = environment.get_template(TEMPLATE.name).render(
+        tables=comparison_tables(runs), runs=runs, experiments=experiment_tables(runs_dir),
+        trade_offs=[(metric, figure) for metric, figure in trade_offs if figure])
     atomic_write_text(out, page)
-    return Path(out)
+    return out

@@ -100,3 +100,59 @@ def overlay_figure(items: list[dict]) -> str | None:
         axis.set_title(f"{name}: Dice {item['dice']:.3f}, {Path(item['source']).name}", fontsize=8)
         axis.axis("off")
     return _data_uri(figure)
+
+
+def reliability_figure(calibration: dict) -> str | None:
+    """Accuracy against mean top-1 confidence per bin (the diagonal is perfect calibration), with the counts."""
+    bins = calibration.get("bins") or []
+    if not bins:
+        return None
+    confidence = [b["confidence"] for b in bins]
+    accuracy = [b["accuracy"] for b in bins]
+    figure, axis = plt.subplots(figsize=(3.8, 3.6))
+    axis.plot([0, 1], [0, 1], color="gray", lw=1)
+    axis.bar([b["lo"] for b in bins], accuracy, width=[b["hi"] - b["lo"] for b in bins], align="edge",
+             alpha=0.35, edgecolor="steelblue", label="accuracy per bin")
+    axis.plot(confidence, accuracy, "o-", color="steelblue", ms=4)
+    for b in bins:
+        axis.text((b["lo"] + b["hi"]) / 2, 0.02, str(b["count"]), ha="center", fontsize=6, color="#555")
+    ece = calibration["ece"]
+    axis.set_title(f"reliability: ECE {ece['value']:.3f} [{ece['ci95'][0]:.3f}, {ece['ci95'][1]:.3f}]", fontsize=9)
+    axis.set_xlabel("top-1 confidence")
+    axis.set_ylabel("accuracy")
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1)
+    return _data_uri(figure)
+
+
+def latency_accuracy_figure(points: list[dict], metric: str) -> str | None:
+    """One point per model and export variant: median latency (ms, log scale) against `metric`; each run's
+    variants joined by a line, so the cost of each quantisation step reads off directly."""
+    points = [p for p in points if p["metric"] == metric]
+    if not points:
+        return None
+    figure, axis = plt.subplots(figsize=(8, 4.5))
+    markers = {"keras": "s", "fp32": "o", "fp16": "^", "dynamic": "D", "int8": "*", "qat": "P"}
+    for run in sorted({p["run"] for p in points}):
+        own = sorted((p for p in points if p["run"] == run), key=lambda p: p["latency_ms"])
+        line, = axis.plot([p["latency_ms"] for p in own], [p["value"] for p in own], "-", lw=0.8, alpha=0.6)
+        for p in own:
+            axis.plot(p["latency_ms"], p["value"], markers.get(p["variant"], "o"), color=line.get_color(), ms=6)
+        axis.annotate(run, (own[-1]["latency_ms"], own[-1]["value"]), fontsize=6, xytext=(3, 0),
+                      textcoords="offset points", color=line.get_color())
+    for variant, marker in markers.items():
+        if any(p["variant"] == variant for p in points):
+            axis.plot([], [], marker, color="gray", label=variant)
+    axis.set_xscale("log")
+    axis.set_xlabel("median latency per item (ms, TFLite at the card's threads; log scale)")
+    axis.set_ylabel(metric)
+    axis.legend(fontsize=7, loc="lower right")
+    axis.grid(alpha=0.3, which="both")
+    return _data_uri(figure)
+
+
+def image_file_uri(path: Path) -> str | None:
+    """A PNG already on disk (e.g. a Grad-CAM montage) as a data URI."""
+    if not path.is_file():
+        return None
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")

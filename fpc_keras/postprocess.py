@@ -1,0 +1,36 @@
+"""Segmentation post-processing recorded in the model card: mirrored test-time averaging and the mask threshold.
+
+Both are chosen on the validation split after training (`evaluate.choose_postprocessing`) and stored as
+`card["postprocessing"]`, so the evaluator, the export cards and the TF-free runner (`tflite/run.py`) turn
+probabilities into masks the same way. TensorFlow-free: the runner imports it.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from .data.images import unfit_image
+
+DEFAULT = {"threshold": 0.5, "flip": False}
+
+
+def settings(card: dict) -> dict:
+    """The card's post-processing (models exported before it existed: threshold 0.5, no mirroring)."""
+    return {**DEFAULT, **{k: v for k, v in card.get("postprocessing", {}).items() if k in DEFAULT}}
+
+
+def mask_probabilities(predict: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, flip: bool) -> np.ndarray:
+    """Per-pixel probabilities of a (B, H, W, C) batch; with `flip`, averaged with those of the mirrored batch
+    (mirrored back). A fetal head seen from either side is the same head, so the average removes noise."""
+    probs = np.asarray(predict(batch))
+    if not flip:
+        return probs
+    mirrored = np.asarray(predict(np.ascontiguousarray(batch[:, :, ::-1])))[:, :, ::-1]
+    return (probs + mirrored) / 2
+
+
+def original_mask(probs: np.ndarray, original: tuple[int, int], resize: str, threshold: float) -> np.ndarray:
+    """A model-grid probability map (H, W[, C]; channel 0 used) -> the boolean mask on the original pixel grid."""
+    plane = probs if probs.ndim == 2 else probs[..., 0]
+    return unfit_image(plane, original, resize) > threshold

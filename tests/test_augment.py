@@ -1,0 +1,55 @@
+"""The ultrasound augmentation: one composed warp, stateless draws keyed by (seed, key)."""
+import numpy as np
+import tensorflow as tf
+
+from fpc_keras.data.augment import build_augmenter
+
+NONE = dict(rotation_deg=0.0, zoom=0.0, shift=0.0, contrast=0.0, brightness=0.0, speckle=0.0)
+
+
+def _images(count: int = 6) -> tf.Tensor:
+    rng = np.random.default_rng(0)
+    return tf.constant(rng.uniform(0, 255, (count, 20, 24, 3)).astype(np.float32))
+
+
+def test_no_change_when_every_range_is_zero():
+    images = _images()
+    out = build_augmenter(**NONE)(images, tf.constant(3, tf.int64))
+    np.testing.assert_allclose(out.numpy(), images.numpy(), atol=1e-3)
+
+
+def test_flip_mirrors_whole_images_and_both_outcomes_occur():
+    images = tf.repeat(_images(1), 16, axis=0)
+    out = build_augmenter(**NONE, horizontal_flip=True)(images, tf.constant(1, tf.int64)).numpy()
+    original, mirrored = images[0].numpy(), images[0].numpy()[:, ::-1]
+    same = [np.allclose(o, original, atol=1e-3) for o in out]
+    flipped = [np.allclose(o, mirrored, atol=1e-3) for o in out]
+    assert all(s or f for s, f in zip(same, flipped)) and any(same) and any(flipped)
+
+
+def test_same_key_same_batch_other_key_or_seed_other_batch():
+    images, key = _images(), tf.constant(7, tf.int64)
+    augment = build_augmenter(seed=1)
+    first, again = augment(images, key).numpy(), augment(images, key).numpy()
+    np.testing.assert_array_equal(first, again)
+    assert not np.allclose(first, augment(images, tf.constant(8, tf.int64)).numpy())
+    assert not np.allclose(first, build_augmenter(seed=2)(images, key).numpy())
+    assert first.shape == images.shape and first.min() >= 0 and first.max() <= 255
+
+
+def test_rotation_turns_about_the_centre():
+    """A bright dot right of centre, rotated by up to 10 degrees, stays at the same distance from the centre."""
+    image = np.zeros((1, 41, 41, 1), np.float32)
+    image[0, 20, 35] = 255.0
+    images = tf.constant(np.repeat(image, 8, axis=0))
+    out = build_augmenter(**{**NONE, "rotation_deg": 10.0})(images, tf.constant(0, tf.int64)).numpy()[..., 0]
+    yy, xx = np.mgrid[0:41, 0:41]
+    for frame in out:
+        cy, cx = (frame * yy).sum() / frame.sum(), (frame * xx).sum() / frame.sum()
+        assert abs(np.hypot(cy - 20, cx - 20) - 15) < 0.5 and abs(np.degrees(np.arctan2(cy - 20, cx - 20))) <= 10.5
+
+
+def test_fingerprint_names_settings_and_seed():
+    assert build_augmenter(seed=1).fingerprint == build_augmenter(seed=1).fingerprint
+    assert build_augmenter(seed=1).fingerprint != build_augmenter(seed=2).fingerprint
+    assert build_augmenter(seed=1).fingerprint != build_augmenter(seed=1, speckle=0.0).fingerprint
