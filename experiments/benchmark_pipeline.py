@@ -27,6 +27,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--steps", type=int, default=30, help="timed training steps per model (after a warm-up)")
     args = parser.parse_args()
 
     records = write_images(Path(args.folder), args.count, tuple(args.size))
@@ -43,7 +44,7 @@ def main() -> None:
     for name, blocks in (("head only (backbone frozen, from images)", 0), ("whole network", None)):
         model = build_model(config)
         set_backbone_trainable(model, blocks)
-        rate = model_rate(compile_classifier(model, 1e-3, 0.0), args.image_size, args.batch_size)
+        rate = model_rate(compile_classifier(model, 1e-3, 0.0), args.image_size, args.batch_size, args.steps)
         rows.append((name, rate["images_per_s"]))
         print(f"model {args.backbone} + SE training, {name}: {rate['images_per_s']:.1f} images/s")
     for name, rate in rows:

@@ -75,6 +75,12 @@ class ModelConfig:
     base_filters: int = 16
     depth: int = 4
     temporal: str = "none"
+    # slowfast: `preset` light (CPU / edge) or paper (ResNet-50 sized); the fast pathway sees `alpha` times the
+    # slow pathway's frames with `beta` times its channels. backbone `none`: both pathways 3-D ResNets from scratch;
+    # an ImageNet backbone (efficientnet_lite0..2) is the slow pathway's frame encoder.
+    preset: str = "light"
+    alpha: int = 4
+    beta: float = 0.125
     num_classes: int = 0
 
     def validate(self) -> None:
@@ -83,6 +89,8 @@ class ModelConfig:
         if any(units < 1 for units in self.head_units):
             raise BadInputError(f"model.head_units {self.head_units} has a non-positive size", "use positive sizes")
         _one_of("model.pooling", self.pooling, POOLING_MODES)
+        if self.alpha < 1 or not 0 < self.beta <= 1:
+            raise BadInputError(f"model.alpha={self.alpha}, model.beta={self.beta}", "use alpha >= 1 and 0 < beta <= 1")
         if self.base_filters < 1 or not 1 <= self.depth <= 6:
             raise BadInputError(f"model.base_filters={self.base_filters}, model.depth={self.depth}",
                                 "use base_filters >= 1 and depth 1..6")

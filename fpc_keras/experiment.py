@@ -11,6 +11,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: i
 
 from .config import load_config  # noqa: E402
 from .io import atomic_write_json, atomic_write_text, read_json  # noqa: E402
+from .postprocess import invokes_per_item  # noqa: E402
 from .train import train  # noqa: E402
 
 Progress = Callable[[str], None]
@@ -108,13 +109,20 @@ def segmentation_table(rows: Sequence[dict]) -> str:
         agreement = f"{ba['bias_mm']:+.2f} ({ba['limits_mm'][0]:+.2f}, {ba['limits_mm'][1]:+.2f})" if ba else "-"
         export = card.get("export", {})
         latency = export.get("latency", {}).get("2_threads", {}).get("median_ms")
+        runs_per_frame = invokes_per_item(card)
         size = f"{export['size_bytes'] / 1e6:.1f}" if export else "-"
         params = card.get("params", {})
         seconds = sum(p.get("seconds", 0.0) for p in card.get("training", {}).get("phases", {}).values())
         cells = [row["run"], row["variant"], str(card.get("metrics", {}).get("n_test", "-")), cell(metrics, "dice"),
                  cell(metrics, "iou"), cell(metrics, "hausdorff_mm", 2), cell(metrics, "hc_mad_mm", 2), agreement,
                  cell(metrics, "sweep_dice"), cell(metrics, "best_frame_within_1", 3), size,
-                 f"{latency:.1f}" if latency else "-", f"{params.get('trainable', 0):,} / {params.get('total', 0):,}",
+                 _per_item_ms(latency, runs_per_frame), f"{params.get('trainable', 0):,} / {params.get('total', 0):,}",
                  f"{seconds:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _per_item_ms(latency: float | None, runs: int) -> str:
+    if not latency:
+        return "-"
+    return f"{latency * runs:.1f}" + (f" ({runs} x {latency:.1f}, mirrored)" if runs > 1 else "")

@@ -20,6 +20,12 @@ def settings(card: dict) -> dict:
     return {**DEFAULT, **{k: v for k, v in card.get("postprocessing", {}).items() if k in DEFAULT}}
 
 
+def invokes_per_item(card: dict) -> int:
+    """Model runs per image under the card's post-processing (mirrored averaging runs it twice): latency per
+    item is the single-run latency times this."""
+    return 2 if settings(card)["flip"] else 1
+
+
 def mask_probabilities(predict: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, flip: bool) -> np.ndarray:
     """Per-pixel probabilities of a (B, H, W, C) batch; with `flip`, averaged with those of the mirrored batch
     (mirrored back). A fetal head seen from either side is the same head, so the average removes noise."""

@@ -188,7 +188,7 @@ class _Session:
         for copy in range(1, t.feature_copies + 1):
             augment = build_augmenter(seed=t.seed + 100 * copy)
             x_train.append(cache.features(self.train_records, augment, f"augment{copy}-{augment.fingerprint}"))
-        x_train = np.concatenate(x_train)
+        x_train = StackedRows(x_train)  # memory-mapped, never copied into one array
         y_train = np.tile(self.y_train, t.feature_copies + 1)
         x_val = cache.features(self.val_records)
         self.progress(f"[3/4] phase 1: the head on cached features ({len(x_train)} train incl. "
@@ -447,6 +447,26 @@ def _classification_score(predict_val: Callable[[], np.ndarray], y_val: np.ndarr
     return validate
 
 
+class StackedRows:
+    """Several arrays of equal length (the cached features of the training set and of its augmented copies) read
+    as one: row i is row i % n of array i // n. Memory-mapped caches stay on disk; a batch is read when gathered."""
+
+    def __init__(self, arrays: Sequence[np.ndarray]):
+        self.arrays, self.rows = list(arrays), len(arrays[0])
+        self.shape = (self.rows * len(self.arrays), *arrays[0].shape[1:])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: np.ndarray) -> np.ndarray:
+        index = np.asarray(index)
+        out = np.empty((len(index), *self.shape[1:]), np.float32)
+        for part in np.unique(index // self.rows):
+            chosen = index // self.rows == part
+            out[chosen] = self.arrays[part][index[chosen] % self.rows]
+        return out
+
+
 class FeatureCache:
     """Backbone features per image, computed once and stored under a key that changes with anything that
     changes the features: the extractor's architecture and weights, the preprocessing and each file's path, size
@@ -474,7 +494,7 @@ class FeatureCache:
         path = self.folder / f"{self.key(records)}{'-' + variant if variant else ''}.npy"
         if path.is_file():
             try:
-                features = np.load(path)
+                features = np.load(path, mmap_mode="r")
                 if len(features) == len(records):
                     self.progress(f"      features of {len(records)} images from the cache {path.name}")
                     return features
@@ -484,9 +504,16 @@ class FeatureCache:
         start = time.perf_counter()
         data = image_dataset(records, self.spec, None, 32, augment=augment)
         extract = keras_predict_fn(self.extractor)  # (predict_on_batch repeats rows under MirroredStrategy)
-        features = np.concatenate([extract(x) for x, _ in data])
+        shape = (len(records), *self.extractor.output.shape[1:])
+        with atomic_path(path, suffix=".npy") as tmp:  # written row by row: memory holds one batch, not the set
+            rows = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
+            done = 0
+            for x, _ in data:
+                features = extract(x)
+                rows[done:done + len(features)] = features
+                done += len(features)
+            rows.flush()
+            del rows
         self.progress(f"      {len(records) / (time.perf_counter() - start):.1f} images/s")
-        with atomic_path(path, suffix=".npy") as tmp:
-            np.save(tmp, features)
-        return features
+        return np.load(path, mmap_mode="r")
 

@@ -53,3 +53,9 @@ def test_fingerprint_names_settings_and_seed():
     assert build_augmenter(seed=1).fingerprint == build_augmenter(seed=1).fingerprint
     assert build_augmenter(seed=1).fingerprint != build_augmenter(seed=2).fingerprint
     assert build_augmenter(seed=1).fingerprint != build_augmenter(seed=1, speckle=0.0).fingerprint
+
+
+def test_speckle_is_multiplicative_with_the_set_spread():
+    flat = tf.fill((4, 40, 40, 1), 100.0)
+    out = build_augmenter(**{**NONE, "speckle": 0.08})(flat, tf.constant(5, tf.int64)).numpy()
+    assert abs(out.mean() - 100) < 0.5 and abs(out.std() - 8.0) < 0.3

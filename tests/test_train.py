@@ -91,3 +91,13 @@ def test_throughput_benchmark_pieces(tmp_path):
                              keras.layers.Dense(6, activation="softmax")])
     rate = model_rate(compile_classifier(tiny, 1e-3, 0.0), 32, 4, steps=2)
     assert rate["images"] == 8 and rate["images_per_s"] > 0 and peak_rss_mb() > 50
+
+
+def test_stacked_rows_read_copies_as_one_array_in_any_order():
+    from fpc_keras.train import StackedRows
+
+    a, b = np.arange(12, dtype=np.float32).reshape(4, 3), 100 + np.arange(12, dtype=np.float32).reshape(4, 3)
+    rows = StackedRows([a, b])
+    assert len(rows) == 8 and rows.shape == (8, 3)
+    index = np.array([7, 0, 4, 3, 0])
+    np.testing.assert_array_equal(rows[index], np.concatenate([a, b])[index])

@@ -1,7 +1,8 @@
 """Augmentation suited to ultrasound, applied to batches inside tf.data (never inside the exported model).
 
 Small rotations, scale and shift (probe angle and depth), gain and contrast (time-gain compensation), and
-multiplicative speckle noise. No vertical flip: the transducer is at the top of every image.
+multiplicative speckle noise (uniform, mean 1, standard deviation `speckle`). No vertical flip: the transducer is
+at the top of every image.
 
 Rotation, scale, shift and the optional horizontal flip are composed into one affine matrix per image and applied
 in a single bilinear resampling pass (three separate Keras layers resampled three times and halved the pipeline's
@@ -16,7 +17,8 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
-VERSION = 2  # 1: three Keras layers (rotation, zoom, translation); 2: one composed warp, stateless draws
+VERSION = 2  # 1: three Keras layers (rotation, zoom, translation), Gaussian speckle; 2: one composed warp,
+# stateless draws, uniform speckle
 
 
 @dataclass(frozen=True)
@@ -44,9 +46,10 @@ class UltrasoundAugment:
         batch = tf.shape(images)[0]
         images = self._warp(images, seeds[:4], batch)
         images = self._gain(images, seeds[4:6], batch)
-        if self.speckle > 0:
-            noise = tf.random.stateless_normal(tf.shape(images), seeds[6])
-            images = images * (1.0 + self.speckle * noise)
+        if self.speckle > 0:  # uniform noise of the same mean and variance: three times cheaper to draw
+            half_width = self.speckle * math.sqrt(3.0)
+            images = images * tf.random.stateless_uniform(tf.shape(images), seeds[6], 1.0 - half_width,
+                                                          1.0 + half_width)
         return tf.clip_by_value(images, 0.0, 255.0)
 
     def _warp(self, images: tf.Tensor, seeds: tf.Tensor, batch: tf.Tensor) -> tf.Tensor:
@@ -75,7 +78,7 @@ class UltrasoundAugment:
         factor = 1.0 + self._uniform(batch, seeds[0], self.contrast)[:, None, None, None]
         offset = 255.0 * self._uniform(batch, seeds[1], self.brightness)[:, None, None, None]
         mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
-        return (images - mean) * factor + mean + offset
+        return images * factor + (mean * (1.0 - factor) + offset)  # = (x - mean) * factor + mean + offset
 
     @staticmethod
     def _uniform(shape, seed: tf.Tensor, limit: float) -> tf.Tensor:

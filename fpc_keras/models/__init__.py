@@ -11,11 +11,13 @@ from . import layers  # noqa: F401  (registers the custom layers for loading sav
 from .efficientnet_attention import build_efficientnet_attention
 from .fetalnet import build_fetalnet
 from .frozen_features import build_frozen_feature_classifier
+from .slowfast import build_slowfast
 
 BUILDERS: dict[str, Callable[[RunConfig], keras.Model]] = {
     "efficientnet_attention": build_efficientnet_attention,
     "frozen_features": build_frozen_feature_classifier,
     "fetalnet": build_fetalnet,
+    "slowfast": build_slowfast,
 }
 
 

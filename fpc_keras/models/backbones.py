@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Sequence
 
 import keras
 
@@ -129,3 +130,14 @@ def set_backbone_trainable(model: keras.Model, top_blocks: int | None) -> int:
         layer.trainable = wanted and not isinstance(layer, keras.layers.BatchNormalization)
         count += int(layer.trainable and bool(layer.weights))
     return count
+
+
+def taps_per_scale(encoder: keras.Model, size: int, strides: Sequence[int]) -> list:
+    """The output of the last layer at each grid size 1/stride of the input (`size` pixels high): the features
+    just before each downsampling, where U-Net takes its skips and SlowFast its lateral connections."""
+    taps: dict[int, object] = {}
+    for layer in encoder.layers:
+        shape = getattr(layer.output, "shape", None)
+        if shape is not None and len(shape) == 4 and shape[1] > 0:
+            taps[size // shape[1]] = layer.output
+    return [taps[stride] for stride in strides]

@@ -18,7 +18,7 @@ import keras
 
 from ..config import RunConfig
 from ..errors import BadInputError
-from .backbones import apply_backbone
+from .backbones import apply_backbone, taps_per_scale
 from .layers import FoldFrames, UnfoldFrames
 
 TEMPORAL = ("none", "convlstm")
@@ -77,18 +77,7 @@ def _encoder(inputs, backbone: str, weights: str, base: int, depth: int):
         return skips, _conv_block(x, base * 2 ** depth, "bottleneck")
     features = apply_backbone(inputs, backbone, weights)
     encoder = keras.Model(keras.utils.get_source_inputs(inputs)[0], features)
-    return _last_layer_per_scale(encoder, inputs.shape[1]), features
-
-
-def _last_layer_per_scale(encoder: keras.Model, size: int) -> list:
-    """ImageNet backbones: the output of the last layer at each grid size 1/2 ... 1/16 of the input: the
-    features just before each downsampling, which is where U-Net takes its skips."""
-    taps: dict[int, object] = {}
-    for layer in encoder.layers:
-        shape = getattr(layer.output, "shape", None)
-        if shape is not None and len(shape) == 4 and shape[1] > 0:
-            taps[size // shape[1]] = layer.output
-    return [taps[2 ** i] for i in range(1, 5)]
+    return taps_per_scale(encoder, inputs.shape[1], (2, 4, 8, 16)), features
 
 
 def _attention_gate(skip, gating, name: str):

@@ -54,3 +54,22 @@ class UnfoldFrames(keras.layers.Layer):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "frames": self.frames}
+
+
+@keras.saving.register_keras_serializable(package="fpc_keras")
+class TakeFrames(keras.layers.Layer):
+    """(B, T, ...) -> (B, T / stride, ...): every `stride`-th frame (SlowFast's slow pathway)."""
+
+    def __init__(self, stride: int, **kwargs):
+        super().__init__(**kwargs)
+        self.stride = stride
+
+    def call(self, inputs):
+        return inputs[:, :: self.stride]
+
+    def compute_output_shape(self, input_shape):
+        frames = None if input_shape[1] is None else -(-input_shape[1] // self.stride)
+        return (input_shape[0], frames, *input_shape[2:])
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "stride": self.stride}
