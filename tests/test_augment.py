@@ -59,3 +59,15 @@ def test_speckle_is_multiplicative_with_the_set_spread():
     flat = tf.fill((4, 40, 40, 1), 100.0)
     out = build_augmenter(**{**NONE, "speckle": 0.08})(flat, tf.constant(5, tf.int64)).numpy()
     assert abs(out.mean() - 100) < 0.5 and abs(out.std() - 8.0) < 0.3
+
+
+def test_clips_share_one_transform_per_clip_and_differ_between_clips():
+    frame = _images(1)
+    clips = tf.repeat(tf.repeat(frame[:, None], 5, axis=1), 3, axis=0)  # 3 clips of 5 identical frames
+    out = build_augmenter(speckle=0.0, horizontal_flip=True).clips(clips, tf.constant(2, tf.int64)).numpy()
+    assert out.shape == (3, 5, 20, 24, 3)
+    for clip in out:
+        np.testing.assert_allclose(clip, np.repeat(clip[:1], 5, axis=0), atol=1e-4)
+    assert not np.allclose(out[0], out[1]) and not np.allclose(out[1], out[2])
+    speckled = build_augmenter(**{**NONE, "speckle": 0.1}).clips(clips, tf.constant(2, tf.int64)).numpy()
+    assert not np.allclose(speckled[0, 0], speckled[0, 1])  # speckle is drawn per frame

@@ -104,3 +104,19 @@ def test_real_pocus_videos_decode(shared_data):
     for record in by_suffix.values():  # one video of each container format
         video = read_video(record.source, (64, 64), 3, "pad", max_frames=8)
         assert video.shape[1:] == (64, 64, 3) and 1 <= len(video) <= 8, record.source
+
+
+def test_training_clips_jitter_in_time_and_speed():
+    from fpc_keras.data.video import sample_clip
+
+    rng = np.random.default_rng(0)
+    clips = [sample_clip(100, 16, rng) for _ in range(200)]
+    assert all(len(c) == 16 and c.min() >= 0 and c.max() <= 99 and (np.diff(c) >= 0).all() for c in clips)
+    spans = [c[-1] - c[0] for c in clips]
+    starts = [c[0] for c in clips]
+    assert 11 <= min(spans) and max(spans) <= 19 and max(spans) - min(spans) >= 5  # speeds 0.8..1.25
+    assert max(starts) > 60 and min(starts) < 10  # starts spread over the video
+    short = sample_clip(5, 16, rng)
+    assert len(short) == 16 and short.max() == 4  # a short video repeats its last frame
+    np.testing.assert_array_equal(sample_clip(100, 16, np.random.default_rng(3)),
+                                  sample_clip(100, 16, np.random.default_rng(3)))

@@ -41,30 +41,41 @@ class UltrasoundAugment:
         return hashlib.sha256(f"{VERSION}:{self!r}".encode()).hexdigest()[:12]
 
     def __call__(self, images: tf.Tensor, key: tf.Tensor) -> tf.Tensor:
+        return self._augment(images, key, 1)
+
+    def clips(self, clips: tf.Tensor, key: tf.Tensor) -> tf.Tensor:
+        """Clips (B, T, H, W, C): one rotation, scale, shift, flip, contrast and gain per clip, the same on all its
+        frames (a probe held still); speckle drawn anew per frame, as a live image's is."""
+        shape = tf.shape(clips)
+        frames = tf.reshape(clips, tf.concat([[-1], shape[2:]], axis=0))
+        return tf.reshape(self._augment(frames, key, shape[1]), shape)
+
+    def _augment(self, images: tf.Tensor, key: tf.Tensor, frames) -> tf.Tensor:
+        """`images` hold len / frames groups of `frames` consecutive images that share their draws."""
         seeds = tf.random.experimental.stateless_split(
             tf.stack([tf.cast(key, tf.int64), tf.constant(self.seed, tf.int64)]), 7)
-        batch = tf.shape(images)[0]
-        images = self._warp(images, seeds[:4], batch)
-        images = self._gain(images, seeds[4:6], batch)
+        draw = _Draws(tf.shape(images)[0] // frames, frames)
+        images = self._warp(images, seeds[:4], draw)
+        images = self._gain(images, seeds[4:6], draw)
         if self.speckle > 0:  # uniform noise of the same mean and variance: three times cheaper to draw
             half_width = self.speckle * math.sqrt(3.0)
             images = images * tf.random.stateless_uniform(tf.shape(images), seeds[6], 1.0 - half_width,
                                                           1.0 + half_width)
         return tf.clip_by_value(images, 0.0, 255.0)
 
-    def _warp(self, images: tf.Tensor, seeds: tf.Tensor, batch: tf.Tensor) -> tf.Tensor:
+    def _warp(self, images: tf.Tensor, seeds: tf.Tensor, draw: "_Draws") -> tf.Tensor:
         """One bilinear resampling through the composed inverse map output pixel -> input pixel."""
         height, width = tf.cast(tf.shape(images)[1], tf.float32), tf.cast(tf.shape(images)[2], tf.float32)
-        angle = self._uniform(batch, seeds[0], math.radians(self.rotation_deg))
-        scale = 1.0 + self._uniform(batch, seeds[1], self.zoom)
-        offsets = self._uniform(tf.stack([batch, 2]), seeds[2], self.shift)
+        angle = draw.uniform(seeds[0], math.radians(self.rotation_deg))
+        scale = 1.0 + draw.uniform(seeds[1], self.zoom)
+        offsets = draw.uniform(seeds[2], self.shift, columns=2)
         tx, ty = offsets[:, 0] * width, offsets[:, 1] * height
         cx, cy = (width - 1) / 2, (height - 1) / 2
         cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
         a0, a1, a2 = cos, -sin, cx - cos * cx + sin * cy - tx
         b0, b1, b2 = sin, cos, cy - sin * cx - cos * cy - ty
         if self.horizontal_flip:  # mirror the output column first: x -> (W - 1) - x
-            flip = tf.random.stateless_uniform([batch], seeds[3]) < 0.5
+            flip = draw.uniform(seeds[3], 1.0) < 0.0
             a2, b2 = tf.where(flip, a2 + a0 * (width - 1), a2), tf.where(flip, b2 + b0 * (width - 1), b2)
             a0, b0 = tf.where(flip, -a0, a0), tf.where(flip, -b0, b0)
         zeros = tf.zeros_like(a0)
@@ -73,16 +84,24 @@ class UltrasoundAugment:
             images=images, transforms=transforms, output_shape=tf.shape(images)[1:3], fill_value=0.0,
             interpolation="BILINEAR", fill_mode="CONSTANT")
 
-    def _gain(self, images: tf.Tensor, seeds: tf.Tensor, batch: tf.Tensor) -> tf.Tensor:
+    def _gain(self, images: tf.Tensor, seeds: tf.Tensor, draw: "_Draws") -> tf.Tensor:
         """Contrast about each image's mean, then a brightness offset (a fraction of the 0-255 range)."""
-        factor = 1.0 + self._uniform(batch, seeds[0], self.contrast)[:, None, None, None]
-        offset = 255.0 * self._uniform(batch, seeds[1], self.brightness)[:, None, None, None]
+        factor = 1.0 + draw.uniform(seeds[0], self.contrast)[:, None, None, None]
+        offset = 255.0 * draw.uniform(seeds[1], self.brightness)[:, None, None, None]
         mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
         return images * factor + (mean * (1.0 - factor) + offset)  # = (x - mean) * factor + mean + offset
 
-    @staticmethod
-    def _uniform(shape, seed: tf.Tensor, limit: float) -> tf.Tensor:
-        return tf.random.stateless_uniform(tf.reshape(shape, [-1]), seed, -limit, limit)
+
+@dataclass(frozen=True)
+class _Draws:
+    """Uniform draws per group of `frames` consecutive images, repeated for each image of the group."""
+
+    groups: tf.Tensor
+    frames: tf.Tensor | int
+
+    def uniform(self, seed: tf.Tensor, limit: float, columns: int | None = None) -> tf.Tensor:
+        shape = tf.stack([self.groups] if columns is None else [self.groups, columns])
+        return tf.repeat(tf.random.stateless_uniform(shape, seed, -limit, limit), self.frames, axis=0)
 
 
 def build_augmenter(seed: int = 0, **settings) -> UltrasoundAugment:

@@ -110,6 +110,15 @@ def clip_starts(n_frames: int, clip_length: int, clips: int, rng: np.random.Gene
     return [int(round(i * last / (clips - 1))) for i in range(clips)]
 
 
+def sample_clip(n_frames: int, clip_length: int, rng: np.random.Generator,
+                speed: tuple[float, float] = (0.8, 1.25)) -> np.ndarray:
+    """Frame indices of one training clip: a random playback speed within `speed` (the step between frames) and a
+    random start (temporal jitter); a video shorter than the clip's span repeats its last frame."""
+    step = rng.uniform(*speed)
+    start = rng.uniform(0.0, max(n_frames - 1 - step * (clip_length - 1), 0.0))
+    return np.minimum(np.round(start + step * np.arange(clip_length)).astype(np.int64), n_frames - 1)
+
+
 def take_clip(frames: np.ndarray, start: int, clip_length: int) -> np.ndarray:
     """`clip_length` consecutive frames from `start`; a short video repeats its last frame."""
     indices = np.minimum(np.arange(start, start + clip_length), len(frames) - 1)
