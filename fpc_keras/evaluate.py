@@ -278,9 +278,10 @@ def _video(predictor: Predictor, records: Sequence[Record], on_bad_input: str, p
     clip_length = int(pre.get("clip_length", 1))
     clips = int(pre.get("clips_per_video", 4))
     size, channels, resize = tuple(pre["image_size"]), pre["channels"], pre["resize"]
-    probs, y_true, skipped = [], [], {}
+    probs, y_true, skipped, decode_ms, infer_ms = [], [], {}, [], []
     index = {label: i for i, label in enumerate(predictor.labels)}
     for n, record in enumerate(records, start=1):
+        start = time.perf_counter()
         try:
             frames = read_video(record.source, size, channels, resize).astype(np.float32)
         except BadInputError as exc:
@@ -288,7 +289,10 @@ def _video(predictor: Predictor, records: Sequence[Record], on_bad_input: str, p
                 raise
             skipped[record.source] = exc.what
             continue
+        decoded = time.perf_counter()
         probs.append(predictor.predict(model_clips(frames, clip_length, clips)).mean(axis=0))
+        decode_ms.append(1000 * (decoded - start))
+        infer_ms.append(1000 * (time.perf_counter() - decoded))
         y_true.append(index[record.label])
         if n % 10 == 0:
             progress(f"  videos: {n}/{len(records)}")
@@ -296,7 +300,16 @@ def _video(predictor: Predictor, records: Sequence[Record], on_bad_input: str, p
         raise BadInputError("no readable video to evaluate", "check the data; every file was skipped")
     metrics = classification_metrics(np.array(y_true), np.stack(probs), predictor.labels)
     metrics["video_top1"] = metrics["top1"]
+    metrics["latency_ms"] = _video_latency(decode_ms, infer_ms, clips)
     return metrics, len(y_true), skipped
+
+
+def _video_latency(decode_ms: list[float], infer_ms: list[float], clips: int) -> dict:
+    """Per video: decoding (all frames, resized) and inference (`clips` clips), median and p90, in this process."""
+    def summary(values) -> dict:
+        return {"median": float(np.median(values)), "p90": float(np.percentile(values, 90))}
+    return {"decode": summary(decode_ms), "inference": summary(infer_ms),
+            "total": summary(np.add(decode_ms, infer_ms)), "clips_per_video": clips}
 
 
 def _split_as_trained(records: list[Record], card: dict) -> list[Record]:

@@ -59,10 +59,17 @@ def run_converter(converter: tf.lite.TFLiteConverter, variant: str, representati
         return converter.convert()
 
 
-def representative_images(records: Sequence[Record], spec: ImageSpec, count: int, seed: int = 0) -> np.ndarray:
-    """Up to `count` training images, chosen at random, as the model sees them."""
+def representative_images(records: Sequence[Record], spec: ImageSpec, count: int, seed: int = 0,
+                          clip_length: int = 0) -> np.ndarray:
+    """Up to `count` training items, chosen at random, as the model sees them: images, or for video classifiers
+    (`clip_length` > 0) the middle clip of each video."""
+    from .data.video import model_clips, read_video
+
     rng = np.random.default_rng(seed)
     chosen = rng.permutation(len(records))[:count]
+    if clip_length:
+        return np.stack([model_clips(read_video(records[i].source, spec.size, spec.channels, spec.resize),
+                                     clip_length, 1)[0].astype(np.float32) for i in chosen])
     return np.stack([spec.load(records[i].source).astype(np.float32) for i in chosen])
 
 
@@ -88,7 +95,9 @@ def export_run(run_dir: str | Path, variants: Sequence[str] = ("fp32", "int8"), 
                      card["preprocessing"]["resize"])
     train = [r for r in records if r.split == "train"]
     evaluation = [r for r in records if r.split == evaluate_split]
-    representative = representative_images(train, spec, representative_samples) if "int8" in variants else None
+    clip_length = int(card["preprocessing"].get("clip_length", 0)) if card["task"] == "video" else 0
+    representative = (representative_images(train, spec, representative_samples, clip_length=clip_length)
+                      if "int8" in variants else None)
     int8_io = bool(int8_io and "int8" in variants)
     keras_results = card.get("metrics", {}).get(evaluate_split)
     out = {}

@@ -34,10 +34,11 @@ from .config import RunConfig, config_to_dict, save_config
 from .data.datasets import TASK_OF_KIND, prepare_records
 from .data.augment import build_augmenter
 from .data.images import ImageSpec
-from .data.pipeline import (SkipLog, balanced_order, epoch_batches, image_dataset, label_ids, segmentation_arrays,
-                            segmentation_dataset, shuffled_order, sweep_arrays)
+from .data.pipeline import (SkipLog, balanced_order, clip_dataset, epoch_batches, image_dataset, label_ids,
+                            segmentation_arrays, segmentation_dataset, shuffled_order, sweep_arrays)
 from .data.sweeps import PLANE_LABELS
 from .data.records import Record, in_split, labels_of, split_counts
+from .data.video import model_clips, read_video
 from .errors import BadInputError
 from .evaluate import Predictor, choose_postprocessing, evaluate, keras_predict_fn, summary_line
 from .litert import primary_output
@@ -67,7 +68,8 @@ def train(config: RunConfig, progress: Progress = print) -> Path:
     counts = split_counts(records)
     progress(f"      {len(records)} items, classes {labels}, splits {counts}")
     _write_run_files(config, records)
-    session = (_SegmentationSession if task == "segmentation" else _Session)(config, records, labels, progress)
+    session = {"segmentation": _SegmentationSession, "video": _VideoSession}.get(task, _Session)(
+        config, records, labels, progress)
     strategy = distribution_strategy(config.train.strategy)
     if strategy.num_replicas_in_sync > 1:
         progress(f"      {config.train.strategy} strategy over {strategy.num_replicas_in_sync} replicas; a batch of "
@@ -85,8 +87,9 @@ def train(config: RunConfig, progress: Progress = print) -> Path:
                                      "test_fraction": config.data.test_fraction, "fold": config.data.fold,
                                      "seed": config.train.seed},
                       "seed": config.train.seed, "phases": session.summary()})
-    if len(model.inputs[0].shape) == 5:  # a clip model (fetalnet video): T frames per input
+    if len(model.inputs[0].shape) == 5:  # a clip model (fetalnet video, slowfast): T frames per input
         card["preprocessing"]["clip_length"] = config.data.clip_length
+        card["preprocessing"]["clips_per_video"] = config.data.clips_per_video
         card["input"]["shape"].insert(1, config.data.clip_length)
     predictor = Predictor(str(run_dir / "model.keras"), card, keras_predict_fn(model))
     if task == "segmentation" and "clip_length" not in card["preprocessing"]:
@@ -316,6 +319,59 @@ class _SegmentationSession:
     def summary(self) -> dict:
         return {p.name: {k: p.state[k] for k in ("epoch", "best_epoch", "best_score", "best_loss", "seconds")}
                 for p in (self.phase, self.phase2) if p.state["epoch"] >= 0}
+
+
+class _VideoSession:
+    """Video classifiers (slowfast): clips drawn anew every epoch, class-balanced, `data.clips_per_video` draws
+    per training video, each a random stretch at a random speed, augmented as whole clips
+    (`pipeline.clip_dataset`); selection on the validation videos' macro-F1, each video scored by the mean of
+    `data.clips_per_video` evenly spaced clips, as the evaluator does. An ImageNet slow pathway is frozen
+    (`train.freeze_backbone`); the fast pathway, laterals and classifier train."""
+
+    def __init__(self, config: RunConfig, records: Sequence[Record], labels: list[str], progress: Progress):
+        if config.train.finetune_blocks:
+            raise BadInputError("train.finetune_blocks is not supported for video models yet",
+                                "set train.finetune_blocks=0")
+        self.config, self.labels, self.progress = config, labels, progress
+        self.train_records, self.val_records = in_split(records, "train"), in_split(records, "val")
+        self.y_train, self.y_val = label_ids(self.train_records, labels), label_ids(self.val_records, labels)
+        self.phase = _Phase("phase1", config.run_dir / "checkpoints" / "phase1",
+                            config.train.early_stopping_patience, config.run_dir / "history.csv", progress)
+
+    def run(self) -> keras.Model:
+        t, m, d = self.config.train, self.config.model, self.config.data
+        self.progress(f"[2/4] building {m.name} (slow pathway {m.backbone}, preset {m.preset}, weights {m.weights})")
+        fitted = self.phase.resume()
+        if fitted is None:
+            fitted = build_model(self.config)
+            if m.backbone != "none":
+                set_backbone_trainable(fitted, 0 if t.freeze_backbone else None)
+            fitted = compile_classifier(fitted, t.learning_rate, t.label_smoothing)
+        if not self.phase.state["done"]:
+            videos, val_videos = self._decoded(self.train_records), self._decoded(self.val_records)
+            data = clip_dataset(videos, self.y_train, len(self.labels), d.clip_length, t.batch_size,
+                                d.clips_per_video, self.phase.state["epoch"] + 1, t.epochs, t.seed,
+                                build_augmenter(seed=t.seed, horizontal_flip=False) if t.augment else None)
+            predict = keras_predict_fn(fitted)
+            predict_val = lambda: np.stack([  # noqa: E731
+                predict(model_clips(v, d.clip_length, d.clips_per_video)).mean(axis=0) for v in val_videos])
+            self.progress(f"[3/4] phase1: {len(videos)} train videos x {d.clips_per_video} balanced clips per "
+                          f"epoch, {len(val_videos)} val videos, {parameter_counts(fitted)['trainable']:,} "
+                          "trainable parameters")
+            self.phase.fit(fitted, data, t.epochs, _classification_score(predict_val, self.y_val),
+                           steps_per_epoch=-(-len(videos) * d.clips_per_video // t.batch_size))
+        return self.phase.best()
+
+    def _decoded(self, records: Sequence[Record]) -> list[np.ndarray]:
+        """Every video decoded once at the model's size (uint8), kept in memory for all epochs."""
+        d = self.config.data
+        self.progress(f"      decoding {len(records)} videos")
+        return [read_video(r.source, tuple(d.image_size), d.channels, d.resize) for r in records]
+
+    def summary(self) -> dict:
+        state = self.phase.state
+        return {self.phase.name: {k: state[k] for k in ("epoch", "best_epoch", "best_score", "best_loss", "seconds")}
+                } if state["epoch"] >= 0 else {}
 
 
 def _dice_score(model: keras.Model, images: np.ndarray, masks: np.ndarray, batch_size: int) -> Validate:

@@ -69,3 +69,69 @@ def test_keras_tflite_parity_float(tmp_path):
         path = tmp_path / f"{variant}.tflite"
         path.write_bytes(convert(model, variant))
         assert np.abs(TFLiteModel(path)(x) - reference).max() <= tolerance, variant
+
+
+def _video_folder(root, per_class: int = 4):
+    """Three classes of short gray videos: a bright bar sweeping left-right, top-bottom, or a still frame."""
+    from test_video import write_gif
+
+    for name in ("horizontal", "vertical", "still"):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            frames = np.full((10, 32, 32, 3), 30 + 5 * i, np.uint8)
+            for t in range(10):
+                if name == "horizontal":
+                    frames[t, :, (3 * t + i) % 32] = 255
+                elif name == "vertical":
+                    frames[t, (3 * t + i) % 32, :] = 255
+                else:
+                    frames[t, 10 + i, 10:20] = 255
+            write_gif(root / name / f"{name}_{'abcdefgh'[i]}.gif", frames)  # one group each
+    return root
+
+
+def test_video_training_resume_and_evaluation(tmp_path):
+    """`fpc-keras train` on a folder of videos: balanced clips, clip augmentation, selection on validation videos,
+    video_top1 on test videos; a rerun resumes; the fp32 export evaluates through the same evaluator."""
+    from fpc_keras.cli import main
+    from fpc_keras.io import read_json
+
+    data = _video_folder(tmp_path / "videos")
+    config = tmp_path / "empty.yaml"
+    config.write_text("{}\n")
+    values = [f"runs_dir={tmp_path / 'runs'}", "name=sf", "data.kind=videos", f"data.path={data}",
+              "data.image_size=[32, 32]", "data.clip_length=4", "data.clips_per_video=2", "data.val_fraction=0.25",
+              "data.test_fraction=0.25", "model.name=slowfast", "model.backbone=none", "model.alpha=2",
+              "model.weights=none", "train.epochs=2", "train.batch_size=4", "export.latency_runs=2"]
+    args = ["train", "--config", str(config), *[a for v in values for a in ("--set", v)]]
+    assert main(args) == 0
+    run = tmp_path / "runs" / "sf"
+    results, card = read_json(run / "results.json"), read_json(run / "model_card.json")
+    assert results["task"] == "video" and results["n"] == 3 and "video_top1" in results["metrics"]
+    latency = results["metrics"]["latency_ms"]
+    assert latency["clips_per_video"] == 2 and 0 < latency["inference"]["median"] <= latency["inference"]["p90"]
+    assert card["preprocessing"]["clip_length"] == 4 and card["input"]["shape"] == [1, 4, 32, 32, 3]
+    assert read_json(run / "checkpoints" / "phase1" / "state.json")["epoch"] == 1
+    assert main(args) == 0  # finished: resumes, does not train again
+    assert main(["export", "--model", str(run), "--quant", "fp32"]) == 0
+    exported = read_json(run / "exports" / "fp32" / "model_card.json")
+    assert "video_top1" in exported["metrics"]["test"]
+
+
+def test_training_clips_are_balanced_and_resume_exactly():
+    from fpc_keras.data.augment import build_augmenter
+    from fpc_keras.data.pipeline import clip_dataset
+
+    rng = np.random.default_rng(0)
+    videos = [rng.integers(0, 255, (n, 8, 8, 3), dtype=np.uint8) for n in (6, 9, 12, 7, 20)]
+    class_ids = np.array([0, 0, 0, 0, 1])  # one video of class 1 against four of class 0
+    args = dict(videos=videos, class_ids=class_ids, classes=2, clip_length=4, batch_size=5, draws_per_video=40,
+                seed=3, augment=build_augmenter(seed=3))
+    batches = list(clip_dataset(first_epoch=0, epochs=2, **args))
+    labels = np.concatenate([y.numpy() for _, y in batches]).argmax(axis=1)
+    assert len(labels) == 2 * 200 and abs(labels.mean() - 0.5) < 0.08  # the lone class-1 video: half the clips
+    assert batches[0][0].shape == (5, 4, 8, 8, 3)
+    resumed = list(clip_dataset(first_epoch=1, epochs=2, **args))
+    assert len(resumed) == 40
+    for (x, y), (x2, y2) in zip(batches[40:], resumed):
+        np.testing.assert_array_equal(x.numpy(), x2.numpy())

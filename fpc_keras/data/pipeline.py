@@ -223,3 +223,33 @@ def sweep_arrays(images: np.ndarray, masks: np.ndarray, frames: int,
     labels = np.array([[PLANE_LABELS.index(label) for label in item[2]] for item in out], np.int64)
     return (np.stack([item[0] for item in out]), np.stack([item[1] for item in out]), labels,
             np.array([item[3] for item in out], np.int64))
+
+
+def clip_dataset(videos: Sequence[np.ndarray], class_ids: np.ndarray, classes: int, clip_length: int,
+                 batch_size: int, draws_per_video: int, first_epoch: int, epochs: int, seed: int = 0,
+                 augment: Callable | None = None) -> tf.data.Dataset:
+    """Training clips of decoded videos (uint8 T x H x W x C each): per epoch `draws_per_video` x len(videos)
+    draws with every class equally likely (`balanced_order`), each a random stretch at a random speed
+    (`video.sample_clip`), augmented as whole clips. Batch b of epoch e is a function of (seed, e, b) alone, so a
+    run resumed at epoch e sees what an uninterrupted one would (fit with steps_per_epoch)."""
+    from .video import sample_clip
+
+    draws = np.tile(np.asarray(class_ids), draws_per_video)
+    steps = -(-len(draws) // batch_size)
+    indices = epoch_batches(balanced_order(draws, seed), first_epoch, epochs, batch_size)
+    keys = tf.data.Dataset.range(first_epoch * steps, epochs * steps)
+    eye = np.eye(classes, dtype=np.float32)
+    shape = (clip_length, *videos[0].shape[1:])
+
+    def gather(batch: np.ndarray, key: np.int64) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng((seed, int(key)))
+        chosen = [int(draws_index) % len(videos) for draws_index in batch]
+        clips = [videos[v][sample_clip(len(videos[v]), clip_length, rng)] for v in chosen]
+        return np.stack(clips).astype(np.float32), eye[np.asarray(class_ids)[chosen]]
+
+    def load(batch, key):
+        clips, labels = tf.numpy_function(gather, [batch, key], (tf.float32, tf.float32))
+        clips, labels = tf.ensure_shape(clips, (None, *shape)), tf.ensure_shape(labels, (None, classes))
+        return (augment.clips(clips, key) if augment is not None else clips), labels
+
+    return tf.data.Dataset.zip(indices, keys).map(load).prefetch(AUTOTUNE)

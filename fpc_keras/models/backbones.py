@@ -102,11 +102,12 @@ def _caffenet(inputs, weights: str):
 
 
 def backbone_layers(model: keras.Model) -> list[keras.layers.Layer]:
-    """Layers from the input up to `backbone_features` (Functional keeps layers in topological order)."""
-    names = [layer.name for layer in model.layers]
-    if FEATURES_LAYER not in names:
+    """The layers `backbone_features` depends on, in the model's order (not layers of other branches, such as
+    SlowFast's fast pathway, that happen to come earlier)."""
+    if FEATURES_LAYER not in {layer.name for layer in model.layers}:
         raise BadInputError(f"model {model.name} has no {FEATURES_LAYER} layer", "build it with fpc_keras")
-    return [l for l in model.layers[: names.index(FEATURES_LAYER) + 1] if not isinstance(l, keras.layers.InputLayer)]
+    upstream = {layer.name for layer in keras.Model(model.inputs, model.get_layer(FEATURES_LAYER).output).layers}
+    return [l for l in model.layers if l.name in upstream and not isinstance(l, keras.layers.InputLayer)]
 
 
 BLOCK = re.compile(r"^(block\d+[a-z]?_|conv\d)")
