@@ -45,7 +45,8 @@ def _open_zip(archive: str) -> zipfile.ZipFile:
 
 
 def read_image(source: str, channels: int = 3) -> np.ndarray:
-    """Decode any common image (8/16-bit, gray, RGB(A), palette, CMYK) to uint8 HxWxC with C = `channels`."""
+    """Decode any common image (8/16-bit, gray, RGB(A), palette, CMYK) to uint8 HxWxC with C = `channels`
+    (0: as decoded, 1 for gray and 3 for colour)."""
     data = read_bytes(source)
     if not data:
         raise BadInputError(f"{source} is an empty (0-byte) file", SKIP_HINT)
@@ -69,6 +70,8 @@ def read_image(source: str, channels: int = 3) -> np.ndarray:
         raise BadInputError(f"{source} cannot be decoded as an image ({exc})", SKIP_HINT) from None
     if array.ndim == 2:
         array = array[:, :, None]
+    if channels == 0:  # as decoded: gray stays one channel
+        return np.ascontiguousarray(array)
     if channels == 1 and array.shape[2] == 3:
         array = np.asarray(Image.fromarray(array).convert("L"))[:, :, None]
     elif channels == 3 and array.shape[2] == 1:
@@ -140,8 +143,10 @@ class ImageSpec:
     resize: str = "pad"
 
     def load(self, source: str) -> np.ndarray:
-        """Decode and resize one image to the model's input grid (uint8; the model takes it as float 0-255)."""
-        return fit_image(read_image(source, self.channels), self.size, self.resize)
+        """Decode and resize one image to the model's input grid (uint8; the model takes it as float 0-255).
+        A gray image is resized as one channel and then copied to three: the same pixels, a third of the work."""
+        fitted = fit_image(read_image(source, 0 if self.channels == 3 else self.channels), self.size, self.resize)
+        return np.repeat(fitted, 3, axis=2) if self.channels == 3 and fitted.shape[2] == 1 else fitted
 
 
 def unfit_image(array: np.ndarray, original: tuple[int, int], mode: str = "pad",
