@@ -1,4 +1,8 @@
 """The models shipped in tflite/models/ work as the README says, on the real data they were measured on."""
+import json
+import subprocess
+import sys
+
 import pytest
 
 from conftest import REPO
@@ -37,3 +41,11 @@ def test_hc18_fetalnet_evaluates_its_own_test_split(shared_data, tmp_path):
     for name in ("dice", "hc_mad_mm"):
         assert result["metrics"][name]["value"] == pytest.approx(card["metrics"]["test"][name]["value"], abs=1e-4)
     assert result["metrics"]["dice"]["value"] >= 0.97 and len(ellipses.read_text().splitlines()) == 159
+    assert card["postprocessing"]["chosen_on"] == "val"
+    # The TF-free runner follows the card's post-processing too: the same head circumference as the evaluator.
+    item = result["items"][0]
+    done = subprocess.run([sys.executable, str(REPO / "tflite" / "run.py"), "--model", str(model), "--json",
+                           "--pixel-mm", str(item["pixel_mm"]), item["source"]], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.splitlines()[-1])["hc_mm"] == pytest.approx(item["hc_mm"], abs=0.01)
