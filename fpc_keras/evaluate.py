@@ -44,8 +44,7 @@ class Predictor:
         return self.card["labels"]
 
     def image_spec(self) -> ImageSpec:
-        pre = self.card["preprocessing"]
-        return ImageSpec(tuple(pre["image_size"]), pre["channels"], pre["resize"])
+        return ImageSpec.from_card(self.card)
 
 
 def load_predictor(path: str | Path, threads: int = 2) -> Predictor:
@@ -220,9 +219,10 @@ def choose_postprocessing(predictor: Predictor, records: Sequence[Record], batch
     truths = {r.source: read_mask(r.extras["mask"]) for r in records}
     resize = predictor.card["preprocessing"]["resize"]
     rows, by_hc = [], all(r.extras.get("hc_mm") for r in records)
-    for flip in (False, True):
-        probs, kept, _ = _predict_images(predictor, records, "error", batch_size, lambda m: None,
-                                         _mask_predict(predictor, flip))
+    pairs, kept, _ = _predict_images(predictor, records, "error", batch_size, lambda m: None,
+                                     lambda batch: postprocess.with_mirrored(predictor.predict, batch))
+    for flip in (False, True):  # one pass over the images serves both candidates
+        probs = pairs.mean(axis=1) if flip else pairs[:, 0]
         for threshold in POSTPROCESS_THRESHOLDS:
             items = [_measure(records[i], p, resize, float(threshold), truths[records[i].source], hausdorff=False)
                      for p, i in zip(probs, kept)]

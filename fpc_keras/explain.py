@@ -103,8 +103,7 @@ def class_montage(run_dir: str | Path, out: str | Path, method: str = "gradcam")
     from . import models  # noqa: F401
 
     model = keras.saving.load_model(run_dir / "model.keras", compile=False)
-    pre = card["preprocessing"]
-    spec = ImageSpec(tuple(pre["image_size"]), pre["channels"], pre["resize"])
+    spec = ImageSpec.from_card(card)
     figure, axes = plt.subplots(1, len(labels), figsize=(2.2 * len(labels), 2.6), squeeze=False)
     for axis, label, record in zip(axes[0], labels, chosen):
         axis.axis("off")

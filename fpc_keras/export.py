@@ -91,8 +91,7 @@ def export_run(run_dir: str | Path, variants: Sequence[str] = ("fp32", "int8"), 
     card = read_card(run_dir / "model.keras")
     model = keras.saving.load_model(run_dir / "model.keras", compile=False)
     records = train_records(run_dir)
-    spec = ImageSpec(tuple(card["preprocessing"]["image_size"]), card["preprocessing"]["channels"],
-                     card["preprocessing"]["resize"])
+    spec = ImageSpec.from_card(card)
     train = [r for r in records if r.split == "train"]
     evaluation = [r for r in records if r.split == evaluate_split]
     clip_length = int(card["preprocessing"].get("clip_length", 0)) if card["task"] == "video" else 0

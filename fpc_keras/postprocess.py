@@ -29,11 +29,14 @@ def invokes_per_item(card: dict) -> int:
 def mask_probabilities(predict: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, flip: bool) -> np.ndarray:
     """Per-pixel probabilities of a (B, H, W, C) batch; with `flip`, averaged with those of the mirrored batch
     (mirrored back). A fetal head seen from either side is the same head, so the average removes noise."""
+    return with_mirrored(predict, batch).mean(axis=1) if flip else np.asarray(predict(batch))
+
+
+def with_mirrored(predict: Callable[[np.ndarray], np.ndarray], batch: np.ndarray) -> np.ndarray:
+    """(B, 2, H, W, C): each item's probabilities, and those of its mirror image mirrored back."""
     probs = np.asarray(predict(batch))
-    if not flip:
-        return probs
     mirrored = np.asarray(predict(np.ascontiguousarray(batch[:, :, ::-1])))[:, :, ::-1]
-    return (probs + mirrored) / 2
+    return np.stack([probs, mirrored], axis=1)
 
 
 def original_mask(probs: np.ndarray, original: tuple[int, int], resize: str, threshold: float) -> np.ndarray:

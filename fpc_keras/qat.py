@@ -209,8 +209,7 @@ def qat_tflite(run_dir: str | Path, epochs: int, learning_rate: float, represent
 
     run_dir = Path(run_dir)
     card = read_card(run_dir / "model.keras")
-    spec = ImageSpec(tuple(card["preprocessing"]["image_size"]), card["preprocessing"]["channels"],
-                     card["preprocessing"]["resize"])
+    spec = ImageSpec.from_card(card)
     train = [r for r in train_records(run_dir) if r.split == "train"]
     model = quantize_aware(tf_keras_twin(keras.saving.load_model(run_dir / "model.keras", compile=False)))
     representative = representative_images(train, spec, representative_samples)

@@ -177,8 +177,7 @@ class _Session:
         return model
 
     def summary(self) -> dict:
-        return {p.name: {k: p.state[k] for k in ("epoch", "best_epoch", "best_score", "best_loss", "seconds")}
-                for p in (self.phase1, self.phase2) if p.state["epoch"] >= 0}
+        return _phase_summary(self.phase1, self.phase2)
 
     def _fit_on_cache(self, model: keras.Model, head: keras.Model) -> None:
         t = self.config.train
@@ -317,8 +316,7 @@ class _SegmentationSession:
                 *segmentation_arrays(self.val_records, self.spec, self.progress))
 
     def summary(self) -> dict:
-        return {p.name: {k: p.state[k] for k in ("epoch", "best_epoch", "best_score", "best_loss", "seconds")}
-                for p in (self.phase, self.phase2) if p.state["epoch"] >= 0}
+        return _phase_summary(self.phase, self.phase2)
 
 
 class _VideoSession:
@@ -369,9 +367,7 @@ class _VideoSession:
         return [read_video(r.source, tuple(d.image_size), d.channels, d.resize) for r in records]
 
     def summary(self) -> dict:
-        state = self.phase.state
-        return {self.phase.name: {k: state[k] for k in ("epoch", "best_epoch", "best_score", "best_loss", "seconds")}
-                } if state["epoch"] >= 0 else {}
+        return _phase_summary(self.phase)
 
 
 def _dice_score(model: keras.Model, images: np.ndarray, masks: np.ndarray, batch_size: int) -> Validate:
@@ -476,6 +472,12 @@ class _Phase:
         writer.writeheader()
         writer.writerows(rows)
         atomic_write_text(self.history, buffer.getvalue())
+
+
+def _phase_summary(*phases: _Phase) -> dict:
+    """Epochs, best epoch, best score and loss and seconds of each phase that ran (the card's `phases`)."""
+    return {p.name: {k: p.state[k] for k in ("epoch", "best_epoch", "best_score", "best_loss", "seconds")}
+            for p in phases if p.state["epoch"] >= 0}
 
 
 class _EpochCallback(keras.callbacks.Callback):

@@ -31,11 +31,12 @@ from fpc_keras.litert import TFLiteModel  # noqa: E402
 
 
 def classify(model: TFLiteModel, card: dict, source: str, top: int) -> dict:
-    return _top_classes(card, source, model(_spec(card).load(source).astype(np.float32)[None])[0], top)
+    image = ImageSpec.from_card(card).load(source).astype(np.float32)
+    return _top_classes(card, source, model(image[None])[0], top)
 
 
 def segment(model: TFLiteModel, card: dict, source: str, pixel_mm: float | None) -> dict:
-    spec, post = _spec(card), postprocess.settings(card)
+    spec, post = ImageSpec.from_card(card), postprocess.settings(card)
     probs = postprocess.mask_probabilities(model, spec.load(source).astype(np.float32)[None], post["flip"])[0]
     mask = postprocess.original_mask(probs, read_image(source, 1).shape[:2], spec.resize, post["threshold"])
     result = {"input": source, "mask_pixels": int(mask.sum())}
@@ -59,11 +60,6 @@ def classify_video(model: TFLiteModel, card: dict, source: str, top: int) -> dic
 def _top_classes(card: dict, source: str, probs: np.ndarray, top: int) -> dict:
     order = np.argsort(-probs)[:top]
     return {"input": source, "top": [{"label": card["labels"][i], "probability": float(probs[i])} for i in order]}
-
-
-def _spec(card: dict) -> ImageSpec:
-    pre = card["preprocessing"]
-    return ImageSpec(tuple(pre["image_size"]), pre["channels"], pre["resize"])
 
 
 def _line(result: dict) -> str:

@@ -142,6 +142,12 @@ class ImageSpec:
     channels: int = 3
     resize: str = "pad"
 
+    @classmethod
+    def from_card(cls, card: dict) -> "ImageSpec":
+        """The spec a model card's `preprocessing` records."""
+        pre = card["preprocessing"]
+        return cls(tuple(pre["image_size"]), pre["channels"], pre["resize"])
+
     def load(self, source: str) -> np.ndarray:
         """Decode and resize one image to the model's input grid (uint8; the model takes it as float 0-255).
         A gray image is resized as one channel and then copied to three: the same pixels, a third of the work."""

@@ -73,10 +73,11 @@ def gradcam_montage(run: dict, pages: Path, progress: Callable[[str], None]) -> 
 
 
 def latency_points(runs: list[dict]) -> list[dict]:
-    """(run, export variant, median latency, test top-1 or Dice) for every export with both measured."""
+    """(run, export variant, median latency, test top-1 or Dice) for every export with both measured (from the
+    runs' `export_rows`)."""
     points = []
     for run in runs:
-        for row in export_rows(run):
+        for row in run["export_rows"]:
             if row["value"] is not None:
                 points.append({"run": run["name"], "variant": row["variant"], "latency_ms": row["median_ms"],
                                "metric": row["metric"], "value": row["value"]})
