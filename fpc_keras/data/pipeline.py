@@ -106,7 +106,8 @@ def image_dataset(records: Sequence[Record], spec: ImageSpec, labels: Sequence[s
     load = _loader(spec, records, skip_log)
     if balanced:
         ids = label_ids(records, labels)
-        ds = balanced_indices(ids, seed).take(len(records))
+        # An endless stream cut to one epoch: its length is stated so that Keras knows the epoch's steps.
+        ds = balanced_indices(ids, seed).take(len(records)).apply(tf.data.experimental.assert_cardinality(len(records)))
     else:
         ds = tf.data.Dataset.from_tensor_slices(np.arange(len(records), dtype=np.int64))
     ds = ds.map(lambda i: (i, *tf.numpy_function(load, [i], (tf.uint8, tf.bool))), num_parallel_calls=AUTOTUNE,
