@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -38,11 +40,13 @@ def render(page: str | Path, screenshot: str | Path | None = None, width: int = 
     browser = find_browser()
     if browser is None:
         raise BadInputError("no Chromium found", "install it (Debian: apt-get install chromium)")
-    with tempfile.TemporaryDirectory() as profile:
+    # Chromium's helper processes may still be writing the profile while it is removed: they are killed as a
+    # group, and a file that appears during the removal is not an error.
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
         process = subprocess.Popen([browser, "--headless=new", "--no-sandbox", "--disable-gpu",
                                     "--remote-debugging-port=0", f"--user-data-dir={profile}",
                                     f"--window-size={width},{height}", "about:blank"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             session = _DevTools(_page_socket(Path(profile), timeout_s), timeout_s)
             try:
@@ -50,8 +54,15 @@ def render(page: str | Path, screenshot: str | Path | None = None, width: int = 
             finally:
                 session.close()
         finally:
-            process.kill()
-            process.wait()
+            _kill_group(process)
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
 
 
 def _page_socket(profile: Path, timeout_s: float) -> str:
