@@ -277,13 +277,13 @@ def _video(predictor: Predictor, records: Sequence[Record], on_bad_input: str, p
     pre = predictor.card["preprocessing"]
     clip_length = int(pre.get("clip_length", 1))
     clips = int(pre.get("clips_per_video", 4))
-    size, channels, resize = tuple(pre["image_size"]), pre["channels"], pre["resize"]
+    spec = predictor.image_spec()
     probs, y_true, skipped, decode_ms, infer_ms = [], [], {}, [], []
     index = {label: i for i, label in enumerate(predictor.labels)}
     for n, record in enumerate(records, start=1):
         start = time.perf_counter()
         try:
-            frames = read_video(record.source, size, channels, resize).astype(np.float32)
+            frames = read_video(record.source, spec.size, spec.channels, spec.resize).astype(np.float32)
         except BadInputError as exc:
             if on_bad_input != "skip":
                 raise

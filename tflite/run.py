@@ -51,8 +51,8 @@ def segment(model: TFLiteModel, card: dict, source: str, pixel_mm: float | None)
 def classify_video(model: TFLiteModel, card: dict, source: str, top: int) -> dict:
     from fpc_keras.data.video import model_clips, read_video
 
-    pre = card["preprocessing"]
-    frames = read_video(source, tuple(pre["image_size"]), pre["channels"], pre["resize"]).astype(np.float32)
+    pre, spec = card["preprocessing"], ImageSpec.from_card(card)
+    frames = read_video(source, spec.size, spec.channels, spec.resize).astype(np.float32)
     batch = model_clips(frames, int(pre.get("clip_length", 1)), int(pre.get("clips_per_video", 4)))
     return _top_classes(card, source, model(batch).mean(axis=0), top)
 
