@@ -24,6 +24,31 @@ def test_twin_matches_the_keras3_model(family):
     assert np.abs(twin(x, training=False).numpy() - reference).max() <= 1e-5
 
 
+def test_batchnorm_is_folded_into_the_convolution_before_it():
+    """Folded exactly (depthwise multipliers and biases included); not after a convolution with an activation."""
+    import keras
+    import tf_keras
+
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.DepthwiseConv2D(3, depth_multiplier=2, use_bias=False, name="dw")(inputs)
+    x = keras.layers.BatchNormalization(name="dw_bn")(x)
+    x = keras.layers.Conv2D(4, 1, name="pw")(x)
+    x = keras.layers.BatchNormalization(name="pw_bn")(x)
+    x = keras.layers.Conv2D(4, 1, activation="relu", name="relu_conv")(x)
+    outputs = keras.layers.BatchNormalization(name="kept_bn")(x)
+    model = keras.Model(inputs, outputs)
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):  # statistics far from the identity
+            n = layer.gamma.shape[0]
+            layer.set_weights([rng.uniform(0.5, 2, n), rng.normal(0, 1, n), rng.normal(0, 1, n), rng.uniform(0.2, 3, n)])
+    twin = tf_keras_twin(model)
+    assert [layer.name for layer in twin.layers if isinstance(layer, tf_keras.layers.BatchNormalization)] == ["kept_bn"]
+    x = rng.uniform(-1, 1, (2, 8, 8, 3)).astype("float32")
+    reference = np.asarray(model(x, training=False))
+    assert np.abs(twin(x, training=False).numpy() - reference).max() <= 1e-5 * max(1.0, np.abs(reference).max())
+
+
 @pytest.mark.slow  # about 3 minutes: the TFLite converter takes 1.5 minutes on even a tiny QAT graph
 def test_qat_export_is_full_integer_and_evaluated(tmp_path):
     data = write_folder_dataset(tmp_path / "data")
