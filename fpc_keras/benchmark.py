@@ -1,6 +1,7 @@
 """Edge benchmark: latency (median, p90) at 1 and 2 threads and size of one model as Keras, TFLite fp32 / fp16 /
 int8 (/ qat) and ONNX Runtime fp32 (a peer runtime, through tf2onnx), with the ratios, and each TFLite variant's
-own accuracy beside the Keras model's where `fpc-keras export` measured it. Single-item batches, as on a device.
+own accuracy beside the Keras model's where `fpc-keras export` measured it. Single-item batches, as on a device; the
+runtimes are timed interleaved (`litert.measure_interleaved`), so their ratios survive a noisy CPU.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from .card import read_card
 from .errors import BadInputError
 from .export import export_run
 from .io import atomic_write_json
-from .litert import TFLiteModel, measure_latency, timing_input
+from .litert import TFLiteModel, measure_interleaved, measure_latency, timing_input
 
 Progress = Callable[[str], None]
 
@@ -59,19 +60,21 @@ def benchmark(run_dir: str | Path, variants: Sequence[str] = ("fp32", "fp16", "i
     step = tf.function(lambda x: model(x, training=False))
     rows = {"keras": {"size_bytes": _keras_size(model), "latency": {
         f"{os.cpu_count()}_threads (TF default)": measure_latency(lambda: step(item), runs)}}}
-    for variant in variants:
-        path = run_dir / "exports" / variant / "model.tflite"
-        card = read_card(path)
-        progress(f"      timing TFLite {variant}")
-        rows[f"tflite_{variant}"] = {
-            "size_bytes": path.stat().st_size,
-            "latency": {f"{n}_threads": TFLiteModel(path, n).latency_ms(runs) for n in threads},
-            "accuracy": _accuracy(card)}
+    paths = {f"tflite_{variant}": run_dir / "exports" / variant / "model.tflite" for variant in variants}
+    for name, path in paths.items():
+        rows[name] = {"size_bytes": path.stat().st_size, "latency": {}, "accuracy": _accuracy(read_card(path))}
+    session = None
     if onnx:
-        progress("      converting to ONNX (tf2onnx) and timing ONNX Runtime fp32")
+        progress("      converting to ONNX (tf2onnx) for ONNX Runtime fp32")
         session, size = onnx_session_factory(model, shape)
-        rows["onnxruntime_fp32"] = {"size_bytes": size,
-                                    "latency": {f"{n}_threads": measure_latency(session(n), runs) for n in threads}}
+        rows["onnxruntime_fp32"] = {"size_bytes": size, "latency": {}}
+    for n in threads:
+        progress(f"      timing {', '.join(name for name in rows if name != 'keras')} at {n} threads, interleaved")
+        calls = {name: TFLiteModel(path, n).timing_call() for name, path in paths.items()}
+        if session is not None:
+            calls["onnxruntime_fp32"] = session(n)
+        for name, latency in measure_interleaved(calls, runs).items():
+            rows[name]["latency"][f"{n}_threads"] = latency
     result = {"model": str(run_dir), "input_shape": [1, *shape], "runs": runs, "rows": rows,
               "ratios": _ratios(rows, threads)}
     atomic_write_json(run_dir / "benchmark_edge.json", result)

@@ -78,10 +78,14 @@ class TFLiteModel:
             return [np.stack(outputs) for outputs in zip(*per_item)]
         return np.stack([self.run_one(item, output) for item in batch])
 
+    def timing_call(self) -> Callable[[], object]:
+        """One single-item run on the fixed timing input: what `latency_ms` times."""
+        item = timing_input(self.input_shape[1:])
+        return lambda: self.run_one(item)
+
     def latency_ms(self, runs: int = 30, warmup: int = 3) -> dict[str, float]:
         """Median and p90 of single-item invoke times on a fixed random input."""
-        item = timing_input(self.input_shape[1:])
-        return measure_latency(lambda: self.run_one(item), runs, warmup)
+        return measure_latency(self.timing_call(), runs, warmup)
 
 
 def ranked_outputs(outputs) -> list[np.ndarray]:
@@ -102,10 +106,22 @@ def timing_input(shape: tuple[int, ...]) -> np.ndarray:
 
 def measure_latency(call: Callable[[], object], runs: int = 30, warmup: int = 3) -> dict[str, float]:
     """Median and p90 wall time of `call()` in ms, after `warmup` untimed calls (any runtime: TFLite, Keras, ONNX)."""
-    times = []
+    return measure_interleaved({"call": call}, runs, warmup)["call"]
+
+
+def measure_interleaved(calls: dict[str, Callable[[], object]], runs: int = 30, warmup: int = 3
+                        ) -> dict[str, dict[str, float]]:
+    """`measure_latency` of several runtimes at once, in rounds that call each of them once in turn.
+
+    On a shared or throttled CPU (seen here: the same model 18 ms in one minute, 100 ms in the next), runtimes
+    timed one after another meet different slow spells and their ratios mean little; interleaved, a slow spell
+    hits them all alike."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
     for i in range(warmup + runs):
-        start = time.perf_counter()
-        call()
-        if i >= warmup:
-            times.append((time.perf_counter() - start) * 1000)
-    return {"median_ms": float(np.median(times)), "p90_ms": float(np.percentile(times, 90)), "runs": runs}
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            if i >= warmup:
+                times[name].append((time.perf_counter() - start) * 1000)
+    return {name: {"median_ms": float(np.median(t)), "p90_ms": float(np.percentile(t, 90)), "runs": runs}
+            for name, t in times.items()}

@@ -5,7 +5,7 @@ import pytest
 
 from conftest import FAMILIES, family_model
 from fpc_keras.export import convert
-from fpc_keras.litert import TFLiteModel
+from fpc_keras.litert import TFLiteModel, measure_interleaved
 
 
 # Every family converts in about 13 s per variant even at 32x32 (the converter's cost follows the graph, not the
@@ -37,3 +37,12 @@ def test_keras_tflite_parity(family, variants, tmp_path):
         agreement = float((outputs["int8"].argmax(1) == reference.argmax(1)).mean())
         print(f"{family}: int8 top-1 agreement with Keras {agreement:.2f}")
         assert outputs["int8"].shape == reference.shape
+
+
+def test_runtimes_are_timed_in_interleaved_rounds():
+    """Each round calls every runtime once, in turn, so a slow spell of the CPU hits them alike."""
+    order = []
+    result = measure_interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, runs=3, warmup=1)
+    assert order == ["a", "b"] * 4
+    assert result.keys() == {"a", "b"} and all(r["runs"] == 3 and r["p90_ms"] >= r["median_ms"] >= 0
+                                               for r in result.values())
