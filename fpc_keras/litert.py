@@ -109,16 +109,19 @@ def measure_latency(call: Callable[[], object], runs: int = 30, warmup: int = 3)
     return measure_interleaved({"call": call}, runs, warmup)["call"]
 
 
-def measure_interleaved(calls: dict[str, Callable[[], object]], runs: int = 30, warmup: int = 3
-                        ) -> dict[str, dict[str, float]]:
+def measure_interleaved(calls: dict[str, Callable[[], object]], runs: int = 30, warmup: int = 3,
+                        settle_s: float = 0.05) -> dict[str, dict[str, float]]:
     """`measure_latency` of several runtimes at once, in rounds that call each of them once in turn.
 
     On a shared or throttled CPU (seen here: the same model 18 ms in one minute, 100 ms in the next), runtimes
     timed one after another meet different slow spells and their ratios mean little; interleaved, a slow spell
-    hits them all alike."""
+    hits them all alike. Before each call the others' worker threads get `settle_s` to stop spinning: without
+    it, a 2-thread runtime timed right after another ran 1.6x slower than alone."""
     times: dict[str, list[float]] = {name: [] for name in calls}
     for i in range(warmup + runs):
         for name, call in calls.items():
+            if len(calls) > 1:
+                time.sleep(settle_s)
             start = time.perf_counter()
             call()
             if i >= warmup:
