@@ -116,6 +116,37 @@ def test_video_training_resume_and_evaluation(tmp_path):
     assert main(["export", "--model", str(run), "--quant", "fp32"]) == 0
     exported = read_json(run / "exports" / "fp32" / "model_card.json")
     assert "video_top1" in exported["metrics"]["test"]
+    _runner_matches_keras_on_videos(run, sorted(data.rglob("*.gif"))[:2], tmp_path)
+
+
+def _runner_matches_keras_on_videos(run, videos, tmp_path):
+    """tflite/run.py, with TensorFlow unimportable, labels videos as the Keras model does: mean of the card's
+    evenly spaced clips, same preprocessing."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import keras
+
+    from conftest import REPO
+    from fpc_keras.data.images import ImageSpec
+    from fpc_keras.data.video import model_clips, read_video
+    from fpc_keras.io import read_json
+    from test_end_to_end import BLOCKER
+
+    (tmp_path / "sitecustomize.py").write_text(BLOCKER)
+    done = subprocess.run([sys.executable, str(REPO / "tflite" / "run.py"), "--model",
+                           str(run / "exports" / "fp32" / "model.tflite"), "--json", "--top", "3", *map(str, videos)],
+                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(tmp_path)), timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    card, model = read_json(run / "model_card.json"), keras.saving.load_model(run / "model.keras")
+    spec = ImageSpec.from_card(card)
+    for line, video in zip(map(json.loads, done.stdout.strip().splitlines()), videos):
+        clips = model_clips(read_video(str(video), spec.size, spec.channels, spec.resize).astype("float32"), 4, 2)
+        expected = dict(zip(card["labels"], np.asarray(model(clips)).mean(axis=0).tolist()))
+        assert line["input"] == str(video)
+        assert {t["label"]: t["probability"] for t in line["top"]} == pytest.approx(expected, abs=1e-4)
 
 
 def test_training_clips_are_balanced_and_resume_exactly():
