@@ -37,6 +37,9 @@ class DataConfig:
     folds: int = 0
     fold: int = 0
     aliases: dict[str, str] = field(default_factory=dict)
+    # Train on these classes only (after aliases; empty: all). Recorded in the card's label rule, so the evaluator
+    # leaves the other classes' items out of new data the same way.
+    classes: tuple[str, ...] = ()
     on_bad_input: str = "error"
     clip_length: int = 16
     clips_per_video: int = 4

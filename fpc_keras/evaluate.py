@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -20,7 +21,7 @@ from .card import provenance, read_card
 from .data.datasets import TASK_OF_KIND, parse_data_spec, read_dataset, split_records
 from .data.hc18 import read_mask
 from .data.images import ImageSpec, image_size_of
-from .data.records import Record, in_split
+from .data.records import Record, in_split, keep_classes
 from .data.video import model_clips, read_video
 from .errors import BadInputError
 from .io import atomic_write_json
@@ -323,6 +324,16 @@ def _split_as_trained(records: list[Record], card: dict) -> list[Record]:
                          rule.get("fold", 0))
 
 
+def _model_classes(records: list[Record], classes: Sequence[str], progress: Callable[[str], None]) -> list[Record]:
+    """The items of the classes a model was trained on (its card's `label_rule.classes`; all when it has none)."""
+    kept = keep_classes(records, classes, require_all=False)
+    if len(kept) < len(records):
+        left = Counter(r.label for r in records if r.label not in set(classes))
+        progress(f"      {len(records) - len(kept)} item(s) of classes the model was not trained on left out: "
+                 f"{dict(sorted(left.items()))}")
+    return kept
+
+
 def summary_line(results: dict) -> str:
     parts = []
     for name in ("top1", "top2", "macro_f1", "video_top1", "dice", "iou", "hausdorff_mm", "hc_mad_mm", "sweep_dice",
@@ -346,9 +357,10 @@ def evaluate_path(model: str, data: str, out: str | None = None, split: str | No
     if expected != predictor.task:
         raise BadInputError(f"{model} is a {predictor.task} model but {kind} data is for {expected}",
                             "evaluate it on data of its own task")
-    rule = dict(predictor.card.get("label_rule", {}).get("aliases", {}))
+    label_rule = predictor.card.get("label_rule", {})
+    rule = dict(label_rule.get("aliases", {}))
     rule.update(aliases or {})
-    records = read_dataset(kind, path, rule)
+    records = _model_classes(read_dataset(kind, path, rule), label_rule.get("classes", []), progress)
     if split is None and kind == "fetal_planes":
         split = "test"
     if split is not None and not any(r.split for r in records):

@@ -59,7 +59,7 @@ def train(config: RunConfig, progress: Progress = print) -> Path:
     progress(f"[1/4] reading {config.data.kind}:{config.data.path}")
     records = prepare_records(config.data.kind, config.data.path, config.data.val_fraction,
                               config.data.test_fraction, config.train.seed, config.data.aliases,
-                              config.data.folds, config.data.fold)
+                              config.data.folds, config.data.fold, config.data.classes)
     task = TASK_OF_KIND[config.data.kind]
     labels = list(PLANE_LABELS) if task == "segmentation" else labels_of(records)
     if len(labels) < 2:
@@ -80,7 +80,8 @@ def train(config: RunConfig, progress: Progress = print) -> Path:
         model.save(tmp)
     card = make_card(config.name, task, labels, config.data.image_size,
                      config.data.channels, config.data.resize,
-                     {"kind": config.data.kind, "aliases": dict(config.data.aliases)},
+                     {"kind": config.data.kind, "aliases": dict(config.data.aliases),
+                      **({"classes": list(config.data.classes)} if config.data.classes else {})},
                      config_to_dict(config)["model"], parameter_counts(model),
                      {"data": f"{config.data.kind}:{config.data.path}", "splits": counts,
                       "split_rule": {"val_fraction": config.data.val_fraction, "folds": config.data.folds,

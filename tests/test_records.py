@@ -1,6 +1,7 @@
 import pytest
 
-from fpc_keras.data.records import (Record, assign_folds, assign_splits, in_split, labels_of, validate_splits)
+from fpc_keras.data.records import (Record, assign_folds, assign_splits, in_split, keep_classes, labels_of,
+                                   validate_splits)
 from fpc_keras.errors import BadInputError
 
 
@@ -56,3 +57,12 @@ def test_empty_split_is_a_clear_error():
 
 def test_labels_sorted():
     assert labels_of(_records()) == ["a", "b"]
+
+
+def test_keep_classes_filters_and_refuses_a_class_the_data_lacks():
+    records = [Record(f"{label}{i}.png", label, f"g{i}") for label in ("cov", "pneu", "reg", "vir") for i in range(3)]
+    assert keep_classes(records, []) == records
+    assert labels_of(keep_classes(records, ["cov", "reg"])) == ["cov", "reg"]
+    with pytest.raises(BadInputError, match=r"\['covid'\].*classes: \['cov', 'pneu', 'reg', 'vir'\]"):
+        keep_classes(records, ["covid", "reg"])
+    assert labels_of(keep_classes(records[:3], ["cov", "reg"], require_all=False)) == ["cov"]  # new data: some classes

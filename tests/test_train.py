@@ -101,3 +101,27 @@ def test_stacked_rows_read_copies_as_one_array_in_any_order():
     assert len(rows) == 8 and rows.shape == (8, 3)
     index = np.array([7, 0, 4, 3, 0])
     np.testing.assert_array_equal(rows[index], np.concatenate([a, b])[index])
+
+
+def test_a_study_of_some_classes_is_recorded_and_followed_by_the_evaluator(folder_dataset, tmp_path):
+    """data.classes trains on those classes only; the card's label rule makes the evaluator leave the other
+    classes' items of new data out, saying so, instead of refusing them as unknown."""
+    from fpc_keras.evaluate import evaluate_path
+
+    config = load_config(None, tiny_overrides(folder_dataset, tmp_path / "runs", **{
+        "data.classes": "[alpha, gamma]", "train.epochs": "1", "train.finetune_blocks": "0"}))
+    run = train(config, progress=lambda m: None)
+    card = read_json(run / "model_card.json")
+    assert card["labels"] == ["alpha", "gamma"] and card["label_rule"]["classes"] == ["alpha", "gamma"]
+    assert {row["label"] for row in _csv_rows(run / "splits.csv")} == {"alpha", "gamma"}
+    said = []
+    results = evaluate_path(str(run), f"folder:{folder_dataset}", progress=said.append)
+    assert results["n"] == 24  # 12 alpha + 12 gamma; the 12 beta left out
+    assert any("12 item(s) of classes the model was not trained on left out: {'beta': 12}" in m for m in said)
+
+
+def _csv_rows(path):
+    import csv
+
+    with open(path) as handle:
+        return list(csv.DictReader(handle))

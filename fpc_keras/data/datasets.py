@@ -4,13 +4,14 @@ command line. No TensorFlow here: the readers serve the trainer and the evaluato
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 from ..errors import BadInputError
 from .csv_table import read_csv_dataset
 from .fetal_planes import read_fetal_planes
 from .folders import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, read_folder, read_prefix
 from .hc18 import read_hc18
-from .records import Record, assign_folds, assign_splits, check_label_typos, validate_splits
+from .records import Record, assign_folds, assign_splits, check_label_typos, keep_classes, validate_splits
 
 KINDS = {
     "fetal_planes": "FETAL_PLANES_DB folder (CSV + Images/) or its Zenodo zip; official Train split",
@@ -60,11 +61,13 @@ def _read_videos(root: Path, aliases: dict[str, str] | None) -> list[Record]:
 
 
 def prepare_records(kind: str, path: str | Path, val_fraction: float, test_fraction: float, seed: int,
-                    aliases: dict[str, str] | None = None, folds: int = 0, fold: int = 0) -> list[Record]:
-    """Read, refuse label typos, split by group (keeping official splits), check that no group straddles splits."""
+                    aliases: dict[str, str] | None = None, folds: int = 0, fold: int = 0,
+                    classes: Sequence[str] = ()) -> list[Record]:
+    """Read, refuse label typos, keep `classes` (all when empty), split by group (keeping official splits), check
+    that no group straddles splits."""
     records = read_dataset(kind, path, aliases)
     check_label_typos(records)
-    return split_records(records, val_fraction, test_fraction, seed, folds, fold)
+    return split_records(keep_classes(records, classes), val_fraction, test_fraction, seed, folds, fold)
 
 
 def split_records(records: list[Record], val_fraction: float, test_fraction: float, seed: int, folds: int = 0,

@@ -29,6 +29,19 @@ def labels_of(records: Iterable[Record]) -> list[str]:
     return sorted({r.label for r in records if r.label is not None})
 
 
+def keep_classes(records: Sequence[Record], classes: Sequence[str], require_all: bool = True) -> list[Record]:
+    """Only the records of `classes` (all when empty): a study of some classes of a dataset. With `require_all`
+    (training), a named class the data lacks is refused: a typo would otherwise silently leave a class out."""
+    if not classes:
+        return list(records)
+    present = set(labels_of(records))
+    missing = sorted(set(classes) - present)
+    if missing and require_all:
+        raise BadInputError(f"data.classes names {missing}, which the data does not hold (classes: {sorted(present)})",
+                            "name classes as the data spells them (after data.aliases), or leave data.classes empty")
+    return [r for r in records if r.label in set(classes)]
+
+
 def in_split(records: Sequence[Record], split: str | None) -> list[Record]:
     if split is None:
         return list(records)
