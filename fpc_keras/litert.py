@@ -113,7 +113,7 @@ def measure_interleaved(calls: dict[str, Callable[[], object]], runs: int = 30, 
                         settle_s: float = 0.05) -> dict[str, dict[str, float]]:
     """`measure_latency` of several runtimes at once, in rounds that call each of them once in turn.
 
-    On a shared or throttled CPU (seen here: the same model 18 ms in one minute, 100 ms in the next), runtimes
+    On a shared or throttled CPU (seen here: the same model 26.7 ms in one minute, 100 ms in the next), runtimes
     timed one after another meet different slow spells and their ratios mean little; interleaved, a slow spell
     hits them all alike. Before each call the others' worker threads get `settle_s` to stop spinning: without
     it, a 2-thread runtime timed right after another ran 1.6x slower than alone."""

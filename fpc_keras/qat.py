@@ -4,9 +4,9 @@ tfmot only quantises tf_keras models, and importing it sets TF_USE_LEGACY_KERAS=
 starts afterwards (../shared/STACK.md). So QAT runs in a child process of its own, `python -m fpc_keras.qat`,
 started by `fpc_keras.export`: the twin is rebuilt from the Keras 3 functional config layer by layer, the trained
 weights are copied across with each BatchNormalization folded into the convolution before it, the layers tfmot
-supports get fake-quantisation, the model is fine-tuned for a few
-epochs on the run's training split, and the converter writes a full-integer int8 `.tflite` (layers that tfmot
-leaves alone, e.g. attention, are quantised from representative images as in post-training quantisation).
+supports get fake-quantisation, the model is fine-tuned for a few epochs on the run's training split, and the
+converter writes a full-integer int8 `.tflite` (layers that tfmot leaves alone, e.g. attention, are quantised from
+representative images as in post-training quantisation).
 """
 from __future__ import annotations
 
