@@ -80,10 +80,12 @@ class ModelConfig:
     temporal: str = "none"
     # slowfast: `preset` light (CPU / edge) or paper (ResNet-50 sized); the fast pathway sees `alpha` times the
     # slow pathway's frames with `beta` times its channels. backbone `none`: both pathways 3-D ResNets from scratch;
-    # an ImageNet backbone (efficientnet_lite0..2) is the slow pathway's frame encoder.
+    # an ImageNet backbone (efficientnet_lite0..2) is the slow pathway's frame encoder. `fast_pathway: false` is the
+    # SlowFast paper's Slow-only ablation (with an ImageNet encoder: frame features pooled over time, one classifier).
     preset: str = "light"
     alpha: int = 4
     beta: float = 0.125
+    fast_pathway: bool = True
     num_classes: int = 0
 
     def validate(self) -> None:

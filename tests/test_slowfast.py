@@ -46,10 +46,36 @@ def test_imagenet_frame_encoder_as_the_slow_pathway():
     assert model.get_layer("unfold_slow3").output.shape[1:4] == (2, 1, 1)  # 2 slow frames, 1/32 of 32 px
 
 
+def test_slow_only_ablation_pools_the_encoder_over_its_slow_frames(tmp_path):
+    """Slow-only: no fast pathway, no laterals; only every alpha-th frame counts, averaged over time (order does
+    not matter); it converts to TFLite."""
+    from fpc_keras.export import convert
+    from fpc_keras.litert import TFLiteModel
+
+    model = _slowfast("model.backbone=efficientnet_lite0", "model.fast_pathway=false")
+    names = {layer.name for layer in model.layers}
+    assert "fold_slow" in names and not any(n.startswith(("fast", "lateral")) for n in names)
+    head = model.get_layer("classifier")
+    rng = np.random.default_rng(0)  # a random head, so that the classes differ
+    head.set_weights([w + rng.normal(0, 0.3, w.shape) for w in head.get_weights()])
+    x = _clip(2)
+    reference = np.asarray(model(x, training=False))
+    other = x.copy()
+    other[:, [1, 2, 3, 5, 6, 7]] = rng.uniform(0, 255, other[:, [1, 2, 3, 5, 6, 7]].shape)  # not slow frames
+    swapped = x[:, [4, 1, 2, 3, 0, 5, 6, 7]]  # the two slow frames (0 and 4) in the other order
+    assert reference.std() > 1e-3
+    for changed in (other, swapped):
+        assert np.abs(np.asarray(model(changed, training=False)) - reference).max() <= 1e-5
+    path = tmp_path / "slow_only.tflite"
+    path.write_bytes(convert(model, "fp32"))
+    assert np.abs(TFLiteModel(path)(x) - reference).max() <= 1e-4
+
+
 @pytest.mark.parametrize("overrides, fix", [(["data.clip_length=6"], "multiple of alpha"),
                                             (["data.image_size=[40, 40]"], "divisible by 32"),
                                             (["model.backbone=vgg16"], "one of"),
-                                            (["model.preset=huge"], "one of")])
+                                            (["model.preset=huge"], "one of"),
+                                            (["model.fast_pathway=false", "model.backbone=none"], "needs an ImageNet frame encoder")])
 def test_bad_settings_are_refused(overrides, fix):
     with pytest.raises(BadInputError, match=fix):
         _slowfast(*overrides)

@@ -19,6 +19,10 @@ Two slow pathways (`model.backbone`):
   1 x 1 x 1 convolution and pooled. The encoder is pretrained, so the laterals enter after it rather than between
   its blocks.
 
+`model.fast_pathway: false` builds the paper's Slow-only ablation on an ImageNet encoder: the encoder on each slow
+frame, its features pooled over time and space, dropout and the classifier (with a frozen encoder, a linear model
+of frame features averaged over the clip: what about 50 training videos can fit without learning the videos).
+
 Everything converts to TFLite builtins (CONV_3D, no 3-D pooling: strided convolutions downsample). TFLite has no
 int8 CONV_3D, so SlowFast exports as float (fp32 / fp16).
 """
@@ -57,6 +61,8 @@ def build_slowfast(config: RunConfig) -> keras.Model:
                             "use sizes divisible by 32 (both pathways halve the grid five times)")
     preset = PRESETS[m.preset]
     clip = keras.Input((frames, height, width, 3), name="clip")
+    if not m.fast_pathway:
+        return _slow_only(clip, m, frames // m.alpha)
     scaled = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="scale")(clip)
     fast_width = max(int(preset["width"] * m.beta), 4)
     fast_stages = _fast_pathway(scaled, fast_width, preset["blocks"] if m.backbone == SCRATCH else (1, 1, 1, 1))
@@ -67,9 +73,23 @@ def build_slowfast(config: RunConfig) -> keras.Model:
         slow = _encoder_slow_pathway(TakeFrames(m.alpha, name="slow_frames")(clip), fast_stages, m, frames // m.alpha)
     fast = keras.layers.GlobalAveragePooling3D(name="fast_pool")(fast_stages[-1])
     x = keras.layers.Concatenate(name="pathways")([slow, fast])
-    x = keras.layers.Dropout(m.dropout, name="dropout")(x)
-    outputs = keras.layers.Dense(m.num_classes, activation="softmax", name="classifier")(x)
-    return keras.Model(clip, outputs, name=f"slowfast_{m.backbone}_{m.preset}")
+    return keras.Model(clip, _classifier(x, m), name=f"slowfast_{m.backbone}_{m.preset}")
+
+
+def _classifier(features, m):
+    x = keras.layers.Dropout(m.dropout, name="dropout")(features)
+    return keras.layers.Dense(m.num_classes, activation="softmax", name="classifier")(x)
+
+
+def _slow_only(clip, m, slow_frames: int) -> keras.Model:
+    """Slow-only: the ImageNet frame encoder on every `alpha`-th frame, pooled over time and space."""
+    if m.backbone == SCRATCH:
+        raise BadInputError("model.fast_pathway=false needs an ImageNet frame encoder as the slow pathway",
+                            f"set model.backbone to one of {', '.join(LITE)} (with model.weights=imagenet)")
+    frames = FoldFrames(name="fold_slow")(TakeFrames(m.alpha, name="slow_frames")(clip))
+    features = UnfoldFrames(slow_frames, name="unfold_slow")(apply_backbone(frames, m.backbone, m.weights))
+    pooled = keras.layers.GlobalAveragePooling3D(name="slow_pool")(features)
+    return keras.Model(clip, _classifier(pooled, m), name=f"slow_only_{m.backbone}")
 
 
 def _conv_bn(x, filters: int, kernel: tuple[int, int, int], strides: tuple[int, int, int], name: str,
