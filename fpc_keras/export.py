@@ -1,7 +1,8 @@
 """TFLite export: fp32, fp16 weights, dynamic-range int8, full-integer int8 (representative images from the
 training split), and quantisation-aware int8 (`qat`: fine-tuned with fake quantisation in a child process,
 fpc_keras.qat). Each variant goes to `exports/<variant>/model.tflite` with its model card, which records its
-size, latency and its own accuracy on the evaluation split beside the Keras model's.
+size, latency and its own accuracy on the evaluation split beside the Keras model's, and on the validation split:
+variants (PTQ or QAT) are chosen on validation, the evaluation split only reports.
 """
 from __future__ import annotations
 
@@ -93,7 +94,7 @@ def export_run(run_dir: str | Path, variants: Sequence[str] = ("fp32", "int8"), 
     records = train_records(run_dir)
     spec = ImageSpec.from_card(card)
     train = [r for r in records if r.split == "train"]
-    evaluation = [r for r in records if r.split == evaluate_split]
+    evaluation = {split: [r for r in records if r.split == split] for split in (evaluate_split, "val")}
     clip_length = int(card["preprocessing"].get("clip_length", 0)) if card["task"] == "video" else 0
     representative = (representative_images(train, spec, representative_samples, clip_length=clip_length)
                       if "int8" in variants else None)
@@ -116,13 +117,16 @@ def export_run(run_dir: str | Path, variants: Sequence[str] = ("fp32", "int8"), 
                                   "latency": {f"{threads}_threads": TFLiteModel(tflite_path, threads).latency_ms(
                                       latency_runs)}}
         write_card(folder, variant_card)
-        if evaluation:
-            predictor = load_predictor(tflite_path, threads)
-            results = evaluate(predictor, evaluation, card["training"]["data"], evaluate_split, progress=progress)
-            variant_card["metrics"] = {evaluate_split: results["metrics"], f"n_{evaluate_split}": results["n"],
-                                       "keras_" + evaluate_split: keras_results}
+        metrics = {}
+        for split, items in evaluation.items():
+            if items:
+                results = evaluate(load_predictor(tflite_path, threads), items, card["training"]["data"], split,
+                                   progress=progress)
+                metrics.update({split: results["metrics"], f"n_{split}": results["n"]})
+                progress("      " + summary_line(results))
+        if metrics:
+            variant_card["metrics"] = {**metrics, "keras_" + evaluate_split: keras_results}
             write_card(folder, variant_card)
-            progress("      " + summary_line(results))
         out[variant] = folder
     return out
 

@@ -100,6 +100,7 @@ def test_export_cards_and_tflite_evaluation(trained, exported, tmp_path):
     assert card["export"]["variant"] == "int8" and card["export"]["size_bytes"] > 0
     assert card["export"]["latency"]["2_threads"]["median_ms"] > 0
     assert "top1" in card["metrics"]["test"]
+    assert "top1" in card["metrics"]["val"] and card["metrics"]["n_val"] > 0  # for choosing PTQ or QAT on validation
     out = tmp_path / "tflite.json"
     assert main(["evaluate", "--model", str(exported["int8"] / "model.tflite"), "--data",
                  f"folder:{trained['data']}", "--split", "test", "--out", str(out)]) == 0
