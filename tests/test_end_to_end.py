@@ -203,6 +203,7 @@ def test_report_has_every_paper_table_and_a_page_per_run(trained, exported, tmp_
     for figure in ("confusion matrix", "reliability diagram", "learning curves", "Grad-CAM per class"):
         assert f'alt="{figure} of tiny"' in run_page, figure
     assert "int8" in run_page and "model_card.json" in run_page and "tensorflow" in run_page
+    assert "top1 on validation (choose here)" in run_page  # exports compared where a variant is chosen
 
 
 def _chromium() -> str:

@@ -128,6 +128,7 @@ def export_rows(run: dict) -> list[dict]:
                      "median_ms": runs * latency["median_ms"], "value": top1,
                      "threads": next(iter(export["latency"])).split("_")[0],
                      "metric": metric, "top1": fmt(test.get(metric)),
+                     "val": fmt((split_metrics.get("val") or {}).get(metric)),
                      "drop": f"{100 * (keras_top1 - top1):+.2f}" if top1 is not None and keras_top1 is not None else "–"})
     return rows
 
