@@ -152,7 +152,8 @@ def test_train_resume_export_and_challenge_csv(tmp_path):
     assert 'href="runs/fn.html"' in page.read_text() and "latency against dice" in page.read_text()
     html = (tmp_path / "report" / "runs" / "fn.html").read_text()
     assert "head circumference agreement of fn" in html and "best, median and worst segmentations of fn" in html
-    assert "<th>dice (TFLite)</th>" in html and "Post-processing chosen on validation" in html
+    assert "<th>dice on test (TFLite)</th>" in html and "<th>dice on validation (choose here)</th>" in html
+    assert "Post-processing chosen on validation" in html
 
 
 def test_challenge_rows_are_in_millimetres():
