@@ -117,11 +117,10 @@ def export_run(run_dir: str | Path, variants: Sequence[str] = ("fp32", "int8"), 
                                   "latency": {f"{threads}_threads": TFLiteModel(tflite_path, threads).latency_ms(
                                       latency_runs)}}
         write_card(folder, variant_card)
-        metrics = {}
+        metrics, predictor = {}, load_predictor(tflite_path, threads) if any(evaluation.values()) else None
         for split, items in evaluation.items():
             if items:
-                results = evaluate(load_predictor(tflite_path, threads), items, card["training"]["data"], split,
-                                   progress=progress)
+                results = evaluate(predictor, items, card["training"]["data"], split, progress=progress)
                 metrics.update({split: results["metrics"], f"n_{split}": results["n"]})
                 progress("      " + summary_line(results))
         if metrics:
