@@ -201,13 +201,14 @@ def tf_keras_twin(model):
     twin = tf_keras.Model(inputs[0] if len(inputs) == 1 else inputs, outputs[0] if len(outputs) == 1 else outputs,
                           name=model.name)
     layers = _flat_layers(model)
+    norm_after = {conv: bn for bn, conv in folds.items()}
     for name, layer in layers.items():
         if name in folds:
             continue
         weights = layer.get_weights()
-        if name in folds.values():
-            norm = layers[next(bn for bn, conv in folds.items() if conv == name)]
-            weights = folded_weights(weights, norm, depthwise=layer.__class__.__name__ == "DepthwiseConv2D")
+        if name in norm_after:
+            weights = folded_weights(weights, layers[norm_after[name]],
+                                     depthwise=layer.__class__.__name__ == "DepthwiseConv2D")
         if weights:
             twin.get_layer(name).set_weights(weights)
     return twin
