@@ -73,6 +73,9 @@ class ModelConfig:
     # frozen_features: `flatten` keeps the conv5 map unpooled (the paper), `avg` pools it, `multiscale` pools
     # three depths of the backbone (avg + max) into one vector.
     pooling: str = "flatten"
+    # frozen_features: L2 penalty on the head's Dense kernels (a linear head with it is a logistic regression on
+    # the standardised features; small training sets need it).
+    weight_decay: float = 0.0
     # fetalnet: backbone `unet` is the plain U-Net encoder (`base_filters` doubling over `depth` levels); attention
     # `gates` puts attention gates on the skips; temporal `convlstm` makes it a video model over clips.
     base_filters: int = 16
@@ -94,6 +97,8 @@ class ModelConfig:
         if any(units < 1 for units in self.head_units):
             raise BadInputError(f"model.head_units {self.head_units} has a non-positive size", "use positive sizes")
         _one_of("model.pooling", self.pooling, POOLING_MODES)
+        if self.weight_decay < 0:
+            raise BadInputError(f"model.weight_decay is {self.weight_decay}", "use 0 (none) or a positive L2 factor")
         if self.alpha < 1 or not 0 < self.beta <= 1:
             raise BadInputError(f"model.alpha={self.alpha}, model.beta={self.beta}", "use alpha >= 1 and 0 < beta <= 1")
         if self.base_filters < 1 or not 1 <= self.depth <= 6:
@@ -118,6 +123,9 @@ class TrainConfig:
     # Phase 1 on cached features: also cache this many augmented copies of each training image.
     feature_copies: int = 0
     early_stopping_patience: int = 5
+    # Warm start: a run folder or .keras file whose layers (same name and shape) initialise the model, e.g. the
+    # same network trained at a smaller input size (progressive resizing). Empty: start from `model.weights`.
+    init_from: str = ""
     # Phase 2: fine-tune the top N backbone blocks (0: no phase 2) from images, with augmentation. Segmentation
     # (fetalnet, trained end to end): any N > 0 refines the whole network at finetune_learning_rate.
     finetune_blocks: int = 0

@@ -87,7 +87,8 @@ def train(config: RunConfig, progress: Progress = print) -> Path:
                       "split_rule": {"val_fraction": config.data.val_fraction, "folds": config.data.folds,
                                      "test_fraction": config.data.test_fraction, "fold": config.data.fold,
                                      "seed": config.train.seed},
-                      "seed": config.train.seed, "phases": session.summary()})
+                      "seed": config.train.seed, "phases": session.summary(),
+                      **({"init_from": config.train.init_from} if config.train.init_from else {})})
     if len(model.inputs[0].shape) == 5:  # a clip model (fetalnet video, slowfast): T frames per input
         card["preprocessing"]["clip_length"] = config.data.clip_length
         card["preprocessing"]["clips_per_video"] = config.data.clips_per_video
@@ -108,6 +109,42 @@ def train(config: RunConfig, progress: Progress = print) -> Path:
     write_card(run_dir, card)
     progress("      " + summary_line(results))
     return run_dir
+
+
+def fresh_model(config: RunConfig, progress: Progress) -> keras.Model:
+    """The configured model, warm-started from `train.init_from` when one is given."""
+    model = build_model(config)
+    if config.train.init_from:
+        warm_start(model, config.train.init_from, progress)
+    return model
+
+
+def warm_start(model: keras.Model, source: str | Path, progress: Progress) -> None:
+    """Copy into `model` the weights of every layer of `source` (a run folder or a `.keras` file) with the same name
+    and weight shapes: progressive resizing (a fully convolutional model trained at a smaller input size, refined
+    at a larger one) or a new head on a trained network. Says what was copied and what was left as built."""
+    path = Path(source)
+    path = path / "model.keras" if path.is_dir() else path
+    if not path.is_file():
+        raise BadInputError(f"train.init_from: {path} does not exist",
+                            "give a run folder that finished training or a .keras file")
+    donor = {layer.name: layer for layer in keras.saving.load_model(path, compile=False).layers}
+    copied, kept = [], []
+    for layer in model.layers:
+        weights = layer.get_weights()
+        if not weights:
+            continue
+        source_weights = donor[layer.name].get_weights() if layer.name in donor else []
+        if [w.shape for w in source_weights] == [w.shape for w in weights]:
+            layer.set_weights(source_weights)
+            copied.append(layer.name)
+        else:
+            kept.append(layer.name)
+    if not copied:
+        raise BadInputError(f"train.init_from: no layer of {path} matches the configured model by name and shape",
+                            "warm-start from a run of the same architecture")
+    progress(f"      warm start from {path}: {len(copied)} layer(s) copied"
+             + (f", {len(kept)} left as built: {', '.join(kept)}" if kept else ""))
 
 
 def distribution_strategy(name: str) -> tf.distribute.Strategy:
@@ -158,7 +195,7 @@ class _Session:
     def run(self) -> keras.Model:
         t, m = self.config.train, self.config.model
         self.progress(f"[2/4] building {m.name} ({m.backbone}, attention {m.attention}, weights {m.weights})")
-        model = build_model(self.config)
+        model = fresh_model(self.config, self.progress)
         set_backbone_trainable(model, 0 if t.freeze_backbone else None)
         if t.freeze_backbone and t.cache_features:
             head = model.get_layer("head")
@@ -276,7 +313,7 @@ class _SegmentationSession:
                       f"temporal {m.temporal}, weights {m.weights})")
         fitted = self.phase.resume()
         if fitted is None:
-            fitted = build_model(self.config)
+            fitted = fresh_model(self.config, self.progress)
             if m.backbone != "unet":
                 set_backbone_trainable(fitted, None)
             fitted.compile(optimizer=keras.optimizers.Adam(t.learning_rate),
@@ -342,7 +379,7 @@ class _VideoSession:
         self.progress(f"[2/4] building {m.name} (slow pathway {m.backbone}, preset {m.preset}, weights {m.weights})")
         fitted = self.phase.resume()
         if fitted is None:
-            fitted = build_model(self.config)
+            fitted = fresh_model(self.config, self.progress)
             if m.backbone != "none":
                 set_backbone_trainable(fitted, 0 if t.freeze_backbone else None)
             fitted = compile_classifier(fitted, t.learning_rate, t.label_smoothing)

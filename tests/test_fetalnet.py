@@ -3,24 +3,31 @@ training on a tiny HC18-layout dataset through the CLI (train, resume, export, t
 import csv
 import math
 
+import keras
 import numpy as np
 import pytest
 
 from fpc_keras.cli import main
 from fpc_keras.config import load_config
 from fpc_keras.data.sweeps import PLANE_LABELS, Pose, make_sweep, render
+from fpc_keras.errors import BadInputError
 from fpc_keras.export import convert
 from fpc_keras.io import read_json
 from fpc_keras.litert import TFLiteModel, primary_output
 from fpc_keras.models import build_model
+from fpc_keras.train import fresh_model
 from test_evaluate_tasks import _hc18
 
 
-def _fetalnet(*overrides: str):
+def _fetalnet_config(*overrides: str, classes: int = len(PLANE_LABELS)):
     config = load_config(None, ["model.name=fetalnet", "model.backbone=unet", "model.attention=gates",
                                 "model.base_filters=4", "model.depth=2", "data.image_size=[32, 32]", *overrides])
-    config.model.num_classes = len(PLANE_LABELS)
-    return build_model(config)
+    config.model.num_classes = classes
+    return config
+
+
+def _fetalnet(*overrides: str):
+    return build_model(_fetalnet_config(*overrides))
 
 
 def test_frame_model_outputs_mask_and_plane_with_named_gates():
@@ -28,6 +35,46 @@ def test_frame_model_outputs_mask_and_plane_with_named_gates():
     assert [tuple(o.shape) for o in model.outputs] == [(None, 32, 32, 1), (None, 2)]
     names = {layer.name for layer in model.layers}
     assert {"mask", "plane", "dec1_gate_alpha", "dec2_gate_alpha", "bottleneck_conv2"} <= names
+
+
+def _saved_donor(path, classes: int = len(PLANE_LABELS)) -> dict:
+    """A 32x32 model with recognisable (random) weights, saved to `path`; its weights by layer name."""
+    donor = build_model(_fetalnet_config(classes=classes))
+    rng = np.random.default_rng(5)
+    for layer in donor.layers:
+        layer.set_weights([rng.normal(size=w.shape).astype(w.dtype) for w in layer.get_weights()])
+    donor.save(path)
+    return {layer.name: layer.get_weights() for layer in donor.layers if layer.get_weights()}
+
+
+def test_warm_start_carries_a_model_to_a_larger_input_size(tmp_path):
+    donor = _saved_donor(tmp_path / "small.keras")
+    messages = []
+    model = fresh_model(_fetalnet_config("data.image_size=[48, 64]", f"train.init_from={tmp_path / 'small.keras'}"),
+                        messages.append)
+    assert model.inputs[0].shape[1:3] == (48, 64)
+    for name, weights in donor.items():
+        for expected, got in zip(weights, model.get_layer(name).get_weights(), strict=True):
+            np.testing.assert_array_equal(got, expected)
+    assert f"{len(donor)} layer(s) copied" in messages[0] and "left as built" not in messages[0]
+
+
+def test_warm_start_leaves_layers_of_another_shape_as_built_and_says_so(tmp_path):
+    donor = _saved_donor(tmp_path / "three.keras", classes=3)
+    messages = []
+    model = fresh_model(_fetalnet_config(f"train.init_from={tmp_path / 'three.keras'}"), messages.append)
+    assert messages[0].endswith("1 left as built: plane")
+    assert model.get_layer("plane").get_weights()[0].shape != donor["plane"][0].shape
+    np.testing.assert_array_equal(model.get_layer("plane_dense").get_weights()[0], donor["plane_dense"][0])
+
+
+def test_warm_start_from_a_missing_or_unrelated_model_is_refused(tmp_path):
+    with pytest.raises(BadInputError, match="nothing.keras does not exist"):
+        fresh_model(_fetalnet_config(f"train.init_from={tmp_path / 'nothing.keras'}"), print)
+    inputs = keras.Input((8,))
+    keras.Model(inputs, keras.layers.Dense(2, name="classifier")(inputs)).save(tmp_path / "other.keras")
+    with pytest.raises(BadInputError, match="no layer of .*other.keras matches"):
+        fresh_model(_fetalnet_config(f"train.init_from={tmp_path / 'other.keras'}"), print)
 
 
 @pytest.mark.parametrize("backbone", ["efficientnet_lite0", "vgg16"])

@@ -49,6 +49,21 @@ def test_multiscale_pooling_feeds_the_head_three_depths(backbone, size, width):
     np.testing.assert_allclose(np.asarray(taps)[:, :mean.shape[1]], mean, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("decay", [0.0, 0.05])
+def test_weight_decay_penalises_every_dense_kernel_of_the_head(decay):
+    head = build_model(_config("vgg16", 32, "model.pooling=avg", "model.head_units=[8]",
+                               f"model.weight_decay={decay}")).get_layer("head")
+    kernels = [head.get_layer(name).kernel for name in ("fc6", "classifier")]
+    expected = decay * sum(float(np.sum(np.square(k.numpy()))) for k in kernels)
+    assert float(sum(np.asarray(loss) for loss in head.losses)) == pytest.approx(expected, rel=1e-5)
+    assert len(head.losses) == (2 if decay else 0)
+
+
+def test_negative_weight_decay_is_refused():
+    with pytest.raises(BadInputError, match="model.weight_decay"):
+        _config("vgg16", 32, "model.weight_decay=-0.1")
+
+
 def test_caffenet_shapes_and_top_block_unfreezing():
     model = build_model(_config("caffenet", 227, "model.head_units=[32, 32]"))
     assert model.get_layer("pool5").output.shape[1:] == (6, 6, 256)

@@ -26,7 +26,8 @@ MULTISCALE_TAPS = {"vgg16": ("block3_pool", "block4_pool", FEATURES_LAYER),
 
 
 def build_fc_head(feature_shape: tuple[int, ...], num_classes: int, units: tuple[int, ...] = (4096, 4096),
-                  dropout: float = 0.5, pooling: str = "flatten") -> keras.Model:
+                  dropout: float = 0.5, pooling: str = "flatten", weight_decay: float = 0.0) -> keras.Model:
+    regularizer = keras.regularizers.L2(weight_decay) if weight_decay else None
     inputs = keras.Input(feature_shape, name="feature_map")
     if len(feature_shape) == 1:  # already pooled (multiscale): max-pooled activations reach the thousands, so
         x = keras.layers.BatchNormalization(name="feature_norm")(inputs)  # standardise them per feature
@@ -38,10 +39,11 @@ def build_fc_head(feature_shape: tuple[int, ...], num_classes: int, units: tuple
         raise BadInputError(f"model.pooling is {pooling!r}", "use flatten (the paper), avg or multiscale")
     for i, width in enumerate(units, start=6):  # fc6, fc7 as in the paper's networks
         x = keras.layers.Dropout(dropout, name=f"fc{i}_dropout")(x)
-        x = keras.layers.Dense(width, activation="relu", name=f"fc{i}")(x)
+        x = keras.layers.Dense(width, activation="relu", kernel_regularizer=regularizer, name=f"fc{i}")(x)
     x = keras.layers.Dropout(dropout, name="classifier_dropout")(x)
-    return keras.Model(inputs, keras.layers.Dense(num_classes, activation="softmax", name="classifier")(x),
-                       name="head")
+    classifier = keras.layers.Dense(num_classes, activation="softmax", kernel_regularizer=regularizer,
+                                    name="classifier")
+    return keras.Model(inputs, classifier(x), name="head")
 
 
 def build_frozen_feature_classifier(config: RunConfig) -> keras.Model:
@@ -55,7 +57,8 @@ def build_frozen_feature_classifier(config: RunConfig) -> keras.Model:
     features = apply_backbone(inputs, m.backbone, m.weights)
     if m.pooling == "multiscale":
         features = _multiscale(keras.Model(inputs, features), MULTISCALE_TAPS[m.backbone])
-    head = build_fc_head(tuple(features.shape[1:]), m.num_classes, m.head_units, m.dropout, m.pooling)
+    head = build_fc_head(tuple(features.shape[1:]), m.num_classes, m.head_units, m.dropout, m.pooling,
+                         m.weight_decay)
     return keras.Model(inputs, head(features), name=f"{m.backbone}_frozen_features")
 
 
