@@ -563,13 +563,21 @@ class StackedRows:
         return out
 
 
+def _images(count: int, variant: str) -> str:
+    return f"{count} images" + (f" ({variant})" if variant else "")
+
+
 class FeatureCache:
-    """Backbone features per image, computed once and stored under a key that changes with anything that
-    changes the features: the extractor's architecture and weights, the preprocessing and each file's path, size
-    and mtime."""
+    """Backbone features per image and augmented copy, computed once and kept as `<folder>/<model key>/<image
+    key>.npy`. The model key changes with the extractor's architecture and weights and the preprocessing; the image
+    key with the file's path, size and mtime and the copy (`variant`). Per image, so another split of the same
+    images (another fold, validation fraction or class subset) reuses them; an augmented copy is drawn with a key
+    made from the image and the copy, not from its place in a batch, so it is the same copy in every split. The rows
+    of a list of images are assembled into one memory-mapped file (rebuilt from the per-image files when missing)
+    from which training reads batch by batch."""
 
     def __init__(self, folder: Path, extractor: keras.Model, spec: ImageSpec, progress: Progress):
-        self.folder, self.extractor, self.spec, self.progress = folder, extractor, spec, progress
+        self.extractor, self.spec, self.progress = extractor, spec, progress
         digest = hashlib.sha256(repr(spec).encode())
         # The architecture (its layers, not the model's own auto-numbered name): same weights, other layers, other
         # features.
@@ -577,39 +585,54 @@ class FeatureCache:
         for weight in extractor.weights:
             digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
         self.model_key = digest.hexdigest()[:16]
+        self.store = Path(folder) / self.model_key
 
-    def key(self, records: Sequence[Record]) -> str:
-        digest = hashlib.sha256(self.model_key.encode())
-        for record in records:
-            stat = os.stat(record.source) if os.path.exists(record.source) else None
-            digest.update(f"{record.source}|{stat.st_size if stat else 0}|{stat.st_mtime_ns if stat else 0}".encode())
-        return digest.hexdigest()[:24]
+    @staticmethod
+    def image_key(record: Record, variant: str = "") -> str:
+        stat = os.stat(record.source) if os.path.exists(record.source) else None
+        text = f"{record.source}|{stat.st_size if stat else 0}|{stat.st_mtime_ns if stat else 0}|{variant}"
+        return hashlib.sha256(text.encode()).hexdigest()[:24]
 
     def features(self, records: Sequence[Record], augment: Callable | None = None, variant: str = "") -> np.ndarray:
-        """Features of `records` (optionally of an augmented copy; `variant` names it in the cache key)."""
-        path = self.folder / f"{self.key(records)}{'-' + variant if variant else ''}.npy"
+        """Features of `records` (optionally of an augmented copy; `variant` names it in the keys), one row each."""
+        keys = [self.image_key(record, variant) for record in records]
+        missing = [i for i, key in enumerate(keys) if not (self.store / f"{key}.npy").is_file()]
+        if missing:
+            self._compute([records[i] for i in missing], [keys[i] for i in missing], augment, variant)
+        else:
+            self.progress(f"      features of {_images(len(records), variant)} from the cache {self.store}")
+        return self._assembled(keys)
+
+    def _compute(self, records: list[Record], keys: list[str], augment: Callable | None, variant: str) -> None:
+        self.progress(f"      computing backbone features of {_images(len(records), variant)} (once per image; cached)")
+        start = time.perf_counter()
+        extract = keras_predict_fn(self.extractor)  # (predict_on_batch repeats rows under MirroredStrategy)
+        for images, index in image_dataset(records, self.spec, None, 32):
+            index = index.numpy()
+            if augment is not None:  # a 63-bit key from each image's own key
+                images = tf.concat([augment(images[j:j + 1], int(keys[i][:15], 16)) for j, i in enumerate(index)],
+                                   axis=0)
+            for i, row in zip(index, extract(images)):
+                with atomic_path(self.store / f"{keys[i]}.npy", suffix=".npy") as tmp:
+                    np.save(tmp, np.asarray(row, np.float32))
+        self.progress(f"      {len(records) / (time.perf_counter() - start):.1f} images/s")
+
+    def _assembled(self, keys: list[str]) -> np.ndarray:
+        """The rows of `keys` in order, as one memory-mapped array (memory holds one row while it is written)."""
+        path = self.store / "lists" / f"{hashlib.sha256('|'.join(keys).encode()).hexdigest()[:24]}.npy"
         if path.is_file():
             try:
-                features = np.load(path, mmap_mode="r")
-                if len(features) == len(records):
-                    self.progress(f"      features of {len(records)} images from the cache {path.name}")
-                    return features
+                rows = np.load(path, mmap_mode="r")
+                if len(rows) == len(keys):
+                    return rows
             except (OSError, ValueError):
-                pass  # a damaged cache file is recomputed
-        self.progress(f"      computing backbone features of {len(records)} images {variant} (once; cached)")
-        start = time.perf_counter()
-        data = image_dataset(records, self.spec, None, 32, augment=augment)
-        extract = keras_predict_fn(self.extractor)  # (predict_on_batch repeats rows under MirroredStrategy)
-        shape = (len(records), *self.extractor.output.shape[1:])
-        with atomic_path(path, suffix=".npy") as tmp:  # written row by row: memory holds one batch, not the set
-            rows = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
-            done = 0
-            for x, _ in data:
-                features = extract(x)
-                rows[done:done + len(features)] = features
-                done += len(features)
+                pass  # a damaged list file is rebuilt
+        first = np.load(self.store / f"{keys[0]}.npy")
+        with atomic_path(path, suffix=".npy") as tmp:
+            rows = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(keys), *first.shape))
+            for n, key in enumerate(keys):
+                rows[n] = np.load(self.store / f"{key}.npy")
             rows.flush()
             del rows
-        self.progress(f"      {len(records) / (time.perf_counter() - start):.1f} images/s")
         return np.load(path, mmap_mode="r")
 

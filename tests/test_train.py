@@ -47,26 +47,61 @@ def test_two_phases_with_copies_and_balanced_sampling(folder_dataset, tmp_path):
     assert sum("from the cache" in m for m in again) == 3, again  # train, its augmented copy, val
 
 
+def _conv_extractor():
+    import keras
+
+    inputs = keras.Input((32, 32, 3))
+    return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(2, 3)(inputs)))
+
+
 def test_cache_key_follows_files_and_weights(folder_dataset, tmp_path):
     import keras
 
-    from fpc_keras.data.images import ImageSpec
     from fpc_keras.data.datasets import read_dataset
+    from fpc_keras.data.images import ImageSpec
     from fpc_keras.train import FeatureCache
 
-    records = read_dataset("folder", folder_dataset)[:4]
-    inputs = keras.Input((32, 32, 3))
-    extractor = keras.Model(inputs, keras.layers.Conv2D(2, 3)(inputs))
+    record = read_dataset("folder", folder_dataset)[0]
+    extractor = _conv_extractor()
     cache = FeatureCache(tmp_path, extractor, ImageSpec((32, 32)), lambda m: None)
-    key = cache.key(records)
-    with open(records[0].source, "ab") as handle:
+    key = cache.image_key(record)
+    assert cache.image_key(record, "augment1") != key
+    with open(record.source, "ab") as handle:
         handle.write(b"\0")  # the same path, other content
-    assert cache.key(records) != key
-    extractor.layers[-1].set_weights([w + 1 for w in extractor.layers[-1].get_weights()])
+    assert cache.image_key(record) != key
+    conv = extractor.layers[1]
+    conv.set_weights([w + 1 for w in conv.get_weights()])
     assert FeatureCache(tmp_path, extractor, ImageSpec((32, 32)), lambda m: None).model_key != cache.model_key
-    pooled = keras.Model(inputs, keras.layers.GlobalMaxPooling2D()(extractor.output))  # same weights, other output
-    assert FeatureCache(tmp_path, pooled, ImageSpec((32, 32)), lambda m: None).model_key != \
+    unpooled = keras.Model(extractor.inputs, conv.output)  # same weights, other output
+    assert FeatureCache(tmp_path, unpooled, ImageSpec((32, 32)), lambda m: None).model_key != \
         FeatureCache(tmp_path, extractor, ImageSpec((32, 32)), lambda m: None).model_key
+
+
+def test_cached_features_are_per_image_and_shared_by_every_split(folder_dataset, tmp_path):
+    from fpc_keras.data.augment import build_augmenter
+    from fpc_keras.data.datasets import read_dataset
+    from fpc_keras.data.images import ImageSpec
+    from fpc_keras.train import FeatureCache
+
+    records = read_dataset("folder", folder_dataset)[:6]
+    messages = []
+    cache = FeatureCache(tmp_path, _conv_extractor(), ImageSpec((32, 32)), messages.append)
+    augment = build_augmenter(seed=1)
+    first = np.asarray(cache.features(records[:4]))
+    copy = np.asarray(cache.features(records[:4], augment, "augment1"))
+    assert not np.allclose(copy, first)  # an augmented copy is another image
+    # Another split of the same images: only the two new ones are computed, the rows of the others are reused.
+    later = records[5:3:-1] + records[2::-1]
+    again = np.asarray(cache.features(later))
+    assert messages[-2].startswith("      computing backbone features of 2 images")
+    np.testing.assert_array_equal(again[2:], first[2::-1])
+    assert np.asarray(cache.features(records[3:0:-1], augment, "augment1")).shape == (3, 2)
+    assert messages[-1].startswith("      features of 3 images (augment1) from the cache")
+    # An image's augmented copy does not depend on its place in the list: computed afresh in another order.
+    fresh = FeatureCache(tmp_path / "fresh", _conv_extractor(), ImageSpec((32, 32)), messages.append)
+    fresh.extractor.set_weights(cache.extractor.get_weights())
+    np.testing.assert_allclose(np.asarray(fresh.features(records[3::-1], augment, "augment1")), copy[::-1],
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_uncached_training_from_images(folder_dataset, tmp_path):
