@@ -4,8 +4,9 @@ sampling and clip-consistent video augmentation.
 Protocol: videos split by source group (no group in two splits); per epoch every class is equally likely among the
 clips drawn (each a random stretch at a random speed, augmented as a whole); an ablation of the slow pathway
 (an ImageNet EfficientNet-Lite0 frame encoder against a 3-D ResNet from scratch: what the initialisation is worth;
-and the paper's Slow-only, the frozen encoder without a fast pathway) is chosen on validation macro-F1 over whole videos; the test videos are used once. The chosen model is exported
-to TFLite (fp32, fp16; int8 is attempted and its outcome recorded: TFLite has no int8 CONV_3D).
+and the paper's Slow-only, the frozen encoder without a fast pathway) is chosen on validation macro-F1 over whole
+videos; the test videos are used once. The chosen model is exported to TFLite (fp32, fp16; int8 is attempted and
+its outcome recorded: TFLite has no int8 CONV_3D).
 
     python experiments/echo_slowfast.py                                    # ../shared/data/POCUS_videos
     python experiments/echo_slowfast.py --ship tflite/models/pocus_slowfast
