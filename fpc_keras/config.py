@@ -126,6 +126,10 @@ class TrainConfig:
     # Warm start: a run folder or .keras file whose layers (same name and shape) initialise the model, e.g. the
     # same network trained at a smaller input size (progressive resizing). Empty: start from `model.weights`.
     init_from: str = ""
+    # Final fit: a finished run (its folder or model card) whose validation split chose the epochs and the
+    # post-processing; this run trains on its train + validation items for those epochs, keeps the last epoch and
+    # applies that post-processing. Same split rule, so the test split is the source run's. Segmentation frame models.
+    refit_from: str = ""
     # Phase 2: fine-tune the top N backbone blocks (0: no phase 2) from images, with augmentation. Segmentation
     # (fetalnet, trained end to end): any N > 0 refines the whole network at finetune_learning_rate.
     finetune_blocks: int = 0

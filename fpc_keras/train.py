@@ -22,6 +22,7 @@ import io
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -56,11 +57,14 @@ def train(config: RunConfig, progress: Progress = print) -> Path:
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(config.train.seed)
+    source = read_refit_source(config) if config.train.refit_from else None
     progress(f"[1/4] reading {config.data.kind}:{config.data.path}")
     records = prepare_records(config.data.kind, config.data.path, config.data.val_fraction,
                               config.data.test_fraction, config.train.seed, config.data.aliases,
                               config.data.folds, config.data.fold, config.data.classes)
     task = TASK_OF_KIND[config.data.kind]
+    if source is not None:
+        records = _final_fit_records(config, records, task)
     labels = list(PLANE_LABELS) if task == "segmentation" else labels_of(records)
     if len(labels) < 2:
         raise BadInputError(f"{config.data.path} holds {len(labels)} class(es): {labels}", "give at least two classes")
@@ -68,8 +72,11 @@ def train(config: RunConfig, progress: Progress = print) -> Path:
     counts = split_counts(records)
     progress(f"      {len(records)} items, classes {labels}, splits {counts}")
     _write_run_files(config, records)
-    session = {"segmentation": _SegmentationSession, "video": _VideoSession}.get(task, _Session)(
-        config, records, labels, progress)
+    if source is not None:
+        session = _SegmentationSession(config, records, labels, progress, final_fit_epochs(source))
+    else:
+        session = {"segmentation": _SegmentationSession, "video": _VideoSession}.get(task, _Session)(
+            config, records, labels, progress)
     strategy = distribution_strategy(config.train.strategy)
     if strategy.num_replicas_in_sync > 1:
         progress(f"      {config.train.strategy} strategy over {strategy.num_replicas_in_sync} replicas; a batch of "
@@ -84,17 +91,18 @@ def train(config: RunConfig, progress: Progress = print) -> Path:
                       **({"classes": list(config.data.classes)} if config.data.classes else {})},
                      config_to_dict(config)["model"], parameter_counts(model),
                      {"data": f"{config.data.kind}:{config.data.path}", "splits": counts,
-                      "split_rule": {"val_fraction": config.data.val_fraction, "folds": config.data.folds,
-                                     "test_fraction": config.data.test_fraction, "fold": config.data.fold,
-                                     "seed": config.train.seed},
-                      "seed": config.train.seed, "phases": session.summary(),
-                      **({"init_from": config.train.init_from} if config.train.init_from else {})})
+                      "split_rule": split_rule(config), "seed": config.train.seed, "phases": session.summary(),
+                      **({"init_from": config.train.init_from} if config.train.init_from else {}),
+                      **({"refit_from": {"source": config.train.refit_from, "name": source["name"],
+                                         "epochs": final_fit_epochs(source)}} if source is not None else {})})
     if len(model.inputs[0].shape) == 5:  # a clip model (fetalnet video, slowfast): T frames per input
         card["preprocessing"]["clip_length"] = config.data.clip_length
         card["preprocessing"]["clips_per_video"] = config.data.clips_per_video
         card["input"]["shape"].insert(1, config.data.clip_length)
     predictor = Predictor(str(run_dir / "model.keras"), card, keras_predict_fn(model))
-    if task == "segmentation" and "clip_length" not in card["preprocessing"]:
+    if source is not None:
+        card["postprocessing"] = {**source["postprocessing"], "source": config.train.refit_from}
+    elif task == "segmentation" and "clip_length" not in card["preprocessing"]:
         card["postprocessing"] = choose_postprocessing(predictor, in_split(records, "val"), config.train.batch_size,
                                                        progress)
     write_card(run_dir, card)
@@ -145,6 +153,48 @@ def warm_start(model: keras.Model, source: str | Path, progress: Progress) -> No
                             "warm-start from a run of the same architecture")
     progress(f"      warm start from {path}: {len(copied)} layer(s) copied"
              + (f", {len(kept)} left as built: {', '.join(kept)}" if kept else ""))
+
+
+def split_rule(config: RunConfig) -> dict:
+    """What decides which item lands in which split (the card's `training.split_rule`)."""
+    return {"val_fraction": config.data.val_fraction, "folds": config.data.folds,
+            "test_fraction": config.data.test_fraction, "fold": config.data.fold, "seed": config.train.seed}
+
+
+def read_refit_source(config: RunConfig) -> dict:
+    """The model card of `train.refit_from`, checked to hold what a final fit takes from it (epochs per phase,
+    post-processing) and to have been split by the same rule, so that its test split stays out of this run."""
+    path = Path(config.train.refit_from)
+    path = path / "model_card.json" if path.is_dir() else path
+    if not path.is_file():
+        raise BadInputError(f"train.refit_from: {path} does not exist",
+                            "give a run folder that finished training, or its model_card.json")
+    card = read_json(path)
+    training = card.get("training", {})
+    if "phase1" not in training.get("phases", {}) or "postprocessing" not in card:
+        raise BadInputError(f"train.refit_from: {path} records no training phases or post-processing",
+                            "give the card of a segmentation run that finished training and its validation choice")
+    if training.get("split_rule") != split_rule(config):
+        raise BadInputError(f"train.refit_from: {path} was split by {training.get('split_rule')}, this run by "
+                            f"{split_rule(config)}",
+                            "use the source run's data.val_fraction, data.test_fraction, data.folds, data.fold and "
+                            "train.seed, so that its test split stays apart")
+    return card
+
+
+def final_fit_epochs(card: dict) -> dict[str, int]:
+    """Epochs per phase that the source run kept: up to its best epoch; a phase whose checkpoints never beat the
+    previous phase's best (best epoch -1) is left out."""
+    return {name: phase["best_epoch"] + 1 for name, phase in card["training"]["phases"].items()
+            if phase["best_epoch"] >= 0}
+
+
+def _final_fit_records(config: RunConfig, records: list[Record], task: str) -> list[Record]:
+    """The validation items joined to training (a final fit has no selection left to make)."""
+    if task != "segmentation" or config.model.temporal != "none":
+        raise BadInputError(f"train.refit_from is set for a {task} run (temporal {config.model.temporal})",
+                            "a final fit is implemented for segmentation frame models (fetalnet, temporal none)")
+    return [replace(r, split="train") if r.split == "val" else r for r in records]
 
 
 def distribution_strategy(name: str) -> tf.distribute.Strategy:
@@ -294,14 +344,16 @@ class _SegmentationSession:
     `train.mask_weight` / `train.plane_weight`; selection on validation Dice. Frame models see each training item
     through a random probe pose, a quarter of them as off-plane frames; video models see a new random sweep of
     each item every epoch (fpc_keras.data.sweeps). An ImageNet encoder is fine-tuned end to end (its
-    BatchNormalization statistics stay frozen)."""
+    BatchNormalization statistics stay frozen). A final fit (`final_fit`: epochs per phase, from
+    `train.refit_from`) has no validation split: each phase runs its epochs and keeps the last."""
 
     OFF_PLANE_FRACTION = 0.25
 
-    def __init__(self, config: RunConfig, records: Sequence[Record], labels: list[str], progress: Progress):
-        self.config, self.labels, self.progress = config, labels, progress
+    def __init__(self, config: RunConfig, records: Sequence[Record], labels: list[str], progress: Progress,
+                 final_fit: dict[str, int] | None = None):
+        self.config, self.labels, self.progress, self.final_fit = config, labels, progress, final_fit
         self.train_records = in_split(records, "train")
-        self.val_records = in_split(records, "val")
+        self.val_records = [] if final_fit else in_split(records, "val")
         self.spec = ImageSpec(tuple(config.data.image_size), config.data.channels, config.data.resize)
         ckpt, history = config.run_dir / "checkpoints", config.run_dir / "history.csv"
         self.phase = _Phase("phase1", ckpt / "phase1", config.train.early_stopping_patience, history, progress)
@@ -319,39 +371,45 @@ class _SegmentationSession:
             fitted.compile(optimizer=keras.optimizers.Adam(t.learning_rate),
                            loss=[dice_cross_entropy, keras.losses.CategoricalCrossentropy()],
                            loss_weights=[t.mask_weight, t.plane_weight])
+        epochs = self.final_fit or {"phase1": t.epochs, "phase2": t.finetune_epochs if t.finetune_blocks else 0}
         if not self.phase.state["done"]:
-            self._fit(fitted, self.phase, t.epochs)
-        if not t.finetune_blocks:
+            self._fit(fitted, self.phase, epochs["phase1"])
+        if not epochs.get("phase2"):
             return self.phase.best()
         # Phase 2: phase 1's best, refined at the lower learning rate; kept only where validation Dice improves.
-        self.phase2.floor = (self.phase.state["best_score"], -self.phase.state["best_loss"])
+        if self.final_fit is None:
+            self.phase2.floor = (self.phase.state["best_score"], -self.phase.state["best_loss"])
         refined = self.phase2.resume()
         if refined is None:
             refined = self.phase.best()
             refined.optimizer.learning_rate.assign(t.finetune_learning_rate)
             self.progress(f"      phase 2: refining at learning rate {t.finetune_learning_rate}")
         if not self.phase2.state["done"]:
-            self._fit(refined, self.phase2, t.finetune_epochs)
+            self._fit(refined, self.phase2, epochs["phase2"])
         return self.phase2.best() or self.phase.best()
 
     def _fit(self, fitted: keras.Model, phase: "_Phase", epochs: int) -> None:
         t, m = self.config.train, self.config.model
         frames = self.config.data.clip_length if m.temporal != "none" else 0
-        images, masks, val_images, val_masks = self._arrays()
-        if frames:  # video models: validated on fixed sweeps of the validation images
-            val_images, val_masks = sweep_arrays(val_images, val_masks, frames, t.seed)[:2]
+        images, masks = self._arrays("train")
+        validate = None
+        if self.final_fit is None:
+            val_images, val_masks = self._arrays("val")
+            if frames:  # video models: validated on fixed sweeps of the validation images
+                val_images, val_masks = sweep_arrays(val_images, val_masks, frames, t.seed)[:2]
+            validate = _dice_score(fitted, val_images, val_masks, t.batch_size)
         data = segmentation_dataset(images, masks, t.batch_size, shuffle=True, seed=t.seed,
                                     off_plane_fraction=self.OFF_PLANE_FRACTION, frames=frames)
         self.progress(f"[3/4] {phase.name}: the model on {'sweeps of ' if frames else ''}images ({len(images)} "
-                      f"train, {len(val_images)} val, {parameter_counts(fitted)['trainable']:,} trainable "
-                      "parameters)")
-        phase.fit(fitted, data, epochs, _dice_score(fitted, val_images, val_masks, t.batch_size))
+                      f"train, {len(val_images) if validate else 'no'} val, "
+                      f"{parameter_counts(fitted)['trainable']:,} trainable parameters)")
+        phase.fit(fitted, data, epochs, validate)
 
     @functools.cache
-    def _arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Training and validation images and masks, read once for both phases."""
-        return (*segmentation_arrays(self.train_records, self.spec, self.progress),
-                *segmentation_arrays(self.val_records, self.spec, self.progress))
+    def _arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """A split's images and masks, read once for both phases."""
+        records = self.train_records if split == "train" else self.val_records
+        return segmentation_arrays(records, self.spec, self.progress)
 
     def summary(self) -> dict:
         return _phase_summary(self.phase, self.phase2)
@@ -470,7 +528,7 @@ class _Phase:
         path = self.folder / "best.keras"
         return keras.saving.load_model(path) if path.is_file() else None
 
-    def fit(self, model: keras.Model, data: tf.data.Dataset, epochs: int, validate: Validate,
+    def fit(self, model: keras.Model, data: tf.data.Dataset, epochs: int, validate: Validate | None,
             class_weight: dict | None = None, steps_per_epoch: int | None = None) -> None:
         self.progress(f"      {self.name}: epochs {self.state['epoch'] + 2}..{epochs}")
         callback = _EpochCallback(self, model, validate)
@@ -519,11 +577,18 @@ def _phase_summary(*phases: _Phase) -> dict:
 
 
 class _EpochCallback(keras.callbacks.Callback):
-    def __init__(self, phase: _Phase, fit_model: keras.Model, validate: Validate):
+    """Validates and checkpoints each epoch; with no validation (`validate` None: a final fit) every epoch is
+    recorded as the best so far, so the phase keeps its last epoch."""
+
+    def __init__(self, phase: _Phase, fit_model: keras.Model, validate: Validate | None):
         super().__init__()
         self.phase, self.fit_model, self.validate = phase, fit_model, validate
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self.validate is None:
+            self.phase.save_epoch(self.fit_model, epoch, float(epoch), 0.0, logs or {}, "epoch")
+            self.phase.progress(f"      {self.phase.name} epoch {epoch + 1}: no validation split (final fit)")
+            return
         score, loss, name = self.validate()
         best = max(score, self.phase.best_key()[0])
         self.phase.progress(f"      {self.phase.name} epoch {epoch + 1}: val {name} {score:.4f}, loss "

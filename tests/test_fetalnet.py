@@ -160,7 +160,7 @@ def test_sweep_passes_through_the_standard_plane_once():
 
 def _train_args(tmp_path, name: str, images: int, *overrides: str) -> list[str]:
     """`fpc-keras train` of a tiny FetalNet on a generated HC18-layout dataset of `images` images."""
-    data = _hc18(tmp_path / "hc18", count=images)
+    data = tmp_path / "hc18" if (tmp_path / "hc18").exists() else _hc18(tmp_path / "hc18", count=images)
     values = [f"name={name}", f"runs_dir={tmp_path / 'runs'}", "data.kind=hc18", f"data.path={data}",
               "data.image_size=[32, 32]", "data.val_fraction=0.25", "data.test_fraction=0.25", "model.name=fetalnet",
               "model.backbone=unet", "model.attention=gates", "model.base_filters=4", "model.depth=2",
@@ -226,3 +226,36 @@ def test_video_model_trains_on_sweeps_and_is_evaluated_on_them(tmp_path):
     assert main(["export", "--model", str(run), "--quant", "fp32"]) == 0
     tflite_metrics = read_json(run / "exports" / "fp32" / "model_card.json")["metrics"]["test"]
     assert tflite_metrics["sweep_dice"]["value"] == pytest.approx(metrics["sweep_dice"]["value"], abs=1e-3)
+
+
+def test_final_fit_trains_on_train_and_validation_for_the_source_runs_epochs(tmp_path):
+    assert main(_train_args(tmp_path, "src", 12, "train.epochs=3", "train.batch_size=4", "train.finetune_blocks=1",
+                            "train.finetune_epochs=2")) == 0
+    source = read_json(tmp_path / "runs" / "src" / "model_card.json")
+    expected = {name: phase["best_epoch"] + 1 for name, phase in source["training"]["phases"].items()
+                if phase["best_epoch"] >= 0}
+    assert main(_train_args(tmp_path, "final", 12, "train.epochs=3", "train.batch_size=4", "train.finetune_blocks=1",
+                            "train.finetune_epochs=2", f"train.refit_from={tmp_path / 'runs' / 'src'}")) == 0
+    card = read_json(tmp_path / "runs" / "final" / "model_card.json")
+    src_splits, splits = source["training"]["splits"], card["training"]["splits"]
+    assert "val" not in splits and splits["test"] == src_splits["test"]
+    assert splits["train"]["head"] == src_splits["train"]["head"] + src_splits["val"]["head"]
+    assert {name: phase["epoch"] + 1 for name, phase in card["training"]["phases"].items()} == expected
+    assert card["postprocessing"]["threshold"] == source["postprocessing"]["threshold"]
+    assert card["postprocessing"]["source"] == str(tmp_path / "runs" / "src")
+    rows = list(csv.DictReader((tmp_path / "runs" / "final" / "splits.csv").open()))
+    test_items = {r["source"] for r in rows if r["split"] == "test"}
+    src_rows = list(csv.DictReader((tmp_path / "runs" / "src" / "splits.csv").open()))
+    assert test_items == {r["source"] for r in src_rows if r["split"] == "test"}
+
+
+def test_final_fit_refuses_another_split_rule_a_missing_card_and_video_models(tmp_path, capsys):
+    assert main(_train_args(tmp_path, "src", 8, "train.epochs=1", "train.batch_size=4")) == 0
+    source = tmp_path / "runs" / "src"
+    cases = {"was split by": ["data.val_fraction=0.3", f"train.refit_from={source}"],
+             "does not exist": [f"train.refit_from={tmp_path / 'nothing'}"],
+             "segmentation frame models": ["data.clip_length=4", "model.temporal=convlstm",
+                                           f"train.refit_from={source}"]}
+    for n, (message, overrides) in enumerate(cases.items()):
+        assert main(_train_args(tmp_path, f"r{n}", 8, "train.epochs=1", *overrides)) == 2
+        assert message in capsys.readouterr().err
