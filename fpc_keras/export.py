@@ -29,6 +29,7 @@ from .errors import BadInputError
 from .evaluate import evaluate, load_predictor, summary_line
 from .io import atomic_write_bytes
 from .litert import TFLiteModel
+from .models.frozen_features import split_feature_norm
 
 Progress = Callable[[str], None]
 
@@ -38,7 +39,8 @@ def convert(model: keras.Model, variant: str, representative: np.ndarray | None 
     """The `.tflite` bytes of `model` as `variant` (one of QUANT_VARIANTS but qat, which needs a run folder)."""
     if variant not in QUANT_VARIANTS or variant == "qat":
         raise BadInputError(f"unknown export variant {variant!r}", f"use one of: {', '.join(QUANT_VARIANTS)}")
-    return run_converter(tf.lite.TFLiteConverter.from_keras_model(model), variant, representative, int8_io)
+    return run_converter(tf.lite.TFLiteConverter.from_keras_model(split_feature_norm(model)), variant,
+                         representative, int8_io)
 
 
 def run_converter(converter: tf.lite.TFLiteConverter, variant: str, representative: np.ndarray | None = None,
