@@ -540,8 +540,9 @@ class _Phase:
         self._write_state()
 
     def save_epoch(self, model: keras.Model, epoch: int, score: float, loss: float, logs: dict,
-                   score_name: str = "macro_f1") -> bool:
-        """Record an epoch; returns True when early stopping should end the phase."""
+                   score_name: str | None = "macro_f1") -> bool:
+        """Record an epoch; returns True when early stopping should end the phase. `score_name` None: no
+        validation (a final fit), so the history gets no validation columns."""
         if (score, -loss) > self.best_key():
             with atomic_path(self.folder / "best.keras", suffix=".keras") as tmp:
                 model.save(tmp)
@@ -551,7 +552,7 @@ class _Phase:
         with atomic_path(self.folder / "last.keras", suffix=".keras") as tmp:
             model.save(tmp)
         self.state["epoch"] = epoch
-        self._append_history(epoch, {**logs, "val_loss": loss, f"val_{score_name}": score})
+        self._append_history(epoch, {**logs, "val_loss": loss, f"val_{score_name}": score} if score_name else logs)
         self._write_state()
         return self.state["wait"] >= self.patience
 
@@ -586,7 +587,7 @@ class _EpochCallback(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if self.validate is None:
-            self.phase.save_epoch(self.fit_model, epoch, float(epoch), 0.0, logs or {}, "epoch")
+            self.phase.save_epoch(self.fit_model, epoch, float(epoch), 0.0, logs or {}, None)
             self.phase.progress(f"      {self.phase.name} epoch {epoch + 1}: no validation split (final fit)")
             return
         score, loss, name = self.validate()

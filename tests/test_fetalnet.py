@@ -245,6 +245,8 @@ def test_final_fit_trains_on_train_and_validation_for_the_source_runs_epochs(tmp
     assert card["postprocessing"]["source"] == str(tmp_path / "runs" / "src")
     assert main(["report", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "report" / "index.html")]) == 0
     assert "(a final fit: this run has no validation split)" in (tmp_path / "report" / "runs" / "final.html").read_text()
+    history = list(csv.DictReader((tmp_path / "runs" / "final" / "history.csv").open()))
+    assert len(history) == sum(expected.values()) and not any(key.startswith("val_") for key in history[0])
     rows = list(csv.DictReader((tmp_path / "runs" / "final" / "splits.csv").open()))
     test_items = {r["source"] for r in rows if r["split"] == "test"}
     src_rows = list(csv.DictReader((tmp_path / "runs" / "src" / "splits.csv").open()))
