@@ -10,14 +10,16 @@ on average- and max-pooled features of three depths (block3, block4, block5) of 
     python experiments/abdominal_frozen_features.py --data mine=prefix:/data/abdomen --data other=folder:/data/x
     python experiments/abdominal_frozen_features.py --fetal-planes /data/FETAL_PLANES_ZENODO.zip
     python experiments/abdominal_frozen_features.py --backbone caffenet --set model.weights=/path/caffenet.npy
+    python experiments/abdominal_frozen_features.py --data busi=folder:../shared/data/BUSI --folds 5   # CV
 """
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 
 from fpc_keras.experiment import (SHARED_DATA, add_common_arguments, choose, chosen_datasets, print_chosen,
-                                  run_variant, write_tables)
+                                  run_folds, run_variant, write_tables)
 from fpc_keras.models.backbones import native_size
 
 DATASETS = {"abdominal": f"prefix:{SHARED_DATA / 'abdominal_organs'}", "busi": f"folder:{SHARED_DATA / 'BUSI'}"}
@@ -43,16 +45,20 @@ def main() -> None:
     add_common_arguments(parser, DATASETS)
     parser.add_argument("--backbone", default="vgg16", choices=("vgg16", "caffenet"))
     parser.add_argument("--heads", nargs="+", default=list(HEADS), choices=list(HEADS))
+    parser.add_argument("--folds", type=int, default=0, metavar="K",
+                        help="K-fold cross-validation by group: choose on the folds' mean validation macro-F1, "
+                             "report test pooled over the folds (default: one train/val/test split)")
     args = parser.parse_args()
     datasets = chosen_datasets(args, DATASETS)
     size = native_size(args.backbone)
     tables = {}
     for name, spec in datasets.items():
         kind, path = spec.split(":", 1)
-        rows = [run_variant(f"cm_{name}_{args.backbone}_{head}",
-                            [*BASE, f"data.kind={kind}", f"data.path={path}", f"data.image_size=[{size}, {size}]",
-                             f"model.backbone={args.backbone}", f"runs_dir={args.runs}", *HEADS[head],
-                             *(FETAL_PLANES if kind == "fetal_planes" else []), *args.set])
+        run = functools.partial(run_folds, folds=args.folds) if args.folds else run_variant
+        rows = [run(f"cm_{name}_{args.backbone}_{head}" + (f"_cv{args.folds}" if args.folds else ""),
+                    [*BASE, f"data.kind={kind}", f"data.path={path}", f"data.image_size=[{size}, {size}]",
+                     f"model.backbone={args.backbone}", f"runs_dir={args.runs}", *HEADS[head],
+                     *(FETAL_PLANES if kind == "fetal_planes" else []), *args.set])
                 for head in args.heads]
         tables[name] = {"rows": rows, "chosen": choose(rows)["run"]}
     print(f"\ntable: {write_tables(Path(args.runs) / '_tables', f'frozen_features_{args.backbone}', tables)}")

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import argparse
 import os
+from math import nan
 from pathlib import Path
 from typing import Callable, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: its start-up chatter hides progress
 
+import numpy as np  # noqa: E402
+
 from .config import load_config  # noqa: E402
+from .errors import BadInputError  # noqa: E402
 from .io import atomic_write_json, atomic_write_text, read_json  # noqa: E402
+from .metrics import metrics_from_confusion  # noqa: E402
 from .postprocess import invokes_per_item  # noqa: E402
 from .train import train  # noqa: E402
 
@@ -59,6 +64,26 @@ def run_variant(name: str, overrides: Sequence[str], progress: Progress = print)
             "test": {k: results["metrics"][k] for k in SHOWN if k in results["metrics"]},
             "params": results.get("params", {}), "train_seconds": results["timings"].get("train_seconds", 0.0),
             "config": list(overrides)}
+
+
+def run_folds(name: str, overrides: Sequence[str], folds: int, progress: Progress = print) -> dict:
+    """K-fold cross-validation of one config: run NAME_fold<i> tests on fold i (its validation carved from the
+    other folds' groups), so every item is tested once. The row holds the mean validation macro-F1 and log-loss
+    over the folds (what `choose` reads: K validation splits instead of one) and test metrics pooled over the
+    folds (summed confusion matrices; top-2 as the item-weighted mean)."""
+    rows = [run_variant(f"{name}_fold{i}", [*overrides, f"data.folds={folds}", f"data.fold={i}"], progress)
+            for i in range(folds)]
+    confusions = [read_json(Path(r["folder"]) / "results.json")["metrics"]["confusion"] for r in rows]
+    if any(c["labels"] != confusions[0]["labels"] for c in confusions):
+        raise BadInputError(f"the folds of {name} hold different classes: {[c['labels'] for c in confusions]}",
+                            "use fewer folds, so that every class appears in every fold")
+    n = sum(r["n_test"] for r in rows)
+    test = metrics_from_confusion(np.sum([c["matrix"] for c in confusions], axis=0))
+    test["top2"] = {"value": sum(r["test"]["top2"]["value"] * r["n_test"] for r in rows) / n, "ci95": [nan, nan]}
+    return {**rows[0], "run": name, "folder": str(Path(rows[0]["folder"]).parent), "n_test": n, "folds": folds,
+            "val_macro_f1": float(np.mean([r["val_macro_f1"] for r in rows])),
+            "val_log_loss": float(np.mean([r["val_log_loss"] for r in rows])), "test": test,
+            "train_seconds": sum(r["train_seconds"] for r in rows), "config": list(overrides)}
 
 
 def choose(rows: Sequence[dict]) -> dict:

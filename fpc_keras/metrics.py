@@ -66,6 +66,18 @@ def classification_metrics(y_true: Sequence[int], probs: np.ndarray, labels: Seq
     }
 
 
+def metrics_from_confusion(matrix: np.ndarray, n_boot: int = N_BOOT) -> dict:
+    """top1 and macro_f1 (with CIs) of the items a confusion matrix counts (rows true, columns predicted): what
+    the test folds of a cross-validation give when their matrices are summed."""
+    matrix = np.asarray(matrix, dtype=np.int64)
+    k = len(matrix)
+    y_true = np.repeat(np.arange(k), matrix.sum(axis=1))
+    y_pred = np.concatenate([np.repeat(np.arange(k), row) for row in matrix])
+    hit = (y_true == y_pred).astype(np.float64)
+    return {"top1": with_ci(lambda i: hit[i].mean(), len(hit), n_boot),
+            "macro_f1": with_ci(lambda i: macro_f1(y_true[i], y_pred[i], k), len(hit), n_boot)}
+
+
 def calibration(y_true: np.ndarray, probs: np.ndarray, bins: int = 10, n_boot: int = N_BOOT) -> dict:
     """Reliability of the top-1 probability: per confidence bin (equal width) its count, mean confidence and
     accuracy, and the expected calibration error (count-weighted |accuracy - confidence|) with its CI."""

@@ -48,3 +48,15 @@ def test_calibration_bins_and_expected_calibration_error():
     assert abs(c["ece"]["value"] - expected) < 1e-12
     perfect = calibration(np.array([0, 1]), np.array([[1.0, 0.0], [0.0, 1.0]]), n_boot=10)
     assert perfect["ece"]["value"] == 0.0 and perfect["bins"][0]["lo"] == 0.9
+
+
+def test_metrics_from_a_confusion_matrix_equal_those_of_its_items():
+    from fpc_keras.metrics import metrics_from_confusion
+
+    y_true = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    probs = np.eye(3)[[0, 0, 1, 1, 2, 2, 2, 0, 2]]
+    items = classification_metrics(y_true, probs, ["a", "b", "c"])
+    pooled = metrics_from_confusion(items["confusion"]["matrix"])
+    for name in ("top1", "macro_f1"):  # the same values; the bootstrap CIs differ with the items' order only
+        assert pooled[name]["value"] == pytest.approx(items[name]["value"])
+        assert pooled[name]["ci95"] == pytest.approx(items[name]["ci95"], abs=0.1)

@@ -160,3 +160,17 @@ def _csv_rows(path):
 
     with open(path) as handle:
         return list(csv.DictReader(handle))
+
+
+def test_cross_validation_tests_every_item_once_and_chooses_on_mean_validation(folder_dataset, tmp_path):
+    from fpc_keras.experiment import run_folds
+
+    row = run_folds("cv", tiny_overrides(folder_dataset, tmp_path / "runs", **{"train.epochs": "1"}), folds=3,
+                    progress=lambda _: None)
+    folds = [read_json(tmp_path / "runs" / f"cv_fold{i}" / "results.json") for i in range(3)]
+    assert row["n_test"] == sum(f["n"] for f in folds) == 36 and row["folds"] == 3
+    matrix = np.sum([f["metrics"]["confusion"]["matrix"] for f in folds], axis=0)
+    assert row["test"]["top1"]["value"] == pytest.approx(np.trace(matrix) / matrix.sum())
+    scores = [read_json(tmp_path / "runs" / f"cv_fold{i}" / "model_card.json")["training"]["phases"]["phase1"]
+              ["best_score"] for i in range(3)]
+    assert row["val_macro_f1"] == pytest.approx(np.mean(scores))
