@@ -96,4 +96,3 @@ def split_feature_norm(model: keras.Model) -> keras.Model:
     for layer in head.layers[head.layers.index(norm) + 1:]:
         x = layer(x)
     return keras.Model(model.inputs, x, name=model.name)
-
