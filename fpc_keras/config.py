@@ -117,6 +117,9 @@ class TrainConfig:
     freeze_backbone: bool = True
     cache_features: bool = True
     label_smoothing: float = 0.0
+    # Polyak averaging: validate, keep and ship the exponential moving average of the weights (this momentum per
+    # step, e.g. 0.995); 0 turns it off. The raw weights keep training and are what a resume continues from.
+    ema_momentum: float = 0.0
     # Against class imbalance: loss weights inversely proportional to class counts, or class-balanced sampling.
     balance: str = "class_weights"
     augment: bool = True
@@ -150,6 +153,8 @@ class TrainConfig:
             raise BadInputError(f"train.learning_rate is {self.learning_rate}", "use a positive learning rate")
         if not 0 <= self.label_smoothing < 1:
             raise BadInputError(f"train.label_smoothing is {self.label_smoothing}", "use a value in [0, 1)")
+        if not 0 <= self.ema_momentum < 1:
+            raise BadInputError(f"train.ema_momentum is {self.ema_momentum}", "use a value in [0, 1); 0 turns it off")
         _one_of("train.balance", self.balance, BALANCE_MODES)
         _one_of("train.strategy", self.strategy, STRATEGIES)
         if self.finetune_blocks < 0 or self.feature_copies < 0:

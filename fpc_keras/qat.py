@@ -288,12 +288,15 @@ def qat_tflite(run_dir: str | Path, epochs: int, learning_rate: float, represent
     from .data.images import ImageSpec
     from .data.pipeline import image_dataset
     from .export import representative_images, run_converter, train_records
+    from .models.frozen_features import split_feature_norm
 
     run_dir = Path(run_dir)
     card = read_card(run_dir / "model.keras")
     spec = ImageSpec.from_card(card)
     train = [r for r in train_records(run_dir) if r.split == "train"]
-    model = quantize_aware(tf_keras_twin(keras.saving.load_model(run_dir / "model.keras", compile=False)))
+    # The graph every export converts: a multiscale head's branches standardised before their concatenation.
+    source = split_feature_norm(keras.saving.load_model(run_dir / "model.keras", compile=False))
+    model = quantize_aware(tf_keras_twin(source))
     representative = representative_images(train, spec, representative_samples)
     calibrate(model, [representative[i:i + batch_size] for i in range(0, len(representative), batch_size)] * 3)
     model.compile(tf_keras.optimizers.Adam(learning_rate), tf_keras.losses.CategoricalCrossentropy())

@@ -12,9 +12,12 @@ best.keras, state.json), history.csv, model.keras (the selected model), results.
   preprocessing and files, so each head epoch costs a fraction of a second.
 - Phase 2 (`train.finetune_blocks` > 0) fine-tunes the top N backbone blocks from images with augmentation, at
   `train.finetune_learning_rate`; its checkpoints only replace phase 1's model when validation improves.
+- Weight averaging (`train.ema_momentum` > 0): each epoch is validated, and best.keras kept, with the moving
+  average of the weights; training (and last.keras) continues on the raw weights.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import hashlib
@@ -218,8 +221,58 @@ def _write_run_files(config: RunConfig, records: Sequence[Record]) -> None:
     atomic_write_text(config.run_dir / "splits.csv", buffer.getvalue())
 
 
-def compile_classifier(model: keras.Model, learning_rate: float, label_smoothing: float) -> keras.Model:
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+def make_optimizer(learning_rate: float, ema_momentum: float = 0.0) -> keras.optimizers.Optimizer:
+    """Adam; with `ema_momentum` > 0 it also keeps an exponential moving average of the weights, which
+    `averaged_weights` swaps in for validation and checkpoints of the best epoch."""
+    if not ema_momentum:
+        return keras.optimizers.Adam(learning_rate)
+    return keras.optimizers.Adam(learning_rate, use_ema=True, ema_momentum=ema_momentum)
+
+
+def _averaging(model: keras.Model) -> keras.optimizers.Optimizer | None:
+    optimizer = getattr(model, "optimizer", None)
+    return optimizer if getattr(optimizer, "use_ema", False) and optimizer.built else None
+
+
+def _averaged_pairs(optimizer: keras.optimizers.Optimizer) -> list[tuple]:
+    # Keras keeps the averages in a private list aligned with the trained variables (its own SwapEMAWeights
+    # callback reads the same two lists); tests/test_train.py pins what this relies on.
+    return [(var, average) for var, average in zip(optimizer._trainable_variables,
+                                                   optimizer._model_variables_moving_average) if average is not None]
+
+
+@contextlib.contextmanager
+def averaged_weights(model: keras.Model):
+    """Inside: the model holds its optimizer's moving average of the weights (where it keeps one); after: the
+    raw weights again, the average unchanged."""
+    optimizer = _averaging(model)
+    if optimizer is not None:
+        _swap_average(optimizer)
+    try:
+        yield
+    finally:
+        if optimizer is not None:
+            _swap_average(optimizer)
+
+
+def _swap_average(optimizer: keras.optimizers.Optimizer) -> None:
+    for var, average in _averaged_pairs(optimizer):
+        raw = var.numpy()
+        var.assign(average)
+        average.assign(raw)
+
+
+def restart_average(model: keras.Model) -> None:
+    """The moving average starts again from the current weights (a phase continuing from another phase's best
+    model, whose checkpoint holds the average as its weights)."""
+    optimizer = _averaging(model)
+    for var, average in _averaged_pairs(optimizer) if optimizer is not None else []:
+        average.assign(var)
+
+
+def compile_classifier(model: keras.Model, learning_rate: float, label_smoothing: float,
+                       ema_momentum: float = 0.0) -> keras.Model:
+    model.compile(optimizer=make_optimizer(learning_rate, ema_momentum),
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
                   metrics=["accuracy"])
     return model
@@ -249,12 +302,12 @@ class _Session:
         set_backbone_trainable(model, 0 if t.freeze_backbone else None)
         if t.freeze_backbone and t.cache_features:
             head = model.get_layer("head")
-            fitted = self.phase1.resume() or compile_classifier(head, t.learning_rate, t.label_smoothing)
+            fitted = self.phase1.resume() or compile_classifier(head, t.learning_rate, t.label_smoothing, t.ema_momentum)
             if not self.phase1.state["done"]:
                 self._fit_on_cache(model, fitted)
             head.set_weights(self.phase1.best().get_weights())
         else:
-            fitted = self.phase1.resume() or compile_classifier(model, t.learning_rate, t.label_smoothing)
+            fitted = self.phase1.resume() or compile_classifier(model, t.learning_rate, t.label_smoothing, t.ema_momentum)
             if not self.phase1.state["done"]:
                 self._fit_on_images(fitted, t.epochs, self.phase1)
             model = self.phase1.best()
@@ -315,7 +368,7 @@ class _Session:
             fitted.set_weights(model.get_weights())
             unfrozen = set_backbone_trainable(fitted, t.finetune_blocks)
             self.progress(f"      phase 2: fine-tuning the top {t.finetune_blocks} blocks ({unfrozen} layers)")
-            fitted = compile_classifier(fitted, t.finetune_learning_rate, t.label_smoothing)
+            fitted = compile_classifier(fitted, t.finetune_learning_rate, t.label_smoothing, t.ema_momentum)
         if not self.phase2.state["done"]:
             self._fit_on_images(fitted, t.finetune_epochs, self.phase2)
         return self.phase2.best() or model
@@ -368,7 +421,7 @@ class _SegmentationSession:
             fitted = fresh_model(self.config, self.progress)
             if m.backbone != "unet":
                 set_backbone_trainable(fitted, None)
-            fitted.compile(optimizer=keras.optimizers.Adam(t.learning_rate),
+            fitted.compile(optimizer=make_optimizer(t.learning_rate, t.ema_momentum),
                            loss=[dice_cross_entropy, keras.losses.CategoricalCrossentropy()],
                            loss_weights=[t.mask_weight, t.plane_weight])
         epochs = self.final_fit or {"phase1": t.epochs, "phase2": t.finetune_epochs if t.finetune_blocks else 0}
@@ -383,6 +436,7 @@ class _SegmentationSession:
         if refined is None:
             refined = self.phase.best()
             refined.optimizer.learning_rate.assign(t.finetune_learning_rate)
+            restart_average(refined)
             self.progress(f"      phase 2: refining at learning rate {t.finetune_learning_rate}")
         if not self.phase2.state["done"]:
             self._fit(refined, self.phase2, epochs["phase2"])
@@ -440,7 +494,7 @@ class _VideoSession:
             fitted = fresh_model(self.config, self.progress)
             if m.backbone != "none":
                 set_backbone_trainable(fitted, 0 if t.freeze_backbone else None)
-            fitted = compile_classifier(fitted, t.learning_rate, t.label_smoothing)
+            fitted = compile_classifier(fitted, t.learning_rate, t.label_smoothing, t.ema_momentum)
         if not self.phase.state["done"]:
             videos, val_videos = self._decoded(self.train_records), self._decoded(self.val_records)
             data = clip_dataset(videos, self.y_train, len(self.labels), d.clip_length, t.batch_size,
@@ -539,16 +593,21 @@ class _Phase:
         self.state["done"] = True
         self._write_state()
 
-    def save_epoch(self, model: keras.Model, epoch: int, score: float, loss: float, logs: dict,
-                   score_name: str | None = "macro_f1") -> bool:
-        """Record an epoch; returns True when early stopping should end the phase. `score_name` None: no
-        validation (a final fit), so the history gets no validation columns."""
-        if (score, -loss) > self.best_key():
-            with atomic_path(self.folder / "best.keras", suffix=".keras") as tmp:
-                model.save(tmp)
-            self.state.update(best_score=score, best_loss=loss, best_epoch=epoch, wait=0)
-        else:
-            self.state["wait"] += 1
+    def save_best(self, model: keras.Model, epoch: int, score: float, loss: float) -> bool:
+        """Keep the epoch as best.keras where it beats the best so far; True if it did (the state is written by
+        `save_last`)."""
+        if (score, -loss) <= self.best_key():
+            return False
+        with atomic_path(self.folder / "best.keras", suffix=".keras") as tmp:
+            model.save(tmp)
+        self.state.update(best_score=score, best_loss=loss, best_epoch=epoch)
+        return True
+
+    def save_last(self, model: keras.Model, epoch: int, improved: bool, score: float, loss: float, logs: dict,
+                  score_name: str | None = "macro_f1") -> bool:
+        """Record an epoch (after `save_best`); returns True when early stopping should end the phase.
+        `score_name` None: no validation (a final fit), so the history gets no validation columns."""
+        self.state["wait"] = 0 if improved else self.state["wait"] + 1
         with atomic_path(self.folder / "last.keras", suffix=".keras") as tmp:
             model.save(tmp)
         self.state["epoch"] = epoch
@@ -586,15 +645,16 @@ class _EpochCallback(keras.callbacks.Callback):
         self.phase, self.fit_model, self.validate = phase, fit_model, validate
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if self.validate is None:
-            self.phase.save_epoch(self.fit_model, epoch, float(epoch), 0.0, logs or {}, None)
+        with averaged_weights(self.fit_model):  # validated and kept as best with averaged weights, if averaging
+            score, loss, name = self.validate() if self.validate else (float(epoch), 0.0, None)
+            improved = self.phase.save_best(self.fit_model, epoch, score, loss)
+        stop = self.phase.save_last(self.fit_model, epoch, improved, score, loss, logs or {}, name)
+        if name is None:
             self.phase.progress(f"      {self.phase.name} epoch {epoch + 1}: no validation split (final fit)")
             return
-        score, loss, name = self.validate()
-        best = max(score, self.phase.best_key()[0])
         self.phase.progress(f"      {self.phase.name} epoch {epoch + 1}: val {name} {score:.4f}, loss "
-                            f"{loss:.4f} (best {best:.4f})")
-        if self.phase.save_epoch(self.fit_model, epoch, score, loss, logs or {}, name):
+                            f"{loss:.4f} (best {self.phase.best_key()[0]:.4f})")
+        if stop:
             self.phase.progress(f"      early stop: no val {name} gain for {self.phase.patience} epochs")
             self.model.stop_training = True
 
