@@ -61,6 +61,7 @@ def train(config: RunConfig, progress: Progress = print) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(config.train.seed)
     source = read_refit_source(config) if config.train.refit_from else None
+    final_epochs = final_fit_epochs(source) if source is not None else None
     progress(f"[1/4] reading {config.data.kind}:{config.data.path}")
     records = prepare_records(config.data.kind, config.data.path, config.data.val_fraction,
                               config.data.test_fraction, config.train.seed, config.data.aliases,
@@ -76,7 +77,7 @@ def train(config: RunConfig, progress: Progress = print) -> Path:
     progress(f"      {len(records)} items, classes {labels}, splits {counts}")
     _write_run_files(config, records)
     if source is not None:
-        session = _SegmentationSession(config, records, labels, progress, final_fit_epochs(source))
+        session = _SegmentationSession(config, records, labels, progress, final_epochs)
     else:
         session = {"segmentation": _SegmentationSession, "video": _VideoSession}.get(task, _Session)(
             config, records, labels, progress)
@@ -97,7 +98,7 @@ def train(config: RunConfig, progress: Progress = print) -> Path:
                       "split_rule": split_rule(config), "seed": config.train.seed, "phases": session.summary(),
                       **({"init_from": config.train.init_from} if config.train.init_from else {}),
                       **({"refit_from": {"source": config.train.refit_from, "name": source["name"],
-                                         "epochs": final_fit_epochs(source)}} if source is not None else {})})
+                                         "epochs": final_epochs}} if source is not None else {})})
     if len(model.inputs[0].shape) == 5:  # a clip model (fetalnet video, slowfast): T frames per input
         card["preprocessing"]["clip_length"] = config.data.clip_length
         card["preprocessing"]["clips_per_video"] = config.data.clips_per_video
