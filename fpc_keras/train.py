@@ -303,12 +303,14 @@ class _Session:
         set_backbone_trainable(model, 0 if t.freeze_backbone else None)
         if t.freeze_backbone and t.cache_features:
             head = model.get_layer("head")
-            fitted = self.phase1.resume() or compile_classifier(head, t.learning_rate, t.label_smoothing, t.ema_momentum)
+            fitted = self.phase1.resume() or compile_classifier(head, t.learning_rate, t.label_smoothing,
+                                                                t.ema_momentum)
             if not self.phase1.state["done"]:
                 self._fit_on_cache(model, fitted)
             head.set_weights(self.phase1.best().get_weights())
         else:
-            fitted = self.phase1.resume() or compile_classifier(model, t.learning_rate, t.label_smoothing, t.ema_momentum)
+            fitted = self.phase1.resume() or compile_classifier(model, t.learning_rate, t.label_smoothing,
+                                                                t.ema_momentum)
             if not self.phase1.state["done"]:
                 self._fit_on_images(fitted, t.epochs, self.phase1)
             model = self.phase1.best()
