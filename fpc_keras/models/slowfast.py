@@ -20,8 +20,11 @@ Two slow pathways (`model.backbone`):
   its blocks.
 
 `model.fast_pathway: false` builds the paper's Slow-only ablation on an ImageNet encoder: the encoder on each slow
-frame, its features pooled over time and space, dropout and the classifier (with a frozen encoder, a linear model
-of frame features averaged over the clip: what about 50 training videos can fit without learning the videos).
+frame, its features pooled over space and time, then standardised, dropout and the classifier (with a frozen
+encoder, a linear model of frame features averaged over the clip: what about 50 training videos can fit without
+learning the videos). Its encoder may also be VGG16 (`model.pooling: multiscale` pools three of its depths: their
+texture carries lung ultrasound's A- and B-lines better than ImageNet's last layer). It has no CONV_3D, so it also
+exports to full int8.
 
 Everything converts to TFLite builtins (CONV_3D, no 3-D pooling: strided convolutions downsample). TFLite has no
 int8 CONV_3D, so SlowFast exports as float (fp32 / fp16).
@@ -33,6 +36,7 @@ import keras
 from ..config import RunConfig
 from ..errors import BadInputError
 from .backbones import LITE, apply_backbone, taps_per_scale
+from .frozen_features import MULTISCALE_TAPS, build_fc_head, multiscale
 from .layers import FoldFrames, TakeFrames, UnfoldFrames
 
 PRESETS = {  # slow width (channels of the first stage's bottleneck) and blocks per stage res2..res5
@@ -40,6 +44,7 @@ PRESETS = {  # slow width (channels of the first stage's bottleneck) and blocks 
     "paper": {"width": 64, "blocks": (3, 4, 6, 3)},
 }
 SCRATCH = "none"
+SLOW_ONLY_ENCODERS = (*LITE, "vgg16")  # Slow-only has no laterals: any frame encoder with ImageNet weights offline
 LATERAL_STRIDES = (8, 16, 32)  # where the laterals join a pretrained slow encoder
 
 
@@ -49,9 +54,10 @@ def build_slowfast(config: RunConfig) -> keras.Model:
         raise ValueError("model.num_classes must be set (>= 2 classes) before building")
     if m.preset not in PRESETS:
         raise BadInputError(f"model.preset is {m.preset!r}", f"use one of: {', '.join(PRESETS)}")
-    if m.backbone != SCRATCH and m.backbone not in LITE:
-        raise BadInputError(f"model.backbone {m.backbone!r} cannot be SlowFast's slow pathway",
-                            f"use none (3-D ResNet from scratch) or one of: {', '.join(LITE)}")
+    encoders = SLOW_ONLY_ENCODERS if not m.fast_pathway else tuple(LITE)
+    if m.backbone != SCRATCH and m.backbone not in encoders:
+        raise BadInputError(f"model.backbone {m.backbone!r} cannot be this model's slow pathway",
+                            f"use none (3-D ResNet from scratch) or one of: {', '.join(encoders)}")
     frames, (height, width) = d.clip_length, d.image_size
     if frames % m.alpha:
         raise BadInputError(f"data.clip_length {frames} is not a multiple of model.alpha {m.alpha}",
@@ -82,14 +88,23 @@ def _classifier(features, m):
 
 
 def _slow_only(clip, m, slow_frames: int) -> keras.Model:
-    """Slow-only: the ImageNet frame encoder on every `alpha`-th frame, pooled over time and space."""
+    """Slow-only: the ImageNet frame encoder on every `alpha`-th frame, pooled over space (`frame_pool`; with
+    `model.pooling: multiscale`, VGG16's three depths as in frozen_features), then over time (`slow_pool`), into a nested `head`: per-feature standardisation, dropout and the classifier (L2
+    `model.weight_decay`). Averaging before an affine head is averaging the frames' logits, so the head can be
+    trained on single frames' features (`train.cache_features`) and serve whole clips."""
     if m.backbone == SCRATCH:
         raise BadInputError("model.fast_pathway=false needs an ImageNet frame encoder as the slow pathway",
                             f"set model.backbone to one of {', '.join(LITE)} (with model.weights=imagenet)")
     frames = FoldFrames(name="fold_slow")(TakeFrames(m.alpha, name="slow_frames")(clip))
-    features = UnfoldFrames(slow_frames, name="unfold_slow")(apply_backbone(frames, m.backbone, m.weights))
-    pooled = keras.layers.GlobalAveragePooling3D(name="slow_pool")(features)
-    return keras.Model(clip, _classifier(pooled, m), name=f"slow_only_{m.backbone}")
+    encoded = apply_backbone(frames, m.backbone, m.weights)
+    if m.pooling == "multiscale" and m.backbone in MULTISCALE_TAPS:
+        pooled = multiscale(keras.Model(clip, encoded), MULTISCALE_TAPS[m.backbone])
+    else:
+        pooled = keras.layers.GlobalAveragePooling2D(name="frame_pool")(encoded)
+    per_frame = UnfoldFrames(slow_frames, name="unfold_slow")(pooled)
+    features = keras.layers.GlobalAveragePooling1D(name="slow_pool")(per_frame)
+    head = build_fc_head(tuple(features.shape[1:]), m.num_classes, (), m.dropout, weight_decay=m.weight_decay)
+    return keras.Model(clip, head(features), name=f"slow_only_{m.backbone}")
 
 
 def _conv_bn(x, filters: int, kernel: tuple[int, int, int], strides: tuple[int, int, int], name: str,
