@@ -71,7 +71,8 @@ class ModelConfig:
     dropout: float = 0.3
     batch_norm: bool = True
     # frozen_features: `flatten` keeps the conv5 map unpooled (the paper), `avg` pools it, `multiscale` pools
-    # three depths of the backbone (avg + max) into one vector.
+    # three depths of the backbone (avg + max) into one vector; a Slow-only slowfast on VGG16 pools each frame so
+    # with `multiscale` (else it averages the last feature map).
     pooling: str = "flatten"
     # frozen_features: L2 penalty on the head's Dense kernels (a linear head with it is a logistic regression on
     # the standardised features; small training sets need it).
@@ -84,7 +85,8 @@ class ModelConfig:
     # slowfast: `preset` light (CPU / edge) or paper (ResNet-50 sized); the fast pathway sees `alpha` times the
     # slow pathway's frames with `beta` times its channels. backbone `none`: both pathways 3-D ResNets from scratch;
     # an ImageNet backbone (efficientnet_lite0..2) is the slow pathway's frame encoder. `fast_pathway: false` is the
-    # SlowFast paper's Slow-only ablation (with an ImageNet encoder: frame features pooled over time, one classifier).
+    # SlowFast paper's Slow-only ablation (with an ImageNet encoder, Lite or vgg16: frame features pooled over time,
+    # standardised, one classifier with L2 `weight_decay`; frozen, its head trains on cached frame features).
     preset: str = "light"
     alpha: int = 4
     beta: float = 0.125

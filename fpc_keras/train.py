@@ -9,7 +9,8 @@ best.keras, state.json), history.csv, model.keras (the selected model), results.
   command continues from the last finished epoch.
 - Phase 1 trains with the backbone frozen. With `train.cache_features`, backbone features are computed once per
   image (and per augmented copy, `train.feature_copies`) and stored under a checksum of the backbone weights,
-  preprocessing and files, so each head epoch costs a fraction of a second.
+  preprocessing and files, so each head epoch costs a fraction of a second. A Slow-only video model's head is
+  fitted on its slow frames' features, computed once per run in memory.
 - Phase 2 (`train.finetune_blocks` > 0) fine-tunes the top N backbone blocks from images with augmentation, at
   `train.finetune_learning_rate`; its checkpoints only replace phase 1's model when validation improves.
 - Weight averaging (`train.ema_momentum` > 0): each epoch is validated, and best.keras kept, with the moving
@@ -385,6 +386,8 @@ def class_weights(y: np.ndarray, classes: int, balance: str) -> dict[int, float]
 def fit_head_on_features(head: keras.Model, phase: "_Phase", x_train, y_train: np.ndarray, validate: Validate,
                          t, classes: int) -> None:
     """Phase `phase` of a head on precomputed features (rows of `x_train`), in an order that a resume repeats."""
+    if phase.state["epoch"] < 0:
+        start_feature_norm(head, x_train)
     order = balanced_order(y_train, t.seed) if t.balance == "sampling" else shuffled_order(len(y_train), t.seed)
     batches = epoch_batches(order, phase.state["epoch"] + 1, t.epochs, t.batch_size)
     data = _array_batches(batches, x_train, y_train, classes)
@@ -725,6 +728,22 @@ def _classification_score(predict_val: Callable[[], np.ndarray], y_val: np.ndarr
         score = macro_f1(y, probs.argmax(axis=1), probs.shape[1])
         return score, float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0)).mean()), "macro_f1"
     return validate
+
+
+def start_feature_norm(head: keras.Model, x_train, chunk: int = 4096) -> None:
+    """Start the head's per-feature standardisation (`feature_norm`, if any) at the training features' mean and
+    variance. Its moving averages would otherwise start at 0 and 1 and take hundreds of steps to reach raw
+    features in the thousands (VGG16's), so the first epochs' validation would read unstandardised features."""
+    if "feature_norm" not in {layer.name for layer in head.layers} or len(x_train.shape) != 2:
+        return
+    total = np.zeros(x_train.shape[1]), np.zeros(x_train.shape[1])
+    for start in range(0, len(x_train), chunk):
+        rows = np.asarray(x_train[np.arange(start, min(start + chunk, len(x_train)))], np.float64)
+        total = total[0] + rows.sum(axis=0), total[1] + (rows ** 2).sum(axis=0)
+    mean = total[0] / len(x_train)
+    norm = head.get_layer("feature_norm")
+    gamma, beta = norm.get_weights()[:2]
+    norm.set_weights([gamma, beta, mean, np.maximum(total[1] / len(x_train) - mean ** 2, 0.0)])
 
 
 class StackedRows:

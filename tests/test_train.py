@@ -222,3 +222,24 @@ def test_weight_averaging_keeps_the_average_as_best_and_trains_on_the_raw_weight
     for kept, average, trained in zip(best.get_weights(), averaged, raw):
         np.testing.assert_allclose(kept, average, atol=1e-7)
     assert any(not np.allclose(a, r) for a, r in zip(averaged, raw))
+
+
+def test_feature_norm_starts_at_the_training_features_statistics():
+    """A head's `feature_norm` starts at the mean and variance of every training row (across stacked, memory-mapped
+    copies, read in chunks), not at BatchNormalization's 0 and 1, which raw VGG16 features (thousands) take
+    hundreds of steps to leave; a head without one is left alone."""
+    from fpc_keras.models.frozen_features import build_fc_head
+    from fpc_keras.train import StackedRows, start_feature_norm
+
+    rng = np.random.default_rng(0)
+    parts = [rng.normal(2000, 300, (7, 5)).astype(np.float32), rng.normal(10, 2, (7, 5)).astype(np.float32)]
+    head = build_fc_head((5,), 3, (), 0.0)
+    start_feature_norm(head, StackedRows(parts), chunk=3)
+    _, _, mean, variance = head.get_layer("feature_norm").get_weights()
+    rows = np.concatenate(parts).astype(np.float64)
+    np.testing.assert_allclose(mean, rows.mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(variance, rows.var(axis=0), rtol=1e-4)
+    flat = build_fc_head((2, 2, 3), 3, (4,), 0.0, pooling="avg")
+    before = [w.copy() for w in flat.get_weights()]
+    start_feature_norm(flat, rng.normal(size=(6, 2, 2, 3)))
+    assert all(np.array_equal(a, b) for a, b in zip(before, flat.get_weights()))
