@@ -49,3 +49,25 @@ def test_hc18_fetalnet_evaluates_its_own_test_split(shared_data, tmp_path):
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.splitlines()[-1])["hc_mm"] == pytest.approx(item["hc_mm"], abs=0.01)
+
+
+@pytest.mark.realdata
+def test_pocus_slowfast_evaluates_its_test_split_and_labels_new_videos(shared_data, tmp_path):
+    """The shipped POCUS model reproduces its card's test video accuracy through the evaluator, and labels a
+    folder of new videos in any sub-folders by the card's rule (class from the file-name prefix, lower-cased)."""
+    model = SHIPPED / "pocus_slowfast" / "model.tflite"
+    card = read_json(model.parent / "model_card.json")
+    assert card["task"] == "video" and card["labels"] == ["cov", "pneu", "reg", "vir"]
+    assert card["label_rule"]["kind"] == "videos" and model.stat().st_size < 25e6
+    out = tmp_path / "result.json"
+    assert main(["evaluate", "--model", str(model), "--data", f"videos:{shared_data / 'POCUS_videos'}",
+                 "--split", "test", "--out", str(out)]) == 0
+    result = read_json(out)
+    assert result["n"] == card["metrics"]["n_test"] == 18  # the split rule travels in the card
+    assert result["metrics"]["video_top1"]["value"] == pytest.approx(card["metrics"]["test"]["video_top1"]["value"])
+    videos = [sorted((shared_data / "POCUS_videos").rglob(f"{prefix}*.mp4"))[0] for prefix in ("Reg", "Pneu")]
+    for source, folder in zip(videos, ("site_a", "site_b/day2")):
+        (tmp_path / "new" / folder).mkdir(parents=True)
+        (tmp_path / "new" / folder / source.name).symlink_to(source)
+    assert main(["evaluate", "--model", str(model), "--data", f"videos:{tmp_path / 'new'}", "--out", str(out)]) == 0
+    assert read_json(out)["n"] == 2
