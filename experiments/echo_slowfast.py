@@ -5,8 +5,9 @@ Protocol: videos split by source group (no group in two splits); per epoch every
 clips drawn (each a random stretch at a random speed, augmented as a whole); an ablation of the slow pathway
 (an ImageNet EfficientNet-Lite0 frame encoder against a 3-D ResNet from scratch: what the initialisation is worth;
 and the paper's Slow-only, a frozen encoder without a fast pathway, EfficientNet-Lite0 or VGG16 at three depths, its
-linear head fitted on cached frame features) is chosen on validation macro-F1 over whole videos; the test videos are used once. The chosen model is exported to TFLite (fp32, fp16; int8 is attempted and
-its outcome recorded: TFLite has no int8 CONV_3D).
+linear head fitted on cached frame features) is chosen on validation macro-F1 over whole videos; the test videos
+are used once. The chosen model is exported to TFLite (fp32, fp16; int8 is attempted and its outcome recorded:
+TFLite has no int8 CONV_3D, Slow-only has none).
 
     python experiments/echo_slowfast.py                                    # ../shared/data/POCUS_videos
     python experiments/echo_slowfast.py --ship tflite/models/pocus_slowfast --ship-quant int8
@@ -30,7 +31,8 @@ BASE = ["model.name=slowfast", "model.preset=light", "model.alpha=4", "model.dro
         "train.learning_rate=0.001", "train.label_smoothing=0.1", "train.early_stopping_patience=8",
         "train.freeze_backbone=true", "train.seed=0"]
 # Slow-only on a frozen encoder: the head is fitted on cached slow-frame features (train.cache_features), a
-# standardised, L2-regularised linear model (what the session-5 probe showed ~50 training videos can fit).
+# standardised, L2-regularised linear model (what a linear probe showed ~50 training videos can fit:
+# reports/echo_slowfast.md).
 SLOW_ONLY = ["model.fast_pathway=false", "model.weights=imagenet", "model.weight_decay=0.01",
              "train.label_smoothing=0", "train.epochs=60", "train.batch_size=64", "train.early_stopping_patience=15",
              "train.feature_copies=1"]

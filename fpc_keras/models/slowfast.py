@@ -89,12 +89,13 @@ def _classifier(features, m):
 
 def _slow_only(clip, m, slow_frames: int) -> keras.Model:
     """Slow-only: the ImageNet frame encoder on every `alpha`-th frame, pooled over space (`frame_pool`; with
-    `model.pooling: multiscale`, VGG16's three depths as in frozen_features), then over time (`slow_pool`), into a nested `head`: per-feature standardisation, dropout and the classifier (L2
-    `model.weight_decay`). Averaging before an affine head is averaging the frames' logits, so the head can be
-    trained on single frames' features (`train.cache_features`) and serve whole clips."""
+    `model.pooling: multiscale`, VGG16's three depths as in frozen_features), then over time (`slow_pool`), into a
+    nested `head`: per-feature standardisation, dropout and the classifier (L2 `model.weight_decay`). Averaging
+    before an affine head is averaging the frames' logits, so the head can be trained on single frames' features
+    (`train.cache_features`) and serve whole clips."""
     if m.backbone == SCRATCH:
         raise BadInputError("model.fast_pathway=false needs an ImageNet frame encoder as the slow pathway",
-                            f"set model.backbone to one of {', '.join(LITE)} (with model.weights=imagenet)")
+                            f"set model.backbone to one of {', '.join(SLOW_ONLY_ENCODERS)} (model.weights=imagenet)")
     frames = FoldFrames(name="fold_slow")(TakeFrames(m.alpha, name="slow_frames")(clip))
     encoded = apply_backbone(frames, m.backbone, m.weights)
     if m.pooling == "multiscale" and m.backbone in MULTISCALE_TAPS:
