@@ -12,16 +12,20 @@ from fpc_keras.io import read_json
 SHIPPED = REPO / "tflite" / "models"
 
 
+def _evaluate(model, data: str, tmp_path, *options: str) -> dict:
+    """`fpc-keras evaluate` of a shipped model; its results JSON."""
+    out = tmp_path / "result.json"
+    assert main(["evaluate", "--model", str(model), "--data", data, *options, "--out", str(out)]) == 0
+    return read_json(out)
+
+
 @pytest.mark.realdata
 def test_abdominal_vgg16_frozen_evaluates_its_own_test_split(shared_data, tmp_path):
     model = SHIPPED / "abdominal_vgg16_frozen" / "model.tflite"
     card = read_json(model.parent / "model_card.json")
     assert card["labels"] == ["bladder", "bowel", "gallbladder", "kidney", "liver", "spleen"]
     assert model.stat().st_size < 25e6  # fits a board's storage and this repository
-    out = tmp_path / "result.json"
-    assert main(["evaluate", "--model", str(model), "--data", f"prefix:{shared_data / 'abdominal_organs'}",
-                 "--split", "test", "--out", str(out)]) == 0
-    result = read_json(out)
+    result = _evaluate(model, f"prefix:{shared_data / 'abdominal_organs'}", tmp_path, "--split", "test")
     assert result["n"] == card["metrics"]["n_test"] == 60  # the split rule travels in the card
     assert result["metrics"]["top1"]["value"] == pytest.approx(card["metrics"]["test"]["top1"]["value"])
     assert result["metrics"]["top1"]["value"] >= 0.95
@@ -33,10 +37,8 @@ def test_hc18_fetalnet_evaluates_its_own_test_split(shared_data, tmp_path):
     model = SHIPPED / "hc18_fetalnet" / "model.tflite"
     card = read_json(model.parent / "model_card.json")
     assert card["task"] == "segmentation" and card["export"]["variant"] == "int8"
-    out, ellipses = tmp_path / "result.json", tmp_path / "ellipses.csv"
-    assert main(["evaluate", "--model", str(model), "--data", f"hc18:{shared_data / 'HC18'}", "--split", "test",
-                 "--out", str(out), "--hc18-csv", str(ellipses)]) == 0
-    result = read_json(out)
+    ellipses = tmp_path / "ellipses.csv"
+    result = _evaluate(model, f"hc18:{shared_data / 'HC18'}", tmp_path, "--split", "test", "--hc18-csv", str(ellipses))
     assert result["n"] == card["metrics"]["n_test"] == 158
     for name in ("dice", "hc_mad_mm"):
         assert result["metrics"][name]["value"] == pytest.approx(card["metrics"]["test"][name]["value"], abs=1e-4)
@@ -59,15 +61,11 @@ def test_pocus_slowfast_evaluates_its_test_split_and_labels_new_videos(shared_da
     card = read_json(model.parent / "model_card.json")
     assert card["task"] == "video" and card["labels"] == ["cov", "pneu", "reg", "vir"]
     assert card["label_rule"]["kind"] == "videos" and model.stat().st_size < 25e6
-    out = tmp_path / "result.json"
-    assert main(["evaluate", "--model", str(model), "--data", f"videos:{shared_data / 'POCUS_videos'}",
-                 "--split", "test", "--out", str(out)]) == 0
-    result = read_json(out)
+    result = _evaluate(model, f"videos:{shared_data / 'POCUS_videos'}", tmp_path, "--split", "test")
     assert result["n"] == card["metrics"]["n_test"] == 18  # the split rule travels in the card
     assert result["metrics"]["video_top1"]["value"] == pytest.approx(card["metrics"]["test"]["video_top1"]["value"])
     videos = [sorted((shared_data / "POCUS_videos").rglob(f"{prefix}*.mp4"))[0] for prefix in ("Reg", "Pneu")]
     for source, folder in zip(videos, ("site_a", "site_b/day2")):
         (tmp_path / "new" / folder).mkdir(parents=True)
         (tmp_path / "new" / folder / source.name).symlink_to(source)
-    assert main(["evaluate", "--model", str(model), "--data", f"videos:{tmp_path / 'new'}", "--out", str(out)]) == 0
-    assert read_json(out)["n"] == 2
+    assert _evaluate(model, f"videos:{tmp_path / 'new'}", tmp_path)["n"] == 2
