@@ -735,14 +735,15 @@ def start_feature_norm(head: keras.Model, x_train, chunk: int = 4096) -> None:
     features in the thousands (VGG16's), so the first epochs' validation would read unstandardised features."""
     if "feature_norm" not in {layer.name for layer in head.layers} or len(x_train.shape) != 2:
         return
-    total = np.zeros(x_train.shape[1]), np.zeros(x_train.shape[1])
+    sums, squares = np.zeros(x_train.shape[1]), np.zeros(x_train.shape[1])
     for start in range(0, len(x_train), chunk):
         rows = np.asarray(x_train[np.arange(start, min(start + chunk, len(x_train)))], np.float64)
-        total = total[0] + rows.sum(axis=0), total[1] + (rows ** 2).sum(axis=0)
-    mean = total[0] / len(x_train)
+        sums += rows.sum(axis=0)
+        squares += (rows ** 2).sum(axis=0)
+    mean = sums / len(x_train)
     norm = head.get_layer("feature_norm")
     gamma, beta = norm.get_weights()[:2]
-    norm.set_weights([gamma, beta, mean, np.maximum(total[1] / len(x_train) - mean ** 2, 0.0)])
+    norm.set_weights([gamma, beta, mean, np.maximum(squares / len(x_train) - mean ** 2, 0.0)])
 
 
 class StackedRows:
