@@ -78,12 +78,12 @@ def main() -> None:
     if args.folds and args.ship:
         parser.error("--ship takes a model trained on one split: run without --folds to ship")
     tables = {name: run_dataset(name, spec, args) for name, spec in chosen_datasets(args, DATASETS).items()}
-    table = "echo_slowfast" + (f"_cv{args.folds}" if args.folds else "")
-    print(f"\nablation table: {write_tables(Path(args.runs) / '_tables', table, tables)}")
+    table_name = "echo_slowfast" + (f"_cv{args.folds}" if args.folds else "")
+    print(f"\nablation table: {write_tables(Path(args.runs) / '_tables', table_name, tables)}")
     print_chosen(tables)
+    if args.folds:
+        return  # K models per row: nothing to export
     for name, table in tables.items():
-        if args.folds:
-            continue  # K models per row: nothing to export
         chosen = next(r for r in table["rows"] if r["run"] == table["chosen"])
         folders = export_chosen(chosen["folder"])
         if args.ship and name == next(iter(tables)):
