@@ -47,6 +47,27 @@ def test_two_phases_with_copies_and_balanced_sampling(folder_dataset, tmp_path):
     assert sum("from the cache" in m for m in again) == 3, again  # train, its augmented copy, val
 
 
+def test_encoding_cached_features_counts_in_training_time(folder_dataset, tmp_path, monkeypatch):
+    """A head fitted on cached features reports the encoding in its phase's seconds and the results' training
+    time, not the fitting alone (a slow encoder is simulated: 3 s per encoding pass, train and val)."""
+    import time
+
+    from fpc_keras.train import FeatureCache
+
+    compute = FeatureCache._compute
+
+    def slow(self, *args):
+        time.sleep(3.0)
+        compute(self, *args)
+
+    monkeypatch.setattr(FeatureCache, "_compute", slow)
+    run = train(load_config(None, tiny_overrides(folder_dataset, tmp_path / "runs", **{"train.epochs": "1"})),
+                progress=lambda message: None)
+    results = read_json(run / "results.json")
+    assert results["phases"]["phase1"]["seconds"] >= 6.0
+    assert results["timings"]["train_seconds"] >= 6.0
+
+
 def _conv_extractor():
     import keras
 
