@@ -36,7 +36,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         from .export import export_run
 
         export_run(run_dir, config.export.quant, config.export.representative_samples, config.export.latency_runs,
-                   qat=(config.export.qat_epochs, config.export.qat_learning_rate))
+                   qat=(config.export.qat_epochs, config.export.qat_learning_rate),
+                   bias_correction=config.export.bias_correction)
     print(f"run folder: {run_dir}")
 
 
@@ -57,7 +58,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     from .export import export_run, ship
 
     folders = export_run(args.model, args.quant, args.representative_samples, threads=args.threads,
-                         int8_io=args.int8_io, qat=(args.qat_epochs, args.qat_learning_rate))
+                         int8_io=args.int8_io, qat=(args.qat_epochs, args.qat_learning_rate),
+                         bias_correction=not args.no_bias_correction)
     for variant, folder in folders.items():
         print(f"{variant}: {folder / 'model.tflite'}")
     if args.ship:
@@ -127,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--qat-epochs", type=int, default=ExportConfig.qat_epochs)
     p.add_argument("--qat-learning-rate", type=float, default=ExportConfig.qat_learning_rate)
     p.add_argument("--int8-io", action="store_true", help="int8 inputs and outputs (default: float I/O)")
+    p.add_argument("--no-bias-correction", action="store_true",
+                   help="int8 without bias correction (default: corrected on the representative images)")
     p.add_argument("--representative-samples", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--ship", metavar="DIR", help="copy the last variant with its card to DIR (e.g. tflite/models/x)")

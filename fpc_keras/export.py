@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from . import models  # noqa: F401  (registers custom layers)
+from .bias_correction import bias_corrected
 from .card import read_card, write_card
 from .config import QUANT_VARIANTS, ExportConfig
 from .data.images import ImageSpec
@@ -35,10 +36,13 @@ Progress = Callable[[str], None]
 
 
 def convert(model: keras.Model, variant: str, representative: np.ndarray | None = None,
-            int8_io: bool = False) -> bytes:
-    """The `.tflite` bytes of `model` as `variant` (one of QUANT_VARIANTS but qat, which needs a run folder)."""
+            int8_io: bool = False, bias_correction: bool = True) -> bytes:
+    """The `.tflite` bytes of `model` as `variant` (one of QUANT_VARIANTS but qat, which needs a run folder);
+    int8 is bias-corrected on the representative images unless `bias_correction` is False."""
     if variant not in QUANT_VARIANTS or variant == "qat":
         raise BadInputError(f"unknown export variant {variant!r}", f"use one of: {', '.join(QUANT_VARIANTS)}")
+    if variant == "int8" and bias_correction and representative is not None:
+        model, _ = bias_corrected(model, representative)
     return run_converter(tf.lite.TFLiteConverter.from_keras_model(split_feature_norm(model)), variant,
                          representative, int8_io)
 
@@ -88,7 +92,7 @@ def train_records(run_dir: Path) -> list[Record]:
 def export_run(run_dir: str | Path, variants: Sequence[str] = ("fp32", "int8"), representative_samples: int = 64,
                latency_runs: int = 30, evaluate_split: str = "test", threads: int = 2, int8_io: bool = False,
                qat: tuple[int, float] = (ExportConfig.qat_epochs, ExportConfig.qat_learning_rate),
-               progress: Progress = print) -> dict[str, Path]:
+               bias_correction: bool = ExportConfig.bias_correction, progress: Progress = print) -> dict[str, Path]:
     """Export the run's model as each variant, measure size, latency and accuracy; return variant -> folder."""
     run_dir = Path(run_dir)
     card = read_card(run_dir / "model.keras")
@@ -111,10 +115,12 @@ def export_run(run_dir: str | Path, variants: Sequence[str] = ("fp32", "int8"), 
         if variant == "qat":
             _quantize_aware(run_dir, tflite_path, *qat, representative_samples)
         else:
-            atomic_write_bytes(tflite_path, convert(model, variant, representative, int8_io and variant == "int8"))
+            atomic_write_bytes(tflite_path, convert(model, variant, representative, int8_io and variant == "int8",
+                                                    bias_correction))
         variant_card = dict(card, name=f"{card['name']}_{variant}")
         variant_card["export"] = {"variant": variant, "size_bytes": tflite_path.stat().st_size,
                                   "int8_io": int8_io and variant == "int8",
+                                  **({"bias_correction": bias_correction} if variant == "int8" else {}),
                                   **({"qat_epochs": qat[0], "qat_learning_rate": qat[1]} if variant == "qat" else {}),
                                   "latency": {f"{threads}_threads": TFLiteModel(tflite_path, threads).latency_ms(
                                       latency_runs)}}
