@@ -27,7 +27,7 @@ from .config import QUANT_VARIANTS, ExportConfig
 from .data.images import ImageSpec
 from .data.records import Record
 from .errors import BadInputError
-from .evaluate import evaluate, load_predictor, summary_line
+from .evaluate import class_probabilities, evaluate, fidelity, load_predictor, summary_line
 from .io import atomic_write_bytes
 from .litert import TFLiteModel
 from .models.frozen_features import split_feature_norm
@@ -106,6 +106,7 @@ def export_run(run_dir: str | Path, variants: Sequence[str] = ("fp32", "int8"), 
                       if "int8" in variants else None)
     int8_io = bool(int8_io and "int8" in variants)
     keras_results = card.get("metrics", {}).get(evaluate_split)
+    references = _keras_probabilities(run_dir, card, evaluation)
     out = {}
     for variant in variants:
         progress(f"      exporting {variant}")
@@ -133,9 +134,22 @@ def export_run(run_dir: str | Path, variants: Sequence[str] = ("fp32", "int8"), 
                 progress("      " + summary_line(results))
         if metrics:
             variant_card["metrics"] = {**metrics, "keras_" + evaluate_split: keras_results}
+            if references:
+                variant_card["metrics"]["fidelity"] = {
+                    split: fidelity(reference, class_probabilities(predictor, evaluation[split]))
+                    for split, reference in references.items()}
             write_card(folder, variant_card)
         out[variant] = folder
     return out
+
+
+def _keras_probabilities(run_dir: Path, card: dict, evaluation: dict[str, list[Record]]) -> dict[str, np.ndarray]:
+    """An image classifier's float probabilities per evaluation split, which each export's are compared with
+    (`metrics.fidelity` of its card); other tasks: none."""
+    if card["task"] != "classification":
+        return {}
+    predictor = load_predictor(run_dir)
+    return {split: class_probabilities(predictor, items) for split, items in evaluation.items() if items}
 
 
 def _quantize_aware(run_dir: Path, out: Path, epochs: int, learning_rate: float, samples: int) -> None:

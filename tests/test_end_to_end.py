@@ -101,6 +101,12 @@ def test_export_cards_and_tflite_evaluation(trained, exported, tmp_path):
     assert card["export"]["latency"]["2_threads"]["median_ms"] > 0
     assert "top1" in card["metrics"]["test"]
     assert "top1" in card["metrics"]["val"] and card["metrics"]["n_val"] > 0  # for choosing PTQ or QAT on validation
+    assert card["export"]["bias_correction"] is True
+    # Fidelity to the float model on the real splits: fp32 follows it exactly, int8 is measured on the same items.
+    fp32 = read_json(exported["fp32"] / "model_card.json")["metrics"]["fidelity"]
+    assert fp32["test"]["top1_agreement"] == 1.0 and fp32["test"]["mean_abs_prob_diff"] < 1e-5
+    assert card["metrics"]["fidelity"]["test"]["n"] == card["metrics"]["n_test"]
+    assert 0 <= card["metrics"]["fidelity"]["val"]["top1_agreement"] <= 1
     out = tmp_path / "tflite.json"
     assert main(["evaluate", "--model", str(exported["int8"] / "model.tflite"), "--data",
                  f"folder:{trained['data']}", "--split", "test", "--out", str(out)]) == 0
