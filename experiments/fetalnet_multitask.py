@@ -4,6 +4,7 @@ and on probe sweeps built from HC18 images.
     python experiments/fetalnet_multitask.py                              # ../shared/data/HC18
     python experiments/fetalnet_multitask.py --data hc18:/data/HC18 --ship tflite/models/hc18_fetalnet
     python experiments/fetalnet_multitask.py --no-video --set train.epochs=2    # a quick look
+    python experiments/fetalnet_multitask.py --folds 5 --fold 0 --fold 1         # two folds of a 5-fold CV
 
 1. the frame model (experiments/configs/fetalnet_hc18.yaml): trained, selected on validation Dice, evaluated once
    on the test subjects (Dice, IoU, Hausdorff mm, HC error mm, Bland-Altman), the HC18 challenge CSV of the test
@@ -12,6 +13,12 @@ and on probe sweeps built from HC18 images.
 3. the video model (fetalnet_hc18_video.yaml): the same network with a ConvLSTM over the bottleneck, trained on
    random sweeps of the training images, evaluated on fixed sweeps of the test images (per-frame Dice, plane
    accuracy, best-frame detection).
+
+With `--folds K` the frame model's recipe is cross-validated by subject instead: fold i's model is trained on the
+other folds (its validation split, for selection and post-processing, carved from them) and measured on fold i,
+so every image is measured once by a model that never saw it. Each finished fold's test items are kept in
+`--cv-store` (small JSON, meant to be committed: a fold costs about half an hour on 2 CPU cores, so the folds of one
+CV may run in different sessions), and the table pools every fold found there. No exports, no video model.
 """
 from __future__ import annotations
 
@@ -20,9 +27,10 @@ from pathlib import Path
 
 from fpc_keras.config import load_config
 from fpc_keras.data.hc18 import write_challenge_csv
-from fpc_keras.experiment import SHARED_DATA, segmentation_table
+from fpc_keras.experiment import (SHARED_DATA, pooled_segmentation, pooled_segmentation_table, segmentation_fold,
+                                  segmentation_table)
 from fpc_keras.export import export_run, ship
-from fpc_keras.io import atomic_write_text, read_json
+from fpc_keras.io import atomic_write_json, atomic_write_text, read_json
 from fpc_keras.train import train
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -43,7 +51,16 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override both runs")
     parser.add_argument("--no-video", dest="video", action="store_false", help="skip the video (sweep) model")
     parser.add_argument("--ship", metavar="DIR", help="copy the int8 export with its card to DIR")
+    parser.add_argument("--folds", type=int, default=0, metavar="K",
+                        help="K-fold cross-validation of the frame model by subject (pooled test measures)")
+    parser.add_argument("--fold", type=int, action="append", metavar="I",
+                        help="with --folds: run only fold I (repeatable; default: every fold not yet stored)")
+    parser.add_argument("--cv-store", default="reports/cv", metavar="DIR",
+                        help="where finished folds' test items are kept and pooled from")
     args = parser.parse_args()
+    if args.folds:
+        cross_validate(args)
+        return
 
     frame_run = run("fetalnet_hc18.yaml", args.data, args.runs, args.set)
     results = read_json(frame_run / "results.json")
@@ -59,6 +76,24 @@ def main() -> None:
     print("\n" + table)
     if args.ship:
         print(f"shipped int8 to {ship(folders['int8'], args.ship)}")
+
+
+def cross_validate(args: argparse.Namespace) -> None:
+    """Run the requested folds of the frame model (skipping those already stored), store each, pool all stored."""
+    name = load_config(CONFIGS / "fetalnet_hc18.yaml", args.set).name
+    store = Path(args.cv_store) / f"{name}_cv{args.folds}"
+    for fold in args.fold or range(args.folds):
+        path = store / f"fold{fold}.json"
+        if path.is_file():
+            print(f"fold {fold}: stored in {path}")
+            continue
+        overrides = [*args.set, f"data.folds={args.folds}", f"data.fold={fold}", f"name={store.name}_fold{fold}"]
+        run_dir = run("fetalnet_hc18.yaml", args.data, args.runs, overrides)
+        atomic_write_json(path, segmentation_fold(run_dir, fold, args.folds))
+    folds = [read_json(path) for path in sorted(store.glob("fold*.json"))]
+    table = pooled_segmentation_table(folds, pooled_segmentation(folds))
+    atomic_write_text(store / "pooled.md", table)
+    print(f"\n{name}, {args.folds}-fold cross-validation by subject ({store}):\n\n{table}")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 from .config import load_config  # noqa: E402
 from .errors import BadInputError  # noqa: E402
 from .io import atomic_write_json, atomic_write_text, read_json  # noqa: E402
-from .metrics import metrics_from_confusion  # noqa: E402
+from .metrics import mean_metrics, metrics_from_confusion  # noqa: E402
 from .postprocess import invokes_per_item  # noqa: E402
 from .train import train  # noqa: E402
 
@@ -164,3 +164,58 @@ def _per_item_ms(latency: float | None, runs: int) -> str:
     if not latency:
         return "-"
     return f"{latency * runs:.1f}" + (f" ({runs} x {latency:.1f}, mirrored)" if runs > 1 else "")
+
+
+SEGMENTATION_MEASURES = ("dice", "iou", "hausdorff_mm", "hc_mad_mm")
+
+
+def segmentation_fold(run_dir: str | Path, fold: int, folds: int) -> dict:
+    """What pooling needs from a finished fold of a segmenter: each test item's measures (file name, not path),
+    the split counts, the post-processing chosen on the fold's validation split and the training time. Small
+    enough to keep in the repository, so that folds run in different sessions pool."""
+    run_dir = Path(run_dir)
+    results, card = read_json(run_dir / "results.json"), read_json(run_dir / "model_card.json")
+    items = [{"file": Path(item["source"]).name, **{k: item.get(k) for k in
+                                                    (*SEGMENTATION_MEASURES, "hc_mm", "hc_true_mm")}}
+             for item in results["items"]]
+    return {"run": run_dir.name, "fold": fold, "folds": folds, "items": items,
+            "splits": card["training"]["splits"], "postprocessing": {k: card.get("postprocessing", {}).get(k)
+                                                                    for k in ("threshold", "flip")},
+            "train_seconds": results["timings"].get("train_seconds", 0.0)}
+
+
+def pooled_segmentation(folds: Sequence[dict]) -> dict:
+    """Per-item measures pooled over folds (each item tested once, by a model that never saw it), with bootstrap
+    CIs; refuses folds of different K or the same fold twice."""
+    if len({f["folds"] for f in folds}) > 1 or len({f["fold"] for f in folds}) < len(folds):
+        raise BadInputError(f"folds {[(f['fold'], f['folds']) for f in folds]} do not belong to one K-fold split",
+                            "pool the folds of one --folds K run, each once")
+    per_item = {name: [item[name] for f in folds for item in f["items"] if item.get(name) is not None]
+                for name in SEGMENTATION_MEASURES}
+    return {"folds_done": sorted(f["fold"] for f in folds), "folds": folds[0]["folds"] if folds else 0,
+            "n": sum(len(f["items"]) for f in folds), "metrics": mean_metrics(per_item)}
+
+
+def pooled_segmentation_table(folds: Sequence[dict], pooled: dict) -> str:
+    """Markdown: one row per fold (means), then the pooled row (means with bootstrap CIs)."""
+    digits = {name: 2 if name.endswith("_mm") else 4 for name in SEGMENTATION_MEASURES}
+
+    def mean(values: list, d: int) -> str:
+        values = [v for v in values if v is not None and not np.isnan(v)]
+        return f"{np.mean(values):.{d}f}" if values else "-"
+
+    lines = ["| fold | n test | Dice | IoU | Hausdorff mm | HC abs. error mm | threshold, mirrored | train s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for f in sorted(folds, key=lambda f: f["fold"]):
+        cells = [mean([item.get(name) for item in f["items"]], digits[name]) for name in SEGMENTATION_MEASURES]
+        post = f["postprocessing"]
+        lines.append(f"| {f['fold']} | {len(f['items'])} | {' | '.join(cells)} | {post['threshold']}, "
+                     f"{'yes' if post['flip'] else 'no'} | {f['train_seconds']:.0f} |")
+    cells = []
+    for name in SEGMENTATION_MEASURES:
+        metric, d = pooled["metrics"].get(name), digits[name]
+        cells.append(f"{metric['value']:.{d}f} [{metric['ci95'][0]:.{d}f}, {metric['ci95'][1]:.{d}f}]" if metric
+                     else "-")
+    lines.append(f"| pooled ({len(folds)} of {pooled['folds']} folds) | {pooled['n']} | {' | '.join(cells)} | | "
+                 f"{sum(f['train_seconds'] for f in folds):.0f} |")
+    return "\n".join(lines) + "\n"

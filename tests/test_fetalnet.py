@@ -263,3 +263,48 @@ def test_final_fit_refuses_another_split_rule_a_missing_card_and_video_models(tm
     for n, (message, overrides) in enumerate(cases.items()):
         assert main(_train_args(tmp_path, f"r{n}", 8, "train.epochs=1", *overrides)) == 2
         assert message in capsys.readouterr().err
+
+
+def test_cross_validation_measures_each_image_once_and_pools_folds_run_apart(tmp_path):
+    """`experiments/fetalnet_multitask.py --folds 2`: one call runs fold 0 only, a later call runs the fold not
+    yet stored; the stored folds' test images partition the data, and the pooled table covers both."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    data = _hc18(tmp_path / "hc18", count=12)
+    tiny = ["data.image_size=[32, 32]", "model.backbone=unet", "model.weights=none", "model.base_filters=4",
+            "model.depth=2", "train.epochs=1", "train.batch_size=4", "train.finetune_blocks=0",
+            "data.val_fraction=0.25"]
+    command = [sys.executable, str(REPO / "experiments" / "fetalnet_multitask.py"), "--data", f"hc18:{data}",
+               "--runs", str(tmp_path / "runs"), "--cv-store", str(tmp_path / "cv"), "--folds", "2",
+               *[a for value in tiny for a in ("--set", value)]]
+    first = subprocess.run([*command, "--fold", "0"], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert first.returncode == 0, first.stderr[-3000:]
+    store = tmp_path / "cv" / "fetalnet_hc18_lite0_256x384_cv2"
+    assert [p.name for p in sorted(store.glob("fold*.json"))] == ["fold0.json"]
+    assert "pooled (1 of 2 folds)" in first.stdout
+    second = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "fold 0: stored in" in second.stdout
+    folds = [read_json(store / f"fold{i}.json") for i in (0, 1)]
+    tested = [[item["file"] for item in fold["items"]] for fold in folds]
+    assert not set(tested[0]) & set(tested[1])
+    assert sorted(tested[0] + tested[1]) == sorted(p.name for p in (data / "training_set").glob("*_HC.png"))
+    assert all(item["hc_true_mm"] for fold in folds for item in fold["items"])
+    pooled = (store / "pooled.md").read_text()
+    assert "| pooled (2 of 2 folds) | 12 |" in pooled
+
+
+def test_pooling_refuses_a_fold_twice_or_folds_of_another_k():
+    from fpc_keras.experiment import pooled_segmentation
+
+    def fold(index: int, k: int, hc: float) -> dict:
+        return {"fold": index, "folds": k, "items": [{"dice": 0.9, "iou": 0.8, "hausdorff_mm": 1.0, "hc_mad_mm": hc}]}
+
+    pooled = pooled_segmentation([fold(0, 5, 1.0), fold(1, 5, 3.0)])
+    assert pooled["metrics"]["hc_mad_mm"]["value"] == pytest.approx(2.0) and pooled["folds_done"] == [0, 1]
+    for folds in ([fold(0, 5, 1.0), fold(0, 5, 1.0)], [fold(0, 5, 1.0), fold(1, 3, 1.0)]):
+        with pytest.raises(BadInputError, match="one K-fold split"):
+            pooled_segmentation(folds)
