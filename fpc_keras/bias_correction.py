@@ -5,11 +5,12 @@ BatchNormalization statistics).
 TFLite rounds each convolution's weights to int8 per output channel (symmetric, scale = max |w| / 127, after
 folding a following BatchNormalization into them). The rounding errors of one channel do not cancel: they shift
 that channel's output by a mean amount, and in depthwise convolutions, with 9 or 25 weights a channel, by much.
-Shifts pile up with depth; a float head then reads biased features (EfficientNet-Lite2 on BUSI: the float head on
-the int8 backbone's features gives exactly the full int8 model's 5-point loss). The shift of each channel,
-`mean(conv(x, Q(W) - W))` over the representative images, is subtracted from the bias the converter folds into
-that channel (the BatchNormalization's beta, or the convolution's own bias), so the int8 model's outputs are
-centred on the float model's again. The Keras model itself is not changed: a corrected copy is converted.
+Shifts pile up with depth, and a float head reads biased features (EfficientNet-Lite2 on BUSI: the float head on
+the int8 backbone's features scores exactly what the full int8 model scores, so the backbone carries the loss).
+The shift of each channel, `mean(conv(x, Q(W) - W))` over the representative images, is subtracted from the bias
+the converter folds into that channel (the BatchNormalization's beta, or the convolution's own bias), so the int8
+model's outputs are centred on the float model's again. The Keras model is not changed: a corrected copy is
+converted.
 """
 from __future__ import annotations
 

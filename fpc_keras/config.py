@@ -170,7 +170,8 @@ class ExportConfig:
     latency_runs: int = 30
     qat_epochs: int = 2
     qat_learning_rate: float = 1e-5
-    # int8: each convolution's bias absorbs the mean output shift of its weights' int8 rounding (fpc_keras.bias_correction)
+    # int8: each convolution's bias absorbs the mean output shift of its weights' int8 rounding
+    # (fpc_keras.bias_correction)
     bias_correction: bool = True
 
     def validate(self) -> None:
