@@ -122,7 +122,11 @@ def export_rows(run: dict) -> list[dict]:
         metric = "top1" if "top1" in test else "dice"  # a classifier's top-1, a segmenter's Dice
         top1 = test.get(metric, {}).get("value")
         keras_top1 = keras_test.get(metric, {}).get("value")
-        rows.append({"variant": export["variant"], "size_mb": export["size_bytes"] / 1e6,
+        fidelity = split_metrics.get("fidelity", {})
+        agreement = " / ".join(f"{fidelity[split]['top1_agreement']:.3f}" if split in fidelity else "–"
+                               for split in ("val", "test"))
+        rows.append({"variant": export["variant"] + (" (bias-corrected)" if export.get("bias_correction") else ""),
+                     "size_mb": export["size_bytes"] / 1e6, "agreement": agreement if fidelity else "–",
                      "latency": f"{runs * latency['median_ms']:.1f} / {runs * latency['p90_ms']:.1f}"
                                 + (f" ({runs} runs per image: mirrored averaging)" if runs > 1 else ""),
                      "median_ms": runs * latency["median_ms"], "value": top1,
