@@ -7,6 +7,7 @@ written atomically as {"model", "data", "split", "task", "n", "metrics": {name: 
 """
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections import Counter
@@ -167,7 +168,7 @@ def _segmentation(predictor: Predictor, records: Sequence[Record], on_bad_input:
                   progress: Callable[[str], None]):
     """Dice, IoU, Hausdorff (mm) and head-circumference error (mm) on annotated items; every item (annotated or
     not, e.g. HC18's test_set) gets its fitted ellipse in `items` (Bland-Altman data, the challenge CSV). Masks
-    follow the card's post-processing (mirrored averaging, threshold)."""
+    follow the card's post-processing (mirrored averaging, threshold, shape)."""
     post = postprocess.settings(predictor.card)
     probs, kept, skipped = _predict_images(predictor, records, on_bad_input, batch_size, progress,
                                            _mask_predict(predictor, post["flip"]))
@@ -175,7 +176,7 @@ def _segmentation(predictor: Predictor, records: Sequence[Record], on_bad_input:
     per_item: dict[str, list[float]] = {"dice": [], "iou": [], "hausdorff_mm": [], "hc_mad_mm": []}
     items = []
     for prob, i in zip(probs, kept):
-        item = _measure(records[i], prob, resize, post["threshold"])
+        item = _measure(records[i], prob, resize, post["threshold"], post["shape"])
         items.append(item)
         if "dice" in item:
             for name in per_item:
@@ -195,19 +196,18 @@ def _mask_predict(predictor: Predictor, flip: bool) -> Callable[[np.ndarray], np
     return lambda batch: postprocess.mask_probabilities(predictor.predict, batch, flip)
 
 
-def _measure(record: Record, probs: np.ndarray, resize: str, threshold: float, truth: np.ndarray | None = None,
-             hausdorff: bool = True) -> dict:
-    """One item: the predicted mask on the original pixel grid, its ellipse and HC, and the errors against the
+def _measure(record: Record, probs: np.ndarray, resize: str, threshold: float, shape: str = "mask",
+             truth: np.ndarray | None = None, hausdorff: bool = True) -> dict:
+    """One item: the delivered mask on the original pixel grid, its ellipse and HC, and the errors against the
     annotation where there is one (`truth`: the annotation's mask when already read)."""
-    from .biometry import ellipse_from_mask, hausdorff_mm
+    from .biometry import hausdorff_mm
 
     pixel_mm = record.extras.get("pixel_mm")
     annotation = record.extras.get("mask")
     if truth is None and annotation:
         truth = read_mask(annotation)
     original = truth.shape if truth is not None else image_size_of(record.source)
-    predicted = postprocess.original_mask(probs, original, resize, threshold)
-    ellipse = ellipse_from_mask(predicted)
+    predicted, ellipse = postprocess.segment(probs, original, resize, threshold, shape)
     hc = ellipse.circumference * pixel_mm if ellipse is not None and pixel_mm else None
     item = {"source": record.source, "mask": annotation, "pixel_mm": pixel_mm, "hc_mm": hc,
             "hc_true_mm": record.extras.get("hc_mm"),
@@ -225,8 +225,9 @@ POSTPROCESS_THRESHOLDS = tuple(np.round(np.arange(0.3, 0.701, 0.05), 2))
 
 def choose_postprocessing(predictor: Predictor, records: Sequence[Record], batch_size: int = 16,
                           progress: Callable[[str], None] = print) -> dict:
-    """Mirrored averaging on or off and the mask threshold, chosen on annotated `records` (the validation split,
-    never test): the lowest mean HC error where the items carry a true HC, else the highest Dice."""
+    """Mirrored averaging on or off, the mask threshold and the delivered shape (mask or fitted ellipse), chosen on
+    annotated `records` (the validation split, never test): the lowest mean HC error where the items carry a true
+    HC, then (the HC being the same for both shapes) the highest Dice; else the highest Dice."""
     records = [r for r in records if r.extras.get("mask")]
     if not records:
         raise BadInputError("no annotated validation item to choose the mask threshold on",
@@ -236,29 +237,30 @@ def choose_postprocessing(predictor: Predictor, records: Sequence[Record], batch
     rows, by_hc = [], all(r.extras.get("hc_mm") for r in records)
     pairs, kept, _ = _predict_images(predictor, records, "error", batch_size, lambda m: None,
                                      lambda batch: postprocess.with_mirrored(predictor.predict, batch))
-    for flip in (False, True):  # one pass over the images serves both candidates
+    for flip in (False, True):  # one pass over the images serves every candidate
         probs = pairs.mean(axis=1) if flip else pairs[:, 0]
-        for threshold in POSTPROCESS_THRESHOLDS:
-            items = [_measure(records[i], p, resize, float(threshold), truths[records[i].source], hausdorff=False)
-                     for p, i in zip(probs, kept)]
-            rows.append(_candidate(items, flip, float(threshold), by_hc))
+        for threshold, shape in itertools.product(POSTPROCESS_THRESHOLDS, postprocess.SHAPES):
+            items = [_measure(records[i], p, resize, float(threshold), shape, truths[records[i].source],
+                              hausdorff=False) for p, i in zip(probs, kept)]
+            rows.append(_candidate(items, flip, float(threshold), shape, by_hc))
 
-    def rank(row: dict) -> tuple[int, float]:  # fewest items without an ellipse, then HC error or Dice
-        if not by_hc:
-            return row["no_ellipse"], -row["dice"]
-        return row["no_ellipse"], math.inf if row["hc_mad_mm"] is None else row["hc_mad_mm"]
+    def rank(row: dict) -> tuple[int, float, float]:  # fewest items without an ellipse, HC error, Dice
+        hc = (math.inf if row["hc_mad_mm"] is None else row["hc_mad_mm"]) if by_hc else 0.0
+        return row["no_ellipse"], hc, -row["dice"]
     best = min(rows, key=rank)
     progress(f"      post-processing chosen on validation (n={len(records)}, by {'HC error' if by_hc else 'Dice'}): "
-             f"threshold {best['threshold']}, mirrored averaging {'on' if best['flip'] else 'off'} (Dice "
-             f"{best['dice']:.4f}" + (f", HC error {best['hc_mad_mm']:.3f} mm)" if by_hc else ")"))
-    return {"threshold": best["threshold"], "flip": best["flip"], "chosen_on": "val", "n": len(records),
-            "criterion": "hc_mad_mm" if by_hc else "dice", "candidates": rows}
+             f"threshold {best['threshold']}, mirrored averaging {'on' if best['flip'] else 'off'}, "
+             f"{best['shape']} (Dice {best['dice']:.4f}" +
+             (f", HC error {best['hc_mad_mm']:.3f} mm)" if by_hc else ")"))
+    return {"threshold": best["threshold"], "flip": best["flip"], "shape": best["shape"], "chosen_on": "val",
+            "n": len(records), "criterion": "hc_mad_mm" if by_hc else "dice", "candidates": rows}
 
 
-def _candidate(items: list[dict], flip: bool, threshold: float, by_hc: bool) -> dict:
+def _candidate(items: list[dict], flip: bool, threshold: float, shape: str, by_hc: bool) -> dict:
     """One post-processing candidate's validation scores (the HC error over the items with an ellipse)."""
     hc = np.array([item["hc_mad_mm"] for item in items if item["ellipse"] is not None], dtype=float)
-    return {"flip": flip, "threshold": threshold, "dice": float(np.mean([item["dice"] for item in items])),
+    return {"flip": flip, "threshold": threshold, "shape": shape,
+            "dice": float(np.mean([item["dice"] for item in items])),
             "hc_mad_mm": float(np.nanmean(hc)) if by_hc and len(hc) else None,
             "no_ellipse": sum(item["ellipse"] is None for item in items)}
 

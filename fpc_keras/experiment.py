@@ -12,11 +12,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: i
 
 import numpy as np  # noqa: E402
 
+from . import postprocess  # noqa: E402
 from .config import load_config  # noqa: E402
 from .errors import BadInputError  # noqa: E402
 from .io import atomic_write_json, atomic_write_text, read_json  # noqa: E402
 from .metrics import mean_metrics, metrics_from_confusion  # noqa: E402
-from .postprocess import invokes_per_item  # noqa: E402
 from .train import train  # noqa: E402
 
 Progress = Callable[[str], None]
@@ -147,7 +147,7 @@ def segmentation_table(rows: Sequence[dict]) -> str:
         agreement = f"{ba['bias_mm']:+.2f} ({ba['limits_mm'][0]:+.2f}, {ba['limits_mm'][1]:+.2f})" if ba else "-"
         export = card.get("export", {})
         latency = export.get("latency", {}).get("2_threads", {}).get("median_ms")
-        runs_per_frame = invokes_per_item(card)
+        runs_per_frame = postprocess.invokes_per_item(card)
         size = f"{export['size_bytes'] / 1e6:.1f}" if export else "-"
         params = card.get("params", {})
         seconds = sum(p.get("seconds", 0.0) for p in card.get("training", {}).get("phases", {}).values())
@@ -176,11 +176,10 @@ def segmentation_fold(run_dir: str | Path, fold: int, folds: int) -> dict:
     run_dir = Path(run_dir)
     results, card = read_json(run_dir / "results.json"), read_json(run_dir / "model_card.json")
     items = [{"file": Path(item["source"]).name, **{k: item.get(k) for k in
-                                                    (*SEGMENTATION_MEASURES, "hc_mm", "hc_true_mm")}}
+                                                    (*SEGMENTATION_MEASURES, "hc_mm", "hc_true_mm", "ellipse")}}
              for item in results["items"]]
     return {"run": run_dir.name, "fold": fold, "folds": folds, "items": items,
-            "splits": card["training"]["splits"], "postprocessing": {k: card.get("postprocessing", {}).get(k)
-                                                                    for k in ("threshold", "flip")},
+            "splits": card["training"]["splits"], "postprocessing": postprocess.settings(card),
             "train_seconds": results["timings"].get("train_seconds", 0.0)}
 
 
@@ -204,13 +203,13 @@ def pooled_segmentation_table(folds: Sequence[dict], pooled: dict) -> str:
         values = [v for v in values if v is not None and not np.isnan(v)]
         return f"{np.mean(values):.{d}f}" if values else "-"
 
-    lines = ["| fold | n test | Dice | IoU | Hausdorff mm | HC abs. error mm | threshold, mirrored | train s |",
+    lines = ["| fold | n test | Dice | IoU | Hausdorff mm | HC abs. error mm | threshold, mirrored, shape | train s |",
              "|---|---|---|---|---|---|---|---|"]
     for f in sorted(folds, key=lambda f: f["fold"]):
         cells = [mean([item.get(name) for item in f["items"]], digits[name]) for name in SEGMENTATION_MEASURES]
-        post = f["postprocessing"]
+        post = {**postprocess.DEFAULT, **f["postprocessing"]}  # folds stored before `shape`: the mask
         lines.append(f"| {f['fold']} | {len(f['items'])} | {' | '.join(cells)} | {post['threshold']}, "
-                     f"{'yes' if post['flip'] else 'no'} | {f['train_seconds']:.0f} |")
+                     f"{'yes' if post['flip'] else 'no'}, {post['shape']} | {f['train_seconds']:.0f} |")
     cells = []
     for name in SEGMENTATION_MEASURES:
         metric, d = pooled["metrics"].get(name), digits[name]

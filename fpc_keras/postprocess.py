@@ -1,6 +1,7 @@
-"""Segmentation post-processing recorded in the model card: mirrored test-time averaging and the mask threshold.
+"""Segmentation post-processing recorded in the model card: mirrored test-time averaging, the mask threshold and
+the delivered shape (the thresholded mask, or the filled ellipse fitted to it).
 
-Both are chosen on the validation split after training (`evaluate.choose_postprocessing`) and stored as
+All three are chosen on the validation split after training (`evaluate.choose_postprocessing`) and stored as
 `card["postprocessing"]`, so the evaluator, the export cards and the TF-free runner (`tflite/run.py`) turn
 probabilities into masks the same way. TensorFlow-free: the runner imports it.
 """
@@ -10,13 +11,15 @@ from typing import Callable
 
 import numpy as np
 
+from .biometry import Ellipse, ellipse_from_mask, ellipse_mask
 from .data.images import unfit_image
 
-DEFAULT = {"threshold": 0.5, "flip": False}
+DEFAULT = {"threshold": 0.5, "flip": False, "shape": "mask"}
+SHAPES = ("mask", "ellipse")
 
 
 def settings(card: dict) -> dict:
-    """The card's post-processing (models exported before it existed: threshold 0.5, no mirroring)."""
+    """The card's post-processing (models exported before it existed: threshold 0.5, no mirroring, the mask)."""
     return {**DEFAULT, **{k: v for k, v in card.get("postprocessing", {}).items() if k in DEFAULT}}
 
 
@@ -43,3 +46,18 @@ def original_mask(probs: np.ndarray, original: tuple[int, int], resize: str, thr
     """A model-grid probability map (H, W[, C]; channel 0 used) -> the boolean mask on the original pixel grid."""
     plane = probs if probs.ndim == 2 else probs[..., 0]
     return unfit_image(plane, original, resize) > threshold
+
+
+def segment(probs: np.ndarray, original: tuple[int, int], resize: str, threshold: float,
+            shape: str = "mask") -> tuple[np.ndarray, Ellipse | None]:
+    """A model-grid probability map -> the delivered mask on the original pixel grid and the robust ellipse of the
+    thresholded mask (None when there is none). With `shape="ellipse"` the delivered mask is that ellipse, filled:
+    where the annotation is itself an ellipse (HC18's heads; the challenge scores the submitted ellipses), it
+    smooths the mask's ragged edge away. The ellipse, and so the circumference, is the same for both shapes."""
+    if shape not in SHAPES:
+        raise ValueError(f"post-processing shape {shape!r} is not one of {SHAPES}")
+    mask = original_mask(probs, original, resize, threshold)
+    ellipse = ellipse_from_mask(mask)
+    if shape == "ellipse" and ellipse is not None:
+        mask = ellipse_mask(mask.shape, ellipse)
+    return mask, ellipse

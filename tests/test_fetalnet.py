@@ -293,6 +293,8 @@ def test_cross_validation_measures_each_image_once_and_pools_folds_run_apart(tmp
     assert not set(tested[0]) & set(tested[1])
     assert sorted(tested[0] + tested[1]) == sorted(p.name for p in (data / "training_set").glob("*_HC.png"))
     assert all(item["hc_true_mm"] for fold in folds for item in fold["items"])
+    assert all(len(item["ellipse"]) == 5 for fold in folds for item in fold["items"] if item["hc_mm"])
+    assert all(fold["postprocessing"]["shape"] in ("mask", "ellipse") for fold in folds)
     pooled = (store / "pooled.md").read_text()
     assert "| pooled (2 of 2 folds) | 12 |" in pooled
 

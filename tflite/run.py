@@ -3,11 +3,12 @@
     python tflite/run.py --model tflite/models/NAME/model.tflite [--threads 2] [--json] INPUT...
     python tflite/run.py --model tflite/models/hc18_fetalnet/model.tflite --pixel-mm 0.12 scan.png
 
-The model card beside the model (`model_card.json`) gives the task, labels and preprocessing. Classifiers print
-the top classes per image; segmenters print the mask area and, with --pixel-mm, the head circumference in mm
-(ellipse fit); video classifiers average their clips. Needs numpy, Pillow and ai-edge-litert (or tflite-runtime)
-from requirements.txt, scipy for measurements and imageio[ffmpeg] for videos; it imports the small TF-free
-modules of fpc_keras from this repository (or an installed fpc_keras).
+The model card beside the model (`model_card.json`) gives the task, labels, preprocessing and post-processing.
+Classifiers print the top classes per image; segmenters print the mask area (the mask, or its fitted ellipse where
+the card's post-processing says so) and, with --pixel-mm, the head circumference in mm (ellipse fit); video
+classifiers average their clips. Needs numpy, Pillow and ai-edge-litert (or tflite-runtime) from requirements.txt,
+scipy for segmenters and imageio[ffmpeg] for videos; it imports the small TF-free modules of fpc_keras from this
+repository (or an installed fpc_keras).
 """
 from __future__ import annotations
 
@@ -38,13 +39,11 @@ def classify(model: TFLiteModel, card: dict, source: str, top: int) -> dict:
 def segment(model: TFLiteModel, card: dict, source: str, pixel_mm: float | None) -> dict:
     spec, post = ImageSpec.from_card(card), postprocess.settings(card)
     probs = postprocess.mask_probabilities(model, spec.load(source).astype(np.float32)[None], post["flip"])[0]
-    mask = postprocess.original_mask(probs, read_image(source, 1).shape[:2], spec.resize, post["threshold"])
+    mask, ellipse = postprocess.segment(probs, read_image(source, 1).shape[:2], spec.resize, post["threshold"],
+                                        post["shape"])
     result = {"input": source, "mask_pixels": int(mask.sum())}
     if pixel_mm:
-        from fpc_keras.biometry import head_circumference_mm
-
-        hc = head_circumference_mm(mask, pixel_mm)
-        result["hc_mm"] = None if hc is None else round(hc, 2)
+        result["hc_mm"] = None if ellipse is None else round(ellipse.circumference * pixel_mm, 2)
     return result
 
 
