@@ -1,4 +1,4 @@
-"""`fpc-keras train|evaluate|export|report|gradcam|datasets`: argument parsing only; the work is in the library.
+"""`fpc-keras train|evaluate|postprocess|export|report|gradcam|datasets`: argument parsing; the work is in the library.
 
 Errors in the user's data, config or files print one message naming the file and the fix (exit code 2),
 never a TensorFlow traceback. Heavy modules are imported inside the commands, so `--help` is instant.
@@ -52,6 +52,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         if "items" not in results:
             raise BadInputError("--hc18-csv needs a segmentation model", "evaluate a HC18 segmenter on hc18: data")
         print(f"HC18 challenge CSV: {write_challenge_csv(args.hc18_csv, results['items'])}")
+
+
+def cmd_postprocess(args: argparse.Namespace) -> None:
+    from .evaluate import rechoose_postprocessing
+
+    rechoose_postprocessing(args.model, args.data, args.threads)
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -121,6 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hc18-csv", metavar="FILE", help="segmenters: also write the HC18 challenge result CSV "
                    "(filename, center_x_mm, center_y_mm, semi_axes_a_mm, semi_axes_b_mm, angle_rad)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("postprocess", help="choose a segmenter's post-processing again on its validation split "
+                       "and re-measure its test split (rewrites its card)")
+    p.add_argument("--model", required=True, help="run folder, .keras or .tflite segmenter (model card beside it)")
+    p.add_argument("--data", required=True, metavar="KIND:PATH", help="its training data, e.g. hc18:PATH")
+    p.add_argument("--threads", type=int, default=2, help="TFLite interpreter threads")
+    p.set_defaults(func=cmd_postprocess)
 
     p = sub.add_parser("export", help="export a run's model to TFLite (fp32, fp16, dynamic, int8, qat)")
     p.add_argument("--model", required=True, help="run folder")

@@ -18,14 +18,14 @@ from typing import Callable, Sequence
 import numpy as np
 
 from . import postprocess
-from .card import provenance, read_card
+from .card import card_path_for, provenance, read_card, write_card
 from .data.datasets import TASK_OF_KIND, parse_data_spec, read_dataset, split_records
 from .data.hc18 import read_mask
 from .data.images import ImageSpec, image_size_of
 from .data.records import Record, in_split, keep_classes
 from .data.video import model_clips, read_video
 from .errors import BadInputError
-from .io import atomic_write_json
+from .io import atomic_write_json, read_json
 from .metrics import classification_metrics, dice_iou, mean_metrics
 
 PredictFn = Callable[..., np.ndarray]  # (batch, output=0) -> output `output` (0: primary; None: all, ranked)
@@ -367,17 +367,9 @@ def evaluate_path(model: str, data: str, out: str | None = None, split: str | No
                   aliases: dict[str, str] | None = None, on_bad_input: str = "error", threads: int = 2,
                   progress: Callable[[str], None] = print) -> dict:
     """The CLI's evaluate: model path + `KIND:PATH` (+ split) -> results (written to `out` when given)."""
-    kind, path = parse_data_spec(data)
     predictor = load_predictor(model, threads)
-    expected = TASK_OF_KIND[kind]
-    if expected != predictor.task:
-        raise BadInputError(f"{model} is a {predictor.task} model but {kind} data is for {expected}",
-                            "evaluate it on data of its own task")
-    label_rule = predictor.card.get("label_rule", {})
-    rule = dict(label_rule.get("aliases", {}))
-    rule.update(aliases or {})
-    records = _model_classes(read_dataset(kind, path, rule), label_rule.get("classes", []), progress)
-    if split is None and kind == "fetal_planes":
+    records = _model_records(predictor, model, data, aliases, progress)
+    if split is None and parse_data_spec(data)[0] == "fetal_planes":
         split = "test"
     if split is not None and not any(r.split for r in records):
         records = _split_as_trained(records, predictor.card)
@@ -385,6 +377,49 @@ def evaluate_path(model: str, data: str, out: str | None = None, split: str | No
     results = evaluate(predictor, records, data, split, on_bad_input, progress=progress)
     if out:
         atomic_write_json(out, results)
+    progress(summary_line(results))
+    return results
+
+
+def _model_records(predictor: Predictor, model: str, data: str, aliases: dict[str, str] | None,
+                   progress: Callable[[str], None]) -> list[Record]:
+    """`KIND:PATH`'s items that `model` can be measured on: data of its task, its label rule and classes."""
+    kind, path = parse_data_spec(data)
+    expected = TASK_OF_KIND[kind]
+    if expected != predictor.task:
+        raise BadInputError(f"{model} is a {predictor.task} model but {kind} data is for {expected}",
+                            "evaluate it on data of its own task")
+    label_rule = predictor.card.get("label_rule", {})
+    rule = dict(label_rule.get("aliases", {}))
+    rule.update(aliases or {})
+    return _model_classes(read_dataset(kind, path, rule), label_rule.get("classes", []), progress)
+
+
+def rechoose_postprocessing(model: str, data: str, threads: int = 2, progress: Callable[[str], None] = print) -> dict:
+    """A trained or exported segmenter's post-processing chosen again on its own validation split (split by its
+    card's rule), e.g. once a new option exists, and its test split measured again under it. Rewrites the card
+    beside the model (the previous settings kept in `postprocessing.previous`; `metrics.keras_test`, taken under
+    them, dropped) and a run folder's results.json. Returns the new test results."""
+    predictor = load_predictor(model, threads)
+    if predictor.task != "segmentation":
+        raise BadInputError(f"{model} is a {predictor.task} model: only segmenters have post-processing",
+                            "give a segmentation run folder or exported segmenter")
+    records = _model_records(predictor, model, data, None, progress)
+    if not any(r.split for r in records):
+        records = _split_as_trained(records, predictor.card)
+    card = predictor.card  # the evaluator reads the post-processing from it
+    previous = postprocess.settings(card)
+    card["postprocessing"] = {**choose_postprocessing(predictor, in_split(records, "val"), progress=progress),
+                              "previous": previous}
+    results = evaluate(predictor, in_split(records, "test"), data, "test", progress=progress)
+    metrics = {k: v for k, v in card.get("metrics", {}).items() if k != "keras_test"}
+    card["metrics"] = {**metrics, "test": results["metrics"], "n_test": results["n"]}
+    write_card(card_path_for(predictor.path).parent, card)
+    run_results = Path(model) / "results.json"
+    if run_results.is_file():
+        kept = read_json(run_results)
+        atomic_write_json(run_results, {**results, "timings": {**kept.get("timings", {}), **results["timings"]},
+                                        "phases": kept.get("phases", {})})
     progress(summary_line(results))
     return results
 

@@ -87,6 +87,40 @@ def test_postprocessing_is_chosen_on_validation_and_followed_by_the_evaluator(tm
     assert after["bland_altman"]["bias_mm"] < default["bland_altman"]["bias_mm"]
 
 
+def test_postprocess_command_rechooses_on_validation_and_rewrites_the_card(tmp_path, capsys):
+    """`fpc-keras postprocess`: a model whose card has the default post-processing (threshold 0.5, masks that
+    spill outward) gets one chosen on its validation split (by its card's split rule); the card's test metrics and
+    the run's results.json are those the evaluator now gives, the Keras-under-old-settings metrics dropped."""
+    model_dir = _save(_soft_segmenter((64, 64)), tmp_path / "seg", "segmentation", [], (64, 64))
+    card = read_json(model_dir / "model_card.json")
+    card["training"]["split_rule"] = {"val_fraction": 0.25, "test_fraction": 0.25, "seed": 0}
+    card["metrics"] = {"keras_test": {"dice": {"value": 0.5}}}
+    write_card(model_dir, card)
+    (model_dir / "results.json").write_text('{"timings": {"train_seconds": 12.0}, "phases": {"phase1": {}}}')
+    data = f"hc18:{_hc18(tmp_path / 'hc18', count=8)}"
+    before = tmp_path / "before.json"
+    assert main(["evaluate", "--model", str(model_dir), "--data", data, "--split", "test", "--out", str(before)]) == 0
+    assert main(["postprocess", "--model", str(model_dir), "--data", data]) == 0
+    card, results = read_json(model_dir / "model_card.json"), read_json(model_dir / "results.json")
+    post = card["postprocessing"]
+    assert post["chosen_on"] == "val" and post["n"] == 2 and post["threshold"] > 0.5
+    assert post["previous"] == {"threshold": 0.5, "flip": False, "shape": "mask"} and "keras_test" not in card["metrics"]
+    old, new = read_json(before)["metrics"]["hc_mad_mm"]["value"], card["metrics"]["test"]["hc_mad_mm"]["value"]
+    assert new < old and card["metrics"]["n_test"] == 2
+    assert results["metrics"] == card["metrics"]["test"] and results["timings"]["train_seconds"] == 12.0
+    after = tmp_path / "after.json"
+    assert main(["evaluate", "--model", str(model_dir), "--data", data, "--split", "test", "--out", str(after)]) == 0
+    assert read_json(after)["metrics"]["hc_mad_mm"]["value"] == pytest.approx(new)
+
+
+def test_postprocess_command_refuses_a_classifier(tmp_path, folder_dataset, capsys):
+    inputs = keras.Input((16, 16, 3))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling2D()(inputs)))
+    model_dir = _save(model, tmp_path / "cls", "classification", ["a", "b"], (16, 16))
+    assert main(["postprocess", "--model", str(model_dir), "--data", f"folder:{folder_dataset}"]) == 2
+    assert "only segmenters have post-processing" in capsys.readouterr().err
+
+
 def test_the_ellipse_shape_fills_the_fitted_ellipse_and_keeps_the_circumference():
     """A head mask with a ragged edge and a bite out of it: delivered as its fitted ellipse, it overlaps the true
     ellipse better; the ellipse (so the HC) is the one the plain mask gives."""
