@@ -88,12 +88,15 @@ def keras_predict_fn(model) -> PredictFn:
 
 
 def evaluate(predictor: Predictor, records: Sequence[Record], data: str, split: str | None,
-             on_bad_input: str = "error", batch_size: int = 16, progress: Callable[[str], None] = print) -> dict:
-    """Run the predictor over `records` and compute the metrics of its task."""
+             on_bad_input: str = "error", batch_size: int = 16, progress: Callable[[str], None] = print,
+             keep_probabilities: bool = False) -> dict:
+    """Run the predictor over `records` and compute the metrics of its task. With `keep_probabilities`, an image
+    classifier's results also carry `probabilities` (a numpy array, one row per item kept, in the records' order;
+    not JSON), so that a caller comparing it with another model does not run it twice."""
     start = time.perf_counter()
-    items = None
+    items = probs = None
     if predictor.task == "classification":
-        metrics, n, skipped = _classification(predictor, records, on_bad_input, batch_size, progress)
+        metrics, n, skipped, probs = _classification(predictor, records, on_bad_input, batch_size, progress)
     elif predictor.task == "segmentation" and int(predictor.card["preprocessing"].get("clip_length", 1)) > 1:
         metrics, n, skipped = _sweep_segmentation(predictor, records, progress)
     elif predictor.task == "segmentation":
@@ -109,6 +112,8 @@ def evaluate(predictor: Predictor, records: Sequence[Record], data: str, split: 
                "params": predictor.card.get("params", {}), "provenance": provenance()}
     if items is not None:
         results["items"] = items
+    if keep_probabilities and probs is not None:
+        results["probabilities"] = probs
     return results
 
 
@@ -139,7 +144,7 @@ def _classification(predictor: Predictor, records: Sequence[Record], on_bad_inpu
     probs, kept, skipped = _predict_images(predictor, records, on_bad_input, batch_size, progress)
     index = {label: i for i, label in enumerate(predictor.labels)}
     y_true = np.array([index[records[i].label] for i in kept])
-    return classification_metrics(y_true, probs, predictor.labels), len(kept), skipped
+    return classification_metrics(y_true, probs, predictor.labels), len(kept), skipped, probs
 
 
 def class_probabilities(predictor: Predictor, records: Sequence[Record], batch_size: int = 16) -> np.ndarray:

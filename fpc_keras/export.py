@@ -126,18 +126,19 @@ def export_run(run_dir: str | Path, variants: Sequence[str] = ("fp32", "int8"), 
                                   "latency": {f"{threads}_threads": TFLiteModel(tflite_path, threads).latency_ms(
                                       latency_runs)}}
         write_card(folder, variant_card)
-        metrics, predictor = {}, load_predictor(tflite_path, threads) if any(evaluation.values()) else None
+        metrics, agreement = {}, {}
+        predictor = load_predictor(tflite_path, threads) if any(evaluation.values()) else None
         for split, items in evaluation.items():
             if items:
-                results = evaluate(predictor, items, card["training"]["data"], split, progress=progress)
+                results = evaluate(predictor, items, card["training"]["data"], split, progress=progress,
+                                   keep_probabilities=split in references)
                 metrics.update({split: results["metrics"], f"n_{split}": results["n"]})
+                if split in references:
+                    agreement[split] = fidelity(references[split], results.pop("probabilities"))
                 progress("      " + summary_line(results))
         if metrics:
-            variant_card["metrics"] = {**metrics, "keras_" + evaluate_split: keras_results}
-            if references:
-                variant_card["metrics"]["fidelity"] = {
-                    split: fidelity(reference, class_probabilities(predictor, evaluation[split]))
-                    for split, reference in references.items()}
+            variant_card["metrics"] = {**metrics, "keras_" + evaluate_split: keras_results,
+                                       **({"fidelity": agreement} if agreement else {})}
             write_card(folder, variant_card)
         out[variant] = folder
     return out

@@ -95,6 +95,27 @@ def test_keras_tflite_parity(trained, exported):
     assert int8.shape == reference.shape
 
 
+def test_export_runs_each_tflite_once_over_its_evaluation_splits(trained, tmp_path, monkeypatch):
+    """Metrics and fidelity to the float model come from one pass of the .tflite over val and test."""
+    import fpc_keras.export as export
+
+    run = shutil.copytree(trained["run"], tmp_path / "run", ignore=shutil.ignore_patterns("exports"))
+    seen, real = [], export.load_predictor
+
+    def counting(path, threads=2):
+        predictor = real(path, threads)
+        if str(path).endswith(".tflite"):
+            predict = predictor.predict
+            predictor.predict = lambda batch, *rest: (seen.append(len(batch)), predict(batch, *rest))[1]
+        return predictor
+
+    monkeypatch.setattr(export, "load_predictor", counting)
+    export.export_run(run, ["fp32"], latency_runs=2, progress=lambda m: None)
+    card = read_json(run / "exports" / "fp32" / "model_card.json")["metrics"]
+    assert card["fidelity"]["test"]["top1_agreement"] == 1.0
+    assert sum(seen) == card["n_test"] + card["n_val"]
+
+
 def test_export_cards_and_tflite_evaluation(trained, exported, tmp_path):
     card = read_json(exported["int8"] / "model_card.json")
     assert card["export"]["variant"] == "int8" and card["export"]["size_bytes"] > 0
