@@ -285,14 +285,15 @@ sys.meta_path.insert(0, Block())
 
 
 def test_tflite_runner_needs_no_tensorflow(trained, exported, tmp_path):
-    """tflite/run.py with TensorFlow, Keras and pandas made unimportable gives the evaluator's predictions."""
+    """tflite/run.py with TensorFlow, Keras and pandas (and, for a classifier, scipy) made unimportable gives the
+    evaluator's predictions."""
     import os
     import subprocess
     import sys
 
     from conftest import REPO
 
-    (tmp_path / "sitecustomize.py").write_text(BLOCKER)
+    (tmp_path / "sitecustomize.py").write_text(BLOCKER.replace('"pandas",', '"pandas", "scipy",'))
     images = sorted((trained["data"] / "gamma").glob("*.png"))[:3]
     env = dict(os.environ, PYTHONPATH=str(tmp_path))
     done = subprocess.run([sys.executable, str(REPO / "tflite" / "run.py"), "--model",
