@@ -406,9 +406,9 @@ def rechoose_postprocessing(model: str, data: str, threads: int = 2, progress: C
     beside the model (the previous settings kept in `postprocessing.previous`; `metrics.keras_test`, taken under
     them, dropped) and a run folder's results.json. Returns the new test results."""
     predictor = load_predictor(model, threads)
-    if predictor.task != "segmentation":
-        raise BadInputError(f"{model} is a {predictor.task} model: only segmenters have post-processing",
-                            "give a segmentation run folder or exported segmenter")
+    if predictor.task != "segmentation" or int(predictor.card["preprocessing"].get("clip_length", 1)) > 1:
+        raise BadInputError(f"{model} is a {predictor.task} model of clips or classes: only frame segmenters have "
+                            "post-processing", "give a frame segmentation run folder or exported frame segmenter")
     records = _model_records(predictor, model, data, None, progress)
     if not any(r.split for r in records):
         records = _split_as_trained(records, predictor.card)

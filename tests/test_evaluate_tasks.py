@@ -118,7 +118,7 @@ def test_postprocess_command_refuses_a_classifier(tmp_path, folder_dataset, caps
     model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling2D()(inputs)))
     model_dir = _save(model, tmp_path / "cls", "classification", ["a", "b"], (16, 16))
     assert main(["postprocess", "--model", str(model_dir), "--data", f"folder:{folder_dataset}"]) == 2
-    assert "only segmenters have post-processing" in capsys.readouterr().err
+    assert "only frame segmenters have post-processing" in capsys.readouterr().err
 
 
 def test_the_ellipse_shape_fills_the_fitted_ellipse_and_keeps_the_circumference():
