@@ -7,7 +7,6 @@ written atomically as {"model", "data", "split", "task", "n", "metrics": {name: 
 """
 from __future__ import annotations
 
-import itertools
 import math
 import time
 from collections import Counter
@@ -202,19 +201,24 @@ def _mask_predict(predictor: Predictor, flip: bool) -> Callable[[np.ndarray], np
 
 
 def _measure(record: Record, probs: np.ndarray, resize: str, threshold: float, shape: str = "mask",
-             truth: np.ndarray | None = None, hausdorff: bool = True) -> dict:
-    """One item: the delivered mask on the original pixel grid, its ellipse and HC, and the errors against the
-    annotation where there is one (`truth`: the annotation's mask when already read)."""
+             truth: np.ndarray | None = None) -> dict:
+    """One item's delivered mask on the original pixel grid, scored (`truth`: the annotation's mask when already
+    read)."""
+    if truth is None and record.extras.get("mask"):
+        truth = read_mask(record.extras["mask"])
+    original = truth.shape if truth is not None else image_size_of(record.source)
+    mask, ellipse = postprocess.mask_and_ellipse(probs, original, resize, threshold)
+    return _scored(record, postprocess.delivered(mask, ellipse, shape), ellipse, truth)
+
+
+def _scored(record: Record, predicted: np.ndarray, ellipse, truth: np.ndarray | None, hausdorff: bool = True) -> dict:
+    """One item: its ellipse and HC, and the errors of the delivered mask against the annotation where there is
+    one."""
     from .biometry import hausdorff_mm
 
     pixel_mm = record.extras.get("pixel_mm")
-    annotation = record.extras.get("mask")
-    if truth is None and annotation:
-        truth = read_mask(annotation)
-    original = truth.shape if truth is not None else image_size_of(record.source)
-    predicted, ellipse = postprocess.segment(probs, original, resize, threshold, shape)
     hc = ellipse.circumference * pixel_mm if ellipse is not None and pixel_mm else None
-    item = {"source": record.source, "mask": annotation, "pixel_mm": pixel_mm, "hc_mm": hc,
+    item = {"source": record.source, "mask": record.extras.get("mask"), "pixel_mm": pixel_mm, "hc_mm": hc,
             "hc_true_mm": record.extras.get("hc_mm"),
             "ellipse": None if ellipse is None else [ellipse.cx, ellipse.cy, ellipse.a, ellipse.b, ellipse.angle]}
     if truth is not None:
@@ -244,10 +248,14 @@ def choose_postprocessing(predictor: Predictor, records: Sequence[Record], batch
                                      lambda batch: postprocess.with_mirrored(predictor.predict, batch))
     for flip in (False, True):  # one pass over the images serves every candidate
         probs = pairs.mean(axis=1) if flip else pairs[:, 0]
-        for threshold, shape in itertools.product(POSTPROCESS_THRESHOLDS, postprocess.SHAPES):
-            items = [_measure(records[i], p, resize, float(threshold), shape, truths[records[i].source],
-                              hausdorff=False) for p, i in zip(probs, kept)]
-            rows.append(_candidate(items, flip, float(threshold), shape, by_hc))
+        for threshold in POSTPROCESS_THRESHOLDS:  # one ellipse fit per item serves both shapes
+            fits = [(records[i], truths[records[i].source],
+                     *postprocess.mask_and_ellipse(p, truths[records[i].source].shape, resize, float(threshold)))
+                    for p, i in zip(probs, kept)]
+            for shape in postprocess.SHAPES:
+                items = [_scored(record, postprocess.delivered(mask, ellipse, shape), ellipse, truth, hausdorff=False)
+                         for record, truth, mask, ellipse in fits]
+                rows.append(_candidate(items, flip, float(threshold), shape, by_hc))
 
     def rank(row: dict) -> tuple[int, float, float]:  # fewest items without an ellipse, HC error, Dice
         hc = (math.inf if row["hc_mad_mm"] is None else row["hc_mad_mm"]) if by_hc else 0.0

@@ -53,15 +53,26 @@ def original_mask(probs: np.ndarray, original: tuple[int, int], resize: str, thr
 def segment(probs: np.ndarray, original: tuple[int, int], resize: str, threshold: float,
             shape: str = "mask") -> tuple[np.ndarray, Ellipse | None]:
     """A model-grid probability map -> the delivered mask on the original pixel grid and the robust ellipse of the
-    thresholded mask (None when there is none). With `shape="ellipse"` the delivered mask is that ellipse, filled:
-    where the annotation is itself an ellipse (HC18's heads; the challenge scores the submitted ellipses), it
-    smooths the mask's ragged edge away. The ellipse, and so the circumference, is the same for both shapes."""
-    from .biometry import ellipse_from_mask, ellipse_mask  # scipy: classifier-only boards need not have it
+    thresholded mask (None when there is none)."""
+    mask, ellipse = mask_and_ellipse(probs, original, resize, threshold)
+    return delivered(mask, ellipse, shape), ellipse
+
+
+def mask_and_ellipse(probs: np.ndarray, original: tuple[int, int], resize: str,
+                     threshold: float) -> tuple[np.ndarray, Ellipse | None]:
+    """The thresholded mask on the original pixel grid and its robust ellipse (None when there is none)."""
+    from .biometry import ellipse_from_mask  # scipy: classifier-only boards need not have it
+
+    mask = original_mask(probs, original, resize, threshold)
+    return mask, ellipse_from_mask(mask)
+
+
+def delivered(mask: np.ndarray, ellipse: Ellipse | None, shape: str) -> np.ndarray:
+    """The segmentation a model delivers: the thresholded mask, or with `shape="ellipse"` its fitted ellipse,
+    filled. Where the annotation is itself an ellipse (HC18's heads; the challenge scores the submitted ellipses),
+    the ellipse smooths the mask's ragged edge away; the ellipse, and so the circumference, is the same for both."""
+    from .biometry import ellipse_mask
 
     if shape not in SHAPES:
         raise ValueError(f"post-processing shape {shape!r} is not one of {SHAPES}")
-    mask = original_mask(probs, original, resize, threshold)
-    ellipse = ellipse_from_mask(mask)
-    if shape == "ellipse" and ellipse is not None:
-        mask = ellipse_mask(mask.shape, ellipse)
-    return mask, ellipse
+    return ellipse_mask(mask.shape, ellipse) if shape == "ellipse" and ellipse is not None else mask
