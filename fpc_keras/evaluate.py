@@ -12,7 +12,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from .data.video import model_clips, read_video
 from .errors import BadInputError
 from .io import atomic_write_json, read_json
 from .metrics import classification_metrics, dice_iou, mean_metrics
+
+if TYPE_CHECKING:
+    from .biometry import Ellipse
 
 PredictFn = Callable[..., np.ndarray]  # (batch, output=0) -> output `output` (0: primary; None: all, ranked)
 
@@ -207,11 +210,11 @@ def _measure(record: Record, probs: np.ndarray, resize: str, threshold: float, s
     if truth is None and record.extras.get("mask"):
         truth = read_mask(record.extras["mask"])
     original = truth.shape if truth is not None else image_size_of(record.source)
-    mask, ellipse = postprocess.mask_and_ellipse(probs, original, resize, threshold)
-    return _scored(record, postprocess.delivered(mask, ellipse, shape), ellipse, truth)
+    return _scored(record, *postprocess.segment(probs, original, resize, threshold, shape), truth)
 
 
-def _scored(record: Record, predicted: np.ndarray, ellipse, truth: np.ndarray | None, hausdorff: bool = True) -> dict:
+def _scored(record: Record, predicted: np.ndarray, ellipse: Ellipse | None, truth: np.ndarray | None,
+            hausdorff: bool = True) -> dict:
     """One item: its ellipse and HC, and the errors of the delivered mask against the annotation where there is
     one."""
     from .biometry import hausdorff_mm
