@@ -14,6 +14,8 @@ converted.
 """
 from __future__ import annotations
 
+from typing import Collection
+
 import keras
 import numpy as np
 
@@ -43,12 +45,13 @@ def _folded_norm(conv: keras.layers.Layer) -> keras.layers.BatchNormalization | 
     return None
 
 
-def _correctable(model: keras.Model) -> list[tuple[keras.layers.Layer, keras.layers.BatchNormalization | None]]:
-    """Top-level 2-D convolutions called once, with the BatchNormalization folded into each (or None where the
-    convolution's own bias takes the correction; one with neither is left as it is)."""
+def _correctable(model: keras.Model, skip: Collection[str] = ()) -> list[tuple[keras.layers.Layer,
+                                                                             keras.layers.BatchNormalization | None]]:
+    """Top-level 2-D convolutions called once and not named in `skip`, with the BatchNormalization folded into each
+    (or None where the convolution's own bias takes the correction; one with neither is left as it is)."""
     pairs = []
     for layer in model.layers:
-        if isinstance(layer, CONVOLUTIONS) and len(layer._inbound_nodes) == 1:
+        if isinstance(layer, CONVOLUTIONS) and len(layer._inbound_nodes) == 1 and layer.name not in skip:
             norm = _folded_norm(layer)
             if norm is not None or layer.use_bias:
                 pairs.append((layer, norm))
@@ -80,12 +83,14 @@ def _shift_model(model: keras.Model, pairs: list, errors: list[np.ndarray]) -> k
                                       for (conv, _), error in zip(pairs, errors)])
 
 
-def bias_corrected(model: keras.Model, images: np.ndarray, batch_size: int = 2) -> tuple[keras.Model, int]:
+def bias_corrected(model: keras.Model, images: np.ndarray, batch_size: int = 2,
+                   skip: Collection[str] = ()) -> tuple[keras.Model, int]:
     """A copy of `model` whose int8 conversion is bias-corrected on `images` (the representative images or
-    clips), and the number of convolutions corrected (0: the copy equals the model)."""
+    clips), and the number of convolutions corrected (0: the copy equals the model). Convolutions named in `skip`
+    (those a mixed export keeps in float, where the weights are not rounded) keep their biases."""
     copy = keras.models.clone_model(model)
     copy.set_weights(model.get_weights())
-    pairs = _correctable(copy)
+    pairs = _correctable(copy, skip)
     if not pairs or not len(images):
         return copy, 0
     errors = [int8_rounding_error(_folded_kernel(conv, norm), isinstance(conv, keras.layers.DepthwiseConv2D))

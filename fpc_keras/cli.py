@@ -37,7 +37,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
         export_run(run_dir, config.export.quant, config.export.representative_samples, config.export.latency_runs,
                    qat=(config.export.qat_epochs, config.export.qat_learning_rate),
-                   bias_correction=config.export.bias_correction)
+                   bias_correction=config.export.bias_correction, float_ops=config.export.float_ops)
     print(f"run folder: {run_dir}")
 
 
@@ -65,7 +65,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     folders = export_run(args.model, args.quant, args.representative_samples, threads=args.threads,
                          int8_io=args.int8_io, qat=(args.qat_epochs, args.qat_learning_rate),
-                         bias_correction=not args.no_bias_correction)
+                         bias_correction=not args.no_bias_correction, float_ops=args.float_ops)
     for variant, folder in folders.items():
         print(f"{variant}: {folder / 'model.tflite'}")
     if args.ship:
@@ -135,15 +135,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="TFLite interpreter threads")
     p.set_defaults(func=cmd_postprocess)
 
-    p = sub.add_parser("export", help="export a run's model to TFLite (fp32, fp16, dynamic, int8, qat)")
+    p = sub.add_parser("export", help="export a run's model to TFLite (fp32, fp16, dynamic, int8, mixed, qat)")
     p.add_argument("--model", required=True, help="run folder")
     p.add_argument("--quant", nargs="+", default=["fp32", "int8"], choices=QUANT_VARIANTS,
-                   help="int8: post-training full-integer; qat: quantisation-aware fine-tuning, then full-integer")
+                   help="int8: post-training full-integer; mixed: int8 but for the --float-ops ops that stray most "
+                   "from float; qat: quantisation-aware fine-tuning, then full-integer")
+    p.add_argument("--float-ops", type=int, default=ExportConfig.float_ops,
+                   help="mixed: how many ops stay in float (ranked by TFLite's quantisation debugger)")
     p.add_argument("--qat-epochs", type=int, default=ExportConfig.qat_epochs)
     p.add_argument("--qat-learning-rate", type=float, default=ExportConfig.qat_learning_rate)
     p.add_argument("--int8-io", action="store_true", help="int8 inputs and outputs (default: float I/O)")
     p.add_argument("--no-bias-correction", action="store_true",
-                   help="int8 without bias correction (default: corrected on the representative images)")
+                   help="int8 / mixed without bias correction (default: corrected on the representative images)")
     p.add_argument("--representative-samples", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--ship", metavar="DIR", help="copy the last variant with its card to DIR (e.g. tflite/models/x)")

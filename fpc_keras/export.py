@@ -10,11 +10,12 @@ import contextlib
 import csv
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import keras
 import numpy as np
@@ -29,22 +30,99 @@ from .data.records import Record
 from .errors import BadInputError
 from .evaluate import class_probabilities, evaluate, fidelity, load_predictor, summary_line
 from .io import atomic_write_bytes
-from .litert import TFLiteModel
+from .litert import TFLiteModel, interpreter_class
 from .models.frozen_features import split_feature_norm
 
 Progress = Callable[[str], None]
+DEBUG_IMAGES = 16  # representative images the quantisation debugger ranks a mixed export's ops on
 
 
 def convert(model: keras.Model, variant: str, representative: np.ndarray | None = None,
-            int8_io: bool = False, bias_correction: bool = True) -> bytes:
+            int8_io: bool = False, bias_correction: bool = True, float_ops: Sequence[str] = ()) -> bytes:
     """The `.tflite` bytes of `model` as `variant` (one of QUANT_VARIANTS but qat, which needs a run folder);
-    int8 is bias-corrected on the representative images unless `bias_correction` is False."""
+    int8 and mixed are bias-corrected on the representative images unless `bias_correction` is False; mixed keeps
+    the ops named in `float_ops` (from `worst_int8_ops`) in float."""
     if variant not in QUANT_VARIANTS or variant == "qat":
         raise BadInputError(f"unknown export variant {variant!r}", f"use one of: {', '.join(QUANT_VARIANTS)}")
+    if variant == "mixed":
+        return _mixed(model, _representative_or_fail(representative), float_ops, bias_correction)
     if variant == "int8" and bias_correction and representative is not None:
         model, _ = bias_corrected(model, representative)
     return run_converter(tf.lite.TFLiteConverter.from_keras_model(split_feature_norm(model)), variant,
                          representative, int8_io)
+
+
+def worst_int8_ops(model: keras.Model, representative: np.ndarray, count: int) -> list[str]:
+    """The `count` ops of `model`'s int8 conversion that stray most from float, by TFLite's quantisation debugger:
+    each int8 op is compared with its float twin on the same (dequantised) inputs, over the first DEBUG_IMAGES
+    representative images, and ranked by the root mean squared difference of the outputs in units of the
+    output's int8 step. Returned as the converter's tensor names, which a mixed export keeps in float."""
+    if count <= 0:
+        return []
+    debugger = _debugger(model, _representative_or_fail(representative)[:DEBUG_IMAGES])
+    with contextlib.redirect_stdout(io.StringIO()):
+        debugger.run()
+    dump = io.StringIO()
+    debugger.layer_statistics_dump(dump)
+    dump.seek(0)
+    steps = {row["tensor_name"]: float(row["mean_squared_error"]) ** 0.5 / float(row["scale"])
+             for row in csv.DictReader(dump) if float(row["scale"]) > 0}
+    return sorted(steps, key=steps.get, reverse=True)[:count]
+
+
+def layers_of(model: keras.Model, tensor_names: Sequence[str]) -> set[str]:
+    """The top-level layers of `model` fused into the named converter tensors (a tensor's name lists the Keras ops
+    fused into it, each as <model>/<layer>[_<n>]/<op>, joined by ';')."""
+    return {layer.name for layer in model.layers for name in tensor_names
+            if re.search(rf"(^|[/;]){re.escape(layer.name)}(_\d+)?/", name)}
+
+
+def _mixed(model: keras.Model, representative: np.ndarray, float_ops: Sequence[str], bias_correction: bool) -> bytes:
+    """int8 with `float_ops` left in float (between dequantise and quantise ops). Bias correction skips the float
+    layers: their weights are not rounded, so a correction would move them off the float model."""
+    if bias_correction:
+        model, _ = bias_corrected(model, representative, skip=layers_of(model, float_ops))
+    debugger = _debugger(model, representative, float_ops)
+    with contextlib.redirect_stdout(io.StringIO()):
+        content = debugger.get_nondebug_quantized_model()
+    missing = len(float_ops) - len(float_ops_of(content))
+    if missing > 0:
+        raise BadInputError(f"{missing} of the {len(float_ops)} ops chosen to stay in float were not found in the "
+                            "converted model", "export with --quant int8, or report this model's layer names")
+    return content
+
+
+def float_ops_of(content: bytes) -> list[str]:
+    """The compute ops of a `.tflite` model that run in float32 ("OP tensor-name"): none for full int8, the kept
+    ops for a mixed export. (TFLite's op table is only reachable through a private interpreter method.)"""
+    interpreter = interpreter_class()(model_content=content)
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    return [f"{op['op_name']} {tensors[op['outputs'][0]]['name'].split(';')[0]}"
+            for op in interpreter._get_ops_details()
+            if op["op_name"] not in ("QUANTIZE", "DEQUANTIZE") and len(op["inputs"]) and op["inputs"][0] >= 0
+            and tensors[op["inputs"][0]]["dtype"] == np.float32]
+
+
+def _debugger(model: keras.Model, representative: np.ndarray,
+              float_ops: Sequence[str] = ()) -> tf.lite.experimental.QuantizationDebugger:
+    """TFLite's quantisation debugger on `model`, calibrated on the representative images (its constructor converts)."""
+    converter = tf.lite.TFLiteConverter.from_keras_model(split_feature_norm(model))
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = _dataset(representative)
+    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(float_ops) or None)
+    with contextlib.redirect_stdout(io.StringIO()):
+        return tf.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=_dataset(representative),
+                                                         debug_options=options)
+
+
+def _dataset(representative: np.ndarray) -> Callable[[], Iterator[list[np.ndarray]]]:
+    return lambda: ([item[None].astype(np.float32)] for item in representative)
+
+
+def _representative_or_fail(representative: np.ndarray | None) -> np.ndarray:
+    if representative is None or not len(representative):
+        raise BadInputError("int8 export needs representative images", "export from a run with a train split")
+    return representative
 
 
 def run_converter(converter: tf.lite.TFLiteConverter, variant: str, representative: np.ndarray | None = None,
@@ -55,9 +133,7 @@ def run_converter(converter: tf.lite.TFLiteConverter, variant: str, representati
     if variant == "fp16":
         converter.target_spec.supported_types = [tf.float16]
     if variant == "int8":
-        if representative is None or not len(representative):
-            raise BadInputError("int8 export needs representative images", "export from a run with a train split")
-        converter.representative_dataset = lambda: ([item[None].astype(np.float32)] for item in representative)
+        converter.representative_dataset = _dataset(_representative_or_fail(representative))
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         if int8_io:
             converter.inference_input_type = tf.int8
@@ -92,8 +168,10 @@ def train_records(run_dir: Path) -> list[Record]:
 def export_run(run_dir: str | Path, variants: Sequence[str] = ("fp32", "int8"), representative_samples: int = 64,
                latency_runs: int = 30, evaluate_split: str = "test", threads: int = 2, int8_io: bool = False,
                qat: tuple[int, float] = (ExportConfig.qat_epochs, ExportConfig.qat_learning_rate),
-               bias_correction: bool = ExportConfig.bias_correction, progress: Progress = print) -> dict[str, Path]:
-    """Export the run's model as each variant, measure size, latency and accuracy; return variant -> folder."""
+               bias_correction: bool = ExportConfig.bias_correction, float_ops: int = ExportConfig.float_ops,
+               progress: Progress = print) -> dict[str, Path]:
+    """Export the run's model as each variant, measure size, latency and accuracy; return variant -> folder.
+    `mixed` is int8 with the `float_ops` ops that stray most from float kept in float."""
     run_dir = Path(run_dir)
     card = read_card(run_dir / "model.keras")
     model = keras.saving.load_model(run_dir / "model.keras", compile=False)
@@ -103,7 +181,7 @@ def export_run(run_dir: str | Path, variants: Sequence[str] = ("fp32", "int8"), 
     evaluation = {split: [r for r in records if r.split == split] for split in (evaluate_split, "val")}
     clip_length = int(card["preprocessing"].get("clip_length", 0)) if card["task"] == "video" else 0
     representative = (representative_images(train, spec, representative_samples, clip_length=clip_length)
-                      if "int8" in variants else None)
+                      if {"int8", "mixed"} & set(variants) else None)
     int8_io = bool(int8_io and "int8" in variants)
     keras_results = card.get("metrics", {}).get(evaluate_split)
     references = _keras_probabilities(run_dir, card, evaluation)
@@ -116,12 +194,15 @@ def export_run(run_dir: str | Path, variants: Sequence[str] = ("fp32", "int8"), 
         if variant == "qat":
             _quantize_aware(run_dir, tflite_path, *qat, representative_samples)
         else:
+            kept = worst_int8_ops(model, representative, float_ops) if variant == "mixed" else []
             atomic_write_bytes(tflite_path, convert(model, variant, representative, int8_io and variant == "int8",
-                                                    bias_correction))
+                                                    bias_correction, kept))
         variant_card = dict(card, name=f"{card['name']}_{variant}")
         variant_card["export"] = {"variant": variant, "size_bytes": tflite_path.stat().st_size,
                                   "int8_io": int8_io and variant == "int8",
-                                  **({"bias_correction": bias_correction} if variant == "int8" else {}),
+                                  **({"bias_correction": bias_correction} if variant in ("int8", "mixed") else {}),
+                                  **({"float_ops": float_ops_of(tflite_path.read_bytes())} if variant == "mixed"
+                                     else {}),
                                   **({"qat_epochs": qat[0], "qat_learning_rate": qat[1]} if variant == "qat" else {}),
                                   "latency": {f"{threads}_threads": TFLiteModel(tflite_path, threads).latency_ms(
                                       latency_runs)}}

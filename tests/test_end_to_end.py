@@ -134,6 +134,21 @@ def test_export_cards_and_tflite_evaluation(trained, exported, tmp_path):
     assert read_json(out)["n"] == card["metrics"]["n_test"]
 
 
+def test_mixed_export_card_names_its_float_ops_and_the_report_shows_them(trained, tmp_path):
+    from fpc_keras.export import export_run
+    from fpc_keras.report import export_rows, latency_points
+
+    run = shutil.copytree(trained["run"], tmp_path / "run", ignore=shutil.ignore_patterns("exports"))
+    folder = export_run(run, ["mixed"], latency_runs=2, float_ops=2, progress=lambda m: None)["mixed"]
+    card = read_json(folder / "model_card.json")
+    assert card["export"]["variant"] == "mixed" and card["export"]["bias_correction"] is True
+    assert len(card["export"]["float_ops"]) == 2, card["export"]["float_ops"]  # read back from the .tflite
+    assert card["metrics"]["fidelity"]["test"]["n"] == card["metrics"]["n_test"]
+    rows = export_rows({"exports": [card]})
+    assert rows[0]["variant"] == "mixed (bias-corrected, 2 ops in float)"
+    assert latency_points([{"name": "r", "export_rows": rows}])[0]["variant"] == "mixed"  # the figure's marker
+
+
 def test_edge_benchmark_table(trained, exported, capsys):
     from fpc_keras.benchmark import benchmark, onnx_session_factory, table
 

@@ -79,7 +79,7 @@ def latency_points(runs: list[dict]) -> list[dict]:
     for run in runs:
         for row in run["export_rows"]:
             if row["value"] is not None:
-                points.append({"run": run["name"], "variant": row["variant"], "latency_ms": row["median_ms"],
+                points.append({"run": run["name"], "variant": row["kind"], "latency_ms": row["median_ms"],
                                "metric": row["metric"], "value": row["value"]})
     return points
 
@@ -125,7 +125,11 @@ def export_rows(run: dict) -> list[dict]:
         fidelity = split_metrics.get("fidelity", {})
         agreement = " / ".join(f"{fidelity[split]['top1_agreement']:.3f}" if split in fidelity else "–"
                                for split in ("val", "test"))
-        rows.append({"variant": export["variant"] + (" (bias-corrected)" if export.get("bias_correction") else ""),
+        notes = [note for note, shown in (("bias-corrected", export.get("bias_correction")),
+                                          (f"{len(export.get('float_ops', []))} ops in float", "float_ops" in export))
+                 if shown]
+        rows.append({"kind": export["variant"],
+                     "variant": export["variant"] + (f" ({', '.join(notes)})" if notes else ""),
                      "size_mb": export["size_bytes"] / 1e6, "agreement": agreement if fidelity else "–",
                      "latency": f"{runs * latency['median_ms']:.1f} / {runs * latency['p90_ms']:.1f}"
                                 + (f" ({runs} runs per image: mirrored averaging)" if runs > 1 else ""),

@@ -132,7 +132,7 @@ def latency_accuracy_figure(points: list[dict], metric: str) -> str | None:
     if not points:
         return None
     figure, axis = plt.subplots(figsize=(8, 4.5))
-    markers = {"keras": "s", "fp32": "o", "fp16": "^", "dynamic": "D", "int8": "*", "qat": "P"}
+    markers = {"keras": "s", "fp32": "o", "fp16": "^", "dynamic": "D", "int8": "*", "mixed": "X", "qat": "P"}
     for run in sorted({p["run"] for p in points}):
         own = sorted((p for p in points if p["run"] == run), key=lambda p: p["latency_ms"])
         line, = axis.plot([p["latency_ms"] for p in own], [p["value"] for p in own], "-", lw=0.8, alpha=0.6)

@@ -1,8 +1,12 @@
-"""int8 bias correction (fpc_keras.bias_correction): the rounding model matches TFLite's, the correction shrinks
-the int8 model's error where weight rounding biases it, and the Keras model is never changed."""
+"""How close int8 stays to float: bias correction (fpc_keras.bias_correction: the rounding model matches TFLite's,
+the correction shrinks the int8 model's error where weight rounding biases it, the Keras model is never changed)
+and the mixed export (fpc_keras.export: the ops that stray most stay in float)."""
 import numpy as np
+import pytest
 
 from fpc_keras.bias_correction import bias_corrected, int8_rounding_error
+from fpc_keras.errors import BadInputError
+from fpc_keras.export import convert, float_ops_of, layers_of, worst_int8_ops
 
 
 def test_rounding_error_is_per_output_channel_and_depthwise_channels_span_the_last_two_axes():
@@ -44,11 +48,11 @@ def _coarse_depthwise_model(seed: int = 0):
     return model
 
 
-def _int8_error(model, representative, held_out, corrected: bool, path) -> float:
-    from fpc_keras.export import convert
+def _int8_error(model, representative, held_out, corrected: bool, path, variant: str = "int8",
+                float_ops: list[str] = ()) -> float:
     from fpc_keras.litert import TFLiteModel
 
-    path.write_bytes(convert(model, "int8", representative, bias_correction=corrected))
+    path.write_bytes(convert(model, variant, representative, bias_correction=corrected, float_ops=float_ops))
     return float(np.abs(TFLiteModel(path)(held_out) - np.asarray(model(held_out))).mean())
 
 
@@ -77,3 +81,34 @@ def test_the_corrected_copy_shifts_only_the_folded_biases():
         assert not np.array_equal(copy.get_layer(name).beta.numpy(), model.get_layer(name).beta.numpy()), name
         np.testing.assert_array_equal(copy.get_layer(name).gamma.numpy(), model.get_layer(name).gamma.numpy())
     np.testing.assert_array_equal(copy.get_layer("logits").kernel.numpy(), model.get_layer("logits").kernel.numpy())
+
+
+def test_a_convolution_named_in_skip_keeps_its_bias():
+    model = _coarse_depthwise_model()
+    representative = np.random.default_rng(1).uniform(0, 255, (8, 16, 16, 3)).astype("float32")
+    copy, count = bias_corrected(model, representative, skip={"dw1"})
+    assert count == 3
+    np.testing.assert_array_equal(copy.get_layer("dw1_bn").beta.numpy(), model.get_layer("dw1_bn").beta.numpy())
+    assert not np.array_equal(copy.get_layer("dw2_bn").beta.numpy(), model.get_layer("dw2_bn").beta.numpy())
+
+
+def test_mixed_export_keeps_the_coarsely_rounded_depthwise_ops_in_float_and_stays_closer_to_float(tmp_path):
+    rng = np.random.default_rng(1)
+    representative = rng.uniform(0, 255, (16, 16, 16, 3)).astype("float32")
+    held_out = rng.uniform(0, 255, (32, 16, 16, 3)).astype("float32")
+    model = _coarse_depthwise_model()
+    worst = worst_int8_ops(model, representative, 4)
+    assert layers_of(model, worst) >= {"dw0", "dw1", "dw2"}, worst  # one large weight a channel: coarse steps
+    mixed = convert(model, "mixed", representative, float_ops=worst)
+    kept = float_ops_of(mixed)
+    assert len(kept) == 4 and sum(op.startswith("DEPTHWISE_CONV_2D") for op in kept) == 3, kept
+    assert float_ops_of(convert(model, "int8", representative)) == []
+    int8 = _int8_error(model, representative, held_out, True, tmp_path / "int8.tflite")
+    kept_float = _int8_error(model, representative, held_out, True, tmp_path / "mixed.tflite", "mixed", worst)
+    assert kept_float < 0.5 * int8, (kept_float, int8)
+
+
+def test_mixed_export_refuses_ops_it_cannot_find():
+    representative = np.random.default_rng(1).uniform(0, 255, (4, 16, 16, 3)).astype("float32")
+    with pytest.raises(BadInputError, match="1 of the 1 ops chosen to stay in float were not found"):
+        convert(_coarse_depthwise_model(), "mixed", representative, float_ops=["no_such_model/no_such_layer/op"])
