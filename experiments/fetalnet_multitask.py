@@ -5,6 +5,8 @@ and on probe sweeps built from HC18 images.
     python experiments/fetalnet_multitask.py --data hc18:/data/HC18 --ship tflite/models/hc18_fetalnet
     python experiments/fetalnet_multitask.py --no-video --set train.epochs=2    # a quick look
     python experiments/fetalnet_multitask.py --folds 5 --fold 0 --fold 1         # two folds of a 5-fold CV
+    python experiments/fetalnet_multitask.py --folds 5 --set train.ema_momentum=0.995 --set name=NAME \
+        --against reports/cv/mask_only/fetalnet_hc18_lite0_256x384_cv5          # a recipe against another, per image
 
 1. the frame model (experiments/configs/fetalnet_hc18.yaml): trained, selected on validation Dice, evaluated once
    on the test subjects (Dice, IoU, Hausdorff mm, HC error mm, Bland-Altman), the HC18 challenge CSV of the test
@@ -27,8 +29,8 @@ from pathlib import Path
 
 from fpc_keras.config import load_config
 from fpc_keras.data.hc18 import write_challenge_csv
-from fpc_keras.experiment import (SHARED_DATA, pooled_segmentation, pooled_segmentation_table, segmentation_fold,
-                                  segmentation_table)
+from fpc_keras.experiment import (SHARED_DATA, paired_segmentation, paired_segmentation_table, pooled_segmentation,
+                                  pooled_segmentation_table, segmentation_fold, segmentation_table)
 from fpc_keras.export import export_run, ship
 from fpc_keras.io import atomic_write_json, atomic_write_text, read_json
 from fpc_keras.train import train
@@ -57,6 +59,8 @@ def main() -> None:
                         help="with --folds: run only fold I (repeatable; default: every fold not yet stored)")
     parser.add_argument("--cv-store", default="reports/cv", metavar="DIR",
                         help="where finished folds' test items are kept and pooled from")
+    parser.add_argument("--against", metavar="DIR",
+                        help="with --folds: another recipe's stored folds (same K) to compare with, image by image")
     args = parser.parse_args()
     if args.folds:
         cross_validate(args)
@@ -94,6 +98,12 @@ def cross_validate(args: argparse.Namespace) -> None:
     table = pooled_segmentation_table(folds, pooled_segmentation(folds))
     atomic_write_text(store / "pooled.md", table)
     print(f"\n{name}, {args.folds}-fold cross-validation by subject ({store}):\n\n{table}")
+    if args.against:
+        against = Path(args.against)
+        paired = paired_segmentation(folds, [read_json(path) for path in sorted(against.glob("fold*.json"))])
+        table = paired_segmentation_table(paired, store.name, f"{against.parent.name}/{against.name}")
+        atomic_write_text(store / f"paired_vs_{against.parent.name}_{against.name}.md", table)
+        print(f"paired, on the test images both have measured:\n\n{table}")
 
 
 if __name__ == "__main__":

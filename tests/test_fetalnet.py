@@ -285,7 +285,8 @@ def test_cross_validation_measures_each_image_once_and_pools_folds_run_apart(tmp
     store = tmp_path / "cv" / "fetalnet_hc18_lite0_256x384_cv2"
     assert [p.name for p in sorted(store.glob("fold*.json"))] == ["fold0.json"]
     assert "pooled (1 of 2 folds)" in first.stdout
-    second = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO)
+    second = subprocess.run([*command, "--against", str(tmp_path / "cv" / "fetalnet_hc18_lite0_256x384_cv2")],
+                            capture_output=True, text=True, timeout=600, cwd=REPO)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "fold 0: stored in" in second.stdout
     folds = [read_json(store / f"fold{i}.json") for i in (0, 1)]
@@ -297,6 +298,8 @@ def test_cross_validation_measures_each_image_once_and_pools_folds_run_apart(tmp
     assert all(fold["postprocessing"]["shape"] in ("mask", "ellipse") for fold in folds)
     pooled = (store / "pooled.md").read_text()
     assert "| pooled (2 of 2 folds) | 12 |" in pooled
+    paired = (store / "paired_vs_cv_fetalnet_hc18_lite0_256x384_cv2.md").read_text()  # against itself: no change
+    assert "| dice | 12 | +0.0000 [+0.0000, +0.0000] | 0 |" in paired
 
 
 def test_pooling_refuses_a_fold_twice_or_folds_of_another_k():
@@ -310,3 +313,22 @@ def test_pooling_refuses_a_fold_twice_or_folds_of_another_k():
     for folds in ([fold(0, 5, 1.0), fold(0, 5, 1.0)], [fold(0, 5, 1.0), fold(1, 3, 1.0)]):
         with pytest.raises(BadInputError, match="one K-fold split"):
             pooled_segmentation(folds)
+
+
+def test_paired_comparison_matches_images_across_recipes_and_counts_wins():
+    from fpc_keras.experiment import paired_segmentation, paired_segmentation_table
+
+    def fold(index: int, k: int, files: dict) -> dict:
+        return {"fold": index, "folds": k, "items": [{"file": f, "dice": d, "iou": None, "hausdorff_mm": 1.0,
+                                                      "hc_mad_mm": hc} for f, (d, hc) in files.items()]}
+
+    recipe = [fold(0, 5, {"a.png": (0.96, 1.0), "b.png": (0.98, 3.0)}), fold(1, 5, {"c.png": (0.97, 2.0)})]
+    baseline = [fold(0, 5, {"b.png": (0.97, 4.0), "a.png": (0.97, 1.5)}), fold(1, 5, {"z.png": (0.5, 9.0)})]
+    paired = paired_segmentation(recipe, baseline)
+    assert paired["hc_mad_mm"]["n"] == 2 and paired["hc_mad_mm"]["value"] == pytest.approx(-0.75)  # a, b only
+    assert paired["hc_mad_mm"]["better"] == 2 and paired["dice"]["better"] == 1  # lower mm, higher Dice wins
+    assert paired["hausdorff_mm"]["better"] == 0 and "iou" not in paired  # ties win nothing; no values, no row
+    assert "| hc_mad_mm | 2 | -0.75 [" in paired_segmentation_table(paired, "ema", "mask_only")
+    for other in ([fold(0, 3, {"a.png": (0.9, 1.0)})], []):
+        with pytest.raises(BadInputError):
+            paired_segmentation(recipe, other)
