@@ -167,6 +167,7 @@ def _per_item_ms(latency: float | None, runs: int) -> str:
 
 
 SEGMENTATION_MEASURES = ("dice", "iou", "hausdorff_mm", "hc_mad_mm")
+DIGITS = {name: 2 if name.endswith("_mm") else 4 for name in SEGMENTATION_MEASURES}  # mm to 0.01, overlaps to 1e-4
 
 
 def segmentation_fold(run_dir: str | Path, fold: int, folds: int) -> dict:
@@ -197,7 +198,6 @@ def pooled_segmentation(folds: Sequence[dict]) -> dict:
 
 def pooled_segmentation_table(folds: Sequence[dict], pooled: dict) -> str:
     """Markdown: one row per fold (means), then the pooled row (means with bootstrap CIs)."""
-    digits = {name: 2 if name.endswith("_mm") else 4 for name in SEGMENTATION_MEASURES}
 
     def mean(values: list, d: int) -> str:
         values = [v for v in values if v is not None and not np.isnan(v)]
@@ -206,13 +206,13 @@ def pooled_segmentation_table(folds: Sequence[dict], pooled: dict) -> str:
     lines = ["| fold | n test | Dice | IoU | Hausdorff mm | HC abs. error mm | threshold, mirrored, shape | train s |",
              "|---|---|---|---|---|---|---|---|"]
     for f in sorted(folds, key=lambda f: f["fold"]):
-        cells = [mean([item.get(name) for item in f["items"]], digits[name]) for name in SEGMENTATION_MEASURES]
+        cells = [mean([item.get(name) for item in f["items"]], DIGITS[name]) for name in SEGMENTATION_MEASURES]
         post = {**postprocess.DEFAULT, **f["postprocessing"]}  # folds stored before `shape`: the mask
         lines.append(f"| {f['fold']} | {len(f['items'])} | {' | '.join(cells)} | {post['threshold']}, "
                      f"{'yes' if post['flip'] else 'no'}, {post['shape']} | {f['train_seconds']:.0f} |")
     cells = []
     for name in SEGMENTATION_MEASURES:
-        metric, d = pooled["metrics"].get(name), digits[name]
+        metric, d = pooled["metrics"].get(name), DIGITS[name]
         cells.append(f"{metric['value']:.{d}f} [{metric['ci95'][0]:.{d}f}, {metric['ci95'][1]:.{d}f}]" if metric
                      else "-")
     lines.append(f"| pooled ({len(folds)} of {pooled['folds']} folds) | {pooled['n']} | {' | '.join(cells)} | | "
@@ -247,7 +247,7 @@ def paired_segmentation_table(paired: dict, recipe: str, baseline: str) -> str:
     """Markdown: per measure, the mean paired difference (recipe - baseline) with its CI and the images it won."""
     lines = [f"| measure | n images | {recipe} - {baseline}, mean [95 % CI] | {recipe} better on |", "|---|---|---|---|"]
     for name, metric in paired.items():
-        d = 2 if name.endswith("_mm") else 4
+        d = DIGITS[name]
         lines.append(f"| {name} | {metric['n']} | {metric['value']:+.{d}f} [{metric['ci95'][0]:+.{d}f}, "
                      f"{metric['ci95'][1]:+.{d}f}] | {metric['better']} |")
     return "\n".join(lines) + "\n"
