@@ -2,7 +2,8 @@
 training split), and quantisation-aware int8 (`qat`: fine-tuned with fake quantisation in a child process,
 fpc_keras.qat). Each variant goes to `exports/<variant>/model.tflite` with its model card, which records its
 size, latency and its own accuracy on the evaluation split beside the Keras model's, and on the validation split:
-variants (PTQ or QAT) are chosen on validation, the evaluation split only reports.
+the quantised variants are ranked on validation (`choose_quantised`, written to `exports/choice.json`), the
+evaluation split only reports.
 """
 from __future__ import annotations
 
@@ -29,12 +30,17 @@ from .data.images import ImageSpec
 from .data.records import Record
 from .errors import BadInputError
 from .evaluate import class_probabilities, evaluate, fidelity, load_predictor, summary_line
-from .io import atomic_write_bytes
+from .io import atomic_write_bytes, atomic_write_json, read_json
 from .litert import TFLiteModel, interpreter_class
+from .metrics import headline_metric
 from .models.frozen_features import split_feature_norm
 
 Progress = Callable[[str], None]
 DEBUG_IMAGES = 16  # representative images the quantisation debugger ranks a mixed export's ops on
+QUANTISED = ("dynamic", "int8", "mixed", "qat")  # the int8 variants `choose_quantised` ranks
+CHOICE_RULE = ("on the validation split: a classifier's highest top-1 agreement with its float model, ties broken "
+               "by the lower mean absolute probability difference (steadier than two accuracies on a small split); "
+               "other models' highest validation top-1 or Dice")
 
 
 def convert(model: keras.Model, variant: str, representative: np.ndarray | None = None,
@@ -222,7 +228,47 @@ def export_run(run_dir: str | Path, variants: Sequence[str] = ("fp32", "int8"), 
                                        **({"fidelity": agreement} if agreement else {})}
             write_card(folder, variant_card)
         out[variant] = folder
+    choice = choose_quantised(run_dir)
+    if choice:
+        progress(f"      chosen on validation among {', '.join(r['variant'] for r in choice['ranking'])}: "
+                 f"{choice['chosen']} (exports/choice.json)")
     return out
+
+
+def choose_quantised(run_dir: str | Path) -> dict | None:
+    """Rank every quantised export of the run that was measured on validation (by CHOICE_RULE), write the ranking
+    to `exports/choice.json` and return it; None when there is none. Test figures ride along for the report and
+    never decide."""
+    exports = Path(run_dir) / "exports"
+    cards = {card["export"]["variant"]: card for card in map(read_json, sorted(exports.glob("*/model_card.json")))
+             if card["export"]["variant"] in QUANTISED and "val" in card.get("metrics", {})}
+    if not cards:
+        return None
+    ranked = sorted(cards, key=lambda variant: (_validation_key(cards[variant]), QUANT_VARIANTS.index(variant)))
+    choice = {"rule": CHOICE_RULE, "chosen": ranked[0],
+              "ranking": [{"variant": variant, **_choice_figures(cards[variant])} for variant in ranked]}
+    atomic_write_json(exports / "choice.json", choice)
+    return choice
+
+
+def _validation_key(card: dict) -> tuple[float, ...]:
+    metrics = card["metrics"]
+    fidelity = metrics.get("fidelity", {}).get("val")
+    if fidelity:
+        return -fidelity["top1_agreement"], fidelity["mean_abs_prob_diff"]
+    return (-metrics["val"][headline_metric(metrics["val"])]["value"],)
+
+
+def _choice_figures(card: dict) -> dict:
+    metrics = card["metrics"]
+    metric = headline_metric(metrics["val"])
+    figures = {f"val_{metric}": metrics["val"][metric]["value"],
+               **{f"val_{key}": value for key, value in metrics.get("fidelity", {}).get("val", {}).items()
+                  if key != "n"}}
+    for split in ("test", "keras_test"):
+        if (metrics.get(split) or {}).get(metric):
+            figures[f"{split}_{metric}"] = metrics[split][metric]["value"]
+    return figures
 
 
 def _keras_probabilities(run_dir: Path, card: dict, evaluation: dict[str, list[Record]]) -> dict[str, np.ndarray]:

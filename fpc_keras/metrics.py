@@ -12,6 +12,11 @@ import numpy as np
 N_BOOT = 1000
 
 
+def headline_metric(split_metrics: dict) -> str:
+    """The metric a split's results are ranked and tabled by: a classifier's top-1, a segmenter's Dice."""
+    return "top1" if "top1" in split_metrics else "dice"
+
+
 def bootstrap(values_fn: Callable[[np.ndarray], float], n: int, n_boot: int = N_BOOT, seed: int = 0) -> list[float]:
     rng = np.random.default_rng(seed)
     stats = [values_fn(rng.integers(0, n, size=n)) for _ in range(n_boot)]

@@ -246,7 +246,9 @@ def test_report_has_every_paper_table_and_a_page_per_run(trained, exported, tmp_
         assert f'alt="{figure} of tiny"' in run_page, figure
     assert "int8" in run_page and "model_card.json" in run_page and "tensorflow" in run_page
     assert "top1 on validation (choose here)" in run_page  # exports compared where a variant is chosen
-    assert "int8 (bias-corrected)" in run_page and "<td>1.000 / 1.000</td>" in run_page  # fp32's fidelity
+    assert "int8 (bias-corrected, chosen on validation)" in run_page  # the only quantised export
+    assert "Quantised variant chosen: int8, on the validation split" in run_page
+    assert "<td>1.000 / 1.000</td>" in run_page  # fp32's fidelity
 
 
 def _chromium() -> str:

@@ -10,6 +10,7 @@ import yaml
 
 from ..errors import BadInputError
 from ..io import atomic_write_text, read_json
+from ..metrics import headline_metric
 from ..postprocess import invokes_per_item
 from .figures import (bland_altman_figure, confusion_figure, history_figure, image_file_uri, latency_accuracy_figure,
                       overlay_figure, reliability_figure)
@@ -31,9 +32,11 @@ def collect_runs(runs_dir: str | Path) -> list[dict]:
         results = read_json(results_path)
         metrics = results["metrics"]
         exports = [read_json(p) for p in sorted(folder.glob("exports/*/model_card.json"))]
+        choice_path = folder / "exports" / "choice.json"
         config = (folder / "config.yaml").read_text() if (folder / "config.yaml").is_file() else ""
         runs.append({"name": folder.name, "folder": str(folder), "card": card, "results": results,
                      "exports": exports, "config": config,
+                     "quantised_choice": read_json(choice_path) if choice_path.is_file() else None,
                      "paper": (yaml.safe_load(config) or {}).get("model", {}).get("name") if config else None,
                      "confusion": confusion_figure(metrics["confusion"]) if "confusion" in metrics else None,
                      "reliability": reliability_figure(metrics["calibration"]) if "calibration" in metrics else None,
@@ -113,20 +116,22 @@ def comparison_tables(runs: list[dict]) -> list[dict]:
 
 def export_rows(run: dict) -> list[dict]:
     rows = []
+    chosen = (run.get("quantised_choice") or {}).get("chosen")
     for card in run["exports"]:
         export = card["export"]
         latency, runs = next(iter(export["latency"].values())), invokes_per_item(card)
         split_metrics = card.get("metrics", {})
         test = split_metrics.get("test") or {}
         keras_test = split_metrics.get("keras_test") or {}
-        metric = "top1" if "top1" in test else "dice"  # a classifier's top-1, a segmenter's Dice
+        metric = headline_metric(test)
         top1 = test.get(metric, {}).get("value")
         keras_top1 = keras_test.get(metric, {}).get("value")
         fidelity = split_metrics.get("fidelity", {})
         agreement = " / ".join(f"{fidelity[split]['top1_agreement']:.3f}" if split in fidelity else "–"
                                for split in ("val", "test"))
         notes = [note for note, shown in (("bias-corrected", export.get("bias_correction")),
-                                          (f"{len(export.get('float_ops', []))} ops in float", "float_ops" in export))
+                                          (f"{len(export.get('float_ops', []))} ops in float", "float_ops" in export),
+                                          ("chosen on validation", export["variant"] == chosen))
                  if shown]
         rows.append({"kind": export["variant"],
                      "variant": export["variant"] + (f" ({', '.join(notes)})" if notes else ""),

@@ -1,0 +1,55 @@
+"""`export.choose_quantised`: which int8 variant a run ships is decided on validation, by fidelity to the float
+model for classifiers, and the test split never decides."""
+from fpc_keras.export import choose_quantised
+from fpc_keras.io import atomic_write_json, read_json
+from fpc_keras.report import export_rows
+
+
+def _card(folder, variant, val, test, agreement=None, prob_diff=None, metric="top1"):
+    metrics = {split: {metric: {"value": value, "ci95": [value - 0.05, value + 0.05]}}
+               for split, value in (("val", val), ("test", test), ("keras_test", 0.79))}
+    if agreement is not None:
+        metrics["fidelity"] = {"val": {"top1_agreement": agreement, "mean_abs_prob_diff": prob_diff, "n": 92}}
+    card = {"export": {"variant": variant, "size_bytes": 1000, "latency": {"2_threads": {"median_ms": 1.0,
+                                                                                          "p90_ms": 2.0}}},
+            "metrics": metrics}
+    atomic_write_json(folder / "exports" / variant / "model_card.json", card)
+    return card
+
+
+def test_a_classifier_ships_the_variant_that_follows_float_closest_on_validation(tmp_path):
+    _card(tmp_path, "fp32", 0.86, 0.79, 1.0, 0.0)  # not quantised: never a candidate
+    _card(tmp_path, "int8", 0.79, 0.77, 0.924, 0.052)
+    _card(tmp_path, "mixed", 0.83, 0.70, 0.967, 0.028)  # worst on test: test figures do not decide
+    _card(tmp_path, "qat", 0.84, 0.90, 0.935, 0.067)  # best validation top-1, but further from float
+    choice = choose_quantised(tmp_path)
+    assert choice["chosen"] == "mixed"
+    assert [r["variant"] for r in choice["ranking"]] == ["mixed", "qat", "int8"]
+    assert choice["ranking"][0]["val_top1_agreement"] == 0.967 and choice["ranking"][0]["test_top1"] == 0.70
+    assert read_json(tmp_path / "exports" / "choice.json") == choice
+
+
+def test_equal_agreement_goes_to_the_smaller_probability_difference(tmp_path):
+    _card(tmp_path, "int8", 0.80, 0.80, 0.95, 0.040)
+    _card(tmp_path, "dynamic", 0.80, 0.80, 0.95, 0.030)
+    assert choose_quantised(tmp_path)["chosen"] == "dynamic"
+
+
+def test_a_segmenter_ships_the_best_validation_dice(tmp_path):
+    _card(tmp_path, "int8", 0.9770, 0.9724, metric="dice")
+    _card(tmp_path, "mixed", 0.9771, 0.9700, metric="dice")
+    assert choose_quantised(tmp_path)["chosen"] == "mixed"
+
+
+def test_no_quantised_export_measured_on_validation_means_no_choice(tmp_path):
+    _card(tmp_path, "fp32", 0.86, 0.79, 1.0, 0.0)
+    card = _card(tmp_path, "int8", 0.79, 0.77, 0.92, 0.05)
+    del card["metrics"]["val"]
+    atomic_write_json(tmp_path / "exports" / "int8" / "model_card.json", card)
+    assert choose_quantised(tmp_path) is None and not (tmp_path / "exports" / "choice.json").exists()
+
+
+def test_the_report_marks_the_chosen_variant(tmp_path):
+    cards = [_card(tmp_path, v, 0.8, 0.8, a, 0.05) for v, a in (("int8", 0.9), ("qat", 0.95))]
+    rows = export_rows({"exports": cards, "quantised_choice": choose_quantised(tmp_path)})
+    assert [r["variant"] for r in rows] == ["int8", "qat (chosen on validation)"]
