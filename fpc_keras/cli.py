@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from .config import QUANT_VARIANTS, ExportConfig
@@ -61,7 +62,7 @@ def cmd_postprocess(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from .export import export_run, ship
+    from .export import export_run, ship, shipped_variant
 
     folders = export_run(args.model, args.quant, args.representative_samples, threads=args.threads,
                          int8_io=args.int8_io, qat=(args.qat_epochs, args.qat_learning_rate),
@@ -69,7 +70,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     for variant, folder in folders.items():
         print(f"{variant}: {folder / 'model.tflite'}")
     if args.ship:
-        print(f"shipped {args.quant[-1]} to {ship(folders[args.quant[-1]], args.ship)}")
+        variant = shipped_variant(args.model, args.quant)
+        print(f"shipped {variant} to {ship(Path(args.model) / 'exports' / variant, args.ship)}")
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -149,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="int8 / mixed without bias correction (default: corrected on the representative images)")
     p.add_argument("--representative-samples", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--ship", metavar="DIR", help="copy the last variant with its card to DIR (e.g. tflite/models/x)")
+    p.add_argument("--ship", metavar="DIR", help="copy a variant with its card to DIR (e.g. tflite/models/x): the "
+                   "quantised one chosen on validation when --quant has one (exports/choice.json), else the last")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("report", help="write the HTML report from runs/*/results.json")

@@ -292,6 +292,15 @@ def _quantize_aware(run_dir: Path, out: Path, epochs: int, learning_rate: float,
                             "see `python -m fpc_keras.qat RUN OUT` for the full log, or export --quant int8")
 
 
+def shipped_variant(run_dir: str | Path, exported: Sequence[str]) -> str:
+    """What `--ship` copies after exporting `exported`: the run's quantised variant chosen on validation when a
+    quantised variant was among them (`choose_quantised`), else the last one exported."""
+    choice_path = Path(run_dir) / "exports" / "choice.json"
+    if set(QUANTISED) & set(exported) and choice_path.is_file():
+        return read_json(choice_path)["chosen"]
+    return exported[-1]
+
+
 def ship(variant_folder: str | Path, destination: str | Path) -> Path:
     """Copy an exported variant (model.tflite + model_card.json) to e.g. tflite/models/<name>/."""
     destination = Path(destination)

@@ -76,8 +76,8 @@ def test_evaluate_contract(trained, target, capsys):
 
 @pytest.fixture(scope="module")
 def exported(trained):
-    assert main(["export", "--model", str(trained["run"]), "--quant", "fp32", "fp16", "int8",
-                 "--representative-samples", "8"]) == 0
+    assert main(["export", "--model", str(trained["run"]), "--quant", "fp32", "int8", "fp16",
+                 "--representative-samples", "8", "--ship", str(trained["root"] / "shipped")]) == 0
     return {v: trained["run"] / "exports" / v for v in ("fp32", "fp16", "int8")}
 
 
@@ -132,6 +132,12 @@ def test_export_cards_and_tflite_evaluation(trained, exported, tmp_path):
     assert main(["evaluate", "--model", str(exported["int8"] / "model.tflite"), "--data",
                  f"folder:{trained['data']}", "--split", "test", "--out", str(out)]) == 0
     assert read_json(out)["n"] == card["metrics"]["n_test"]
+
+
+def test_ship_copies_the_quantised_variant_chosen_on_validation_not_the_last(trained, exported):
+    assert read_json(trained["run"] / "exports" / "choice.json")["chosen"] == "int8"
+    assert read_json(trained["root"] / "shipped" / "model_card.json")["export"]["variant"] == "int8"
+    assert (trained["root"] / "shipped" / "model.tflite").read_bytes() == (exported["int8"] / "model.tflite").read_bytes()
 
 
 def test_mixed_export_card_names_its_float_ops_and_the_report_shows_them(trained, tmp_path):
