@@ -626,6 +626,7 @@ class _Phase:
         self.floor = (-1.0, -float("inf"))
         self.state = {"epoch": -1, "best_score": -1.0, "best_loss": float("inf"), "best_epoch": -1, "wait": 0,
                       "seconds": 0.0, "done": False}
+        self._since: float | None = None  # while a timed block runs: when its time was last added to `seconds`
 
     def best_key(self) -> tuple[float, float]:
         return max((self.state["best_score"], -self.state["best_loss"]), self.floor)
@@ -648,11 +649,20 @@ class _Phase:
     def timed(self) -> Iterator[None]:
         """Adds the block's wall time to the phase's `seconds`: fitting, and the work the phase needs first
         (encoding the features a head trains on), without which a cached-feature run looks nearly free."""
-        start = time.perf_counter()
+        self._since = time.perf_counter()
         try:
             yield
         finally:
-            self.state["seconds"] += time.perf_counter() - start
+            self._tick()
+            self._since = None
+
+    def _tick(self) -> None:
+        """Add the time since the last tick to `seconds`: every state written mid-phase carries the time spent so
+        far, so a run killed and resumed reports the whole cost of its training, not only the resumed part."""
+        if self._since is not None:
+            now = time.perf_counter()
+            self.state["seconds"] += now - self._since
+            self._since = now
 
     def fit(self, model: keras.Model, data: tf.data.Dataset, epochs: int, validate: Validate | None,
             class_weight: dict | None = None, steps_per_epoch: int | None = None) -> None:
@@ -687,6 +697,7 @@ class _Phase:
         return self.state["wait"] >= self.patience
 
     def _write_state(self) -> None:
+        self._tick()
         atomic_write_json(self.folder / "state.json", self.state)
 
     def _append_history(self, epoch: int, logs: dict) -> None:

@@ -68,6 +68,23 @@ def test_encoding_cached_features_counts_in_training_time(folder_dataset, tmp_pa
     assert results["timings"]["train_seconds"] >= 6.0
 
 
+def test_a_state_written_mid_phase_carries_the_time_spent_so_far(tmp_path):
+    """A run killed mid-phase and resumed reports its whole training time: the state each epoch's checkpoint
+    writes holds the phase's seconds so far (before, only a finished block's time was added)."""
+    import time
+
+    from fpc_keras.train import _Phase
+
+    phase = _Phase("phase1", tmp_path, patience=3, history=tmp_path / "history.csv", progress=lambda m: None)
+    with phase.timed():
+        time.sleep(0.3)
+        phase._write_state()  # as after each epoch
+        written = read_json(tmp_path / "state.json")["seconds"]
+        time.sleep(0.2)
+    assert written >= 0.3
+    assert 0.5 <= phase.state["seconds"] < 0.9  # counted once
+
+
 def _conv_extractor():
     import keras
 
