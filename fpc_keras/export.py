@@ -241,7 +241,7 @@ def choose_quantised(run_dir: str | Path) -> dict | None:
     never decide."""
     exports = Path(run_dir) / "exports"
     cards = {card["export"]["variant"]: card for card in map(read_json, sorted(exports.glob("*/model_card.json")))
-             if card["export"]["variant"] in QUANTISED and "val" in card.get("metrics", {})}
+             if card["export"]["variant"] in QUANTISED and _measured_on_validation(card)}
     if not cards:
         return None
     ranked = sorted(cards, key=lambda variant: (_validation_key(cards[variant]), QUANT_VARIANTS.index(variant)))
@@ -249,6 +249,11 @@ def choose_quantised(run_dir: str | Path) -> dict | None:
               "ranking": [{"variant": variant, **_choice_figures(cards[variant])} for variant in ranked]}
     atomic_write_json(exports / "choice.json", choice)
     return choice
+
+
+def _measured_on_validation(card: dict) -> bool:
+    val = card.get("metrics", {}).get("val") or {}
+    return headline_metric(val) in val
 
 
 def _validation_key(card: dict) -> tuple[float, ...]:

@@ -47,6 +47,9 @@ def test_no_quantised_export_measured_on_validation_means_no_choice(tmp_path):
     del card["metrics"]["val"]
     atomic_write_json(tmp_path / "exports" / "int8" / "model_card.json", card)
     assert choose_quantised(tmp_path) is None and not (tmp_path / "exports" / "choice.json").exists()
+    card["metrics"]["val"] = {"sweep_dice": {"value": 0.95}}  # no top-1 or Dice to rank by
+    atomic_write_json(tmp_path / "exports" / "int8" / "model_card.json", card)
+    assert choose_quantised(tmp_path) is None
 
 
 def test_the_report_marks_the_chosen_variant(tmp_path):
