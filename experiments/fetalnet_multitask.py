@@ -31,7 +31,7 @@ from fpc_keras.config import load_config
 from fpc_keras.data.hc18 import write_challenge_csv
 from fpc_keras.experiment import (SHARED_DATA, paired_segmentation, paired_segmentation_table, pooled_segmentation,
                                   pooled_segmentation_table, segmentation_fold, segmentation_table)
-from fpc_keras.export import export_run, ship
+from fpc_keras.export import export_run, ship, shipped_variant
 from fpc_keras.io import atomic_write_json, atomic_write_text, read_json
 from fpc_keras.train import train
 
@@ -52,7 +52,8 @@ def main() -> None:
     parser.add_argument("--runs", default="runs")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override both runs")
     parser.add_argument("--no-video", dest="video", action="store_false", help="skip the video (sweep) model")
-    parser.add_argument("--ship", metavar="DIR", help="copy the int8 export with its card to DIR")
+    parser.add_argument("--ship", metavar="DIR", help="copy the quantised export chosen on validation "
+                        "(exports/choice.json; int8, the only one exported here) with its card to DIR")
     parser.add_argument("--folds", type=int, default=0, metavar="K",
                         help="K-fold cross-validation of the frame model by subject (pooled test measures)")
     parser.add_argument("--fold", type=int, action="append", metavar="I",
@@ -79,7 +80,8 @@ def main() -> None:
     atomic_write_text(Path(args.runs) / "_tables" / "fetalnet_hc18.md", table)
     print("\n" + table)
     if args.ship:
-        print(f"shipped int8 to {ship(folders['int8'], args.ship)}")
+        variant = shipped_variant(frame_run, VARIANTS)
+        print(f"shipped {variant} to {ship(frame_run / 'exports' / variant, args.ship)}")
 
 
 def cross_validate(args: argparse.Namespace) -> None:
