@@ -35,7 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from .card import make_card, write_card
-from .config import RunConfig, TrainConfig, config_to_dict, save_config
+from .config import RunConfig, TrainConfig, config_to_dict, load_config, save_config
 from .data.datasets import TASK_OF_KIND, prepare_records
 from .data.augment import build_augmenter
 from .data.images import ImageSpec
@@ -76,6 +76,7 @@ def train(config: RunConfig, progress: Progress = print) -> Path:
     config.model.num_classes = len(labels)
     counts = split_counts(records)
     progress(f"      {len(records)} items, classes {labels}, splits {counts}")
+    check_resumable(config)
     _write_run_files(config, records)
     if source is not None:
         session = _SegmentationSession(config, records, labels, progress, final_epochs)
@@ -158,6 +159,38 @@ def warm_start(model: keras.Model, source: str | Path, progress: Progress) -> No
                             "warm-start from a run of the same architecture")
     progress(f"      warm start from {path}: {len(copied)} layer(s) copied"
              + (f", {len(kept)} left as built: {', '.join(kept)}" if kept else ""))
+
+
+def check_resumable(config: RunConfig) -> None:
+    """A run folder with checkpoints resumes (or, finished, is evaluated again) only under the data, model and seed
+    it was trained with. Anything else would load its weights into another network, or measure them on a split
+    that holds their training items (a new seed deals the items anew) and overwrite the run's results with that."""
+    stored = config.run_dir / "config.yaml"
+    if not (stored.is_file() and (config.run_dir / "checkpoints").is_dir()):
+        return
+    changed = _differences(_recipe(load_config(stored)), _recipe(config))
+    if changed:
+        raise BadInputError(f"{config.run_dir} was trained with another configuration ({'; '.join(changed)})",
+                            "give the new run its own name (--set name=NAME), or delete the folder to train it again")
+
+
+def _recipe(config: RunConfig) -> dict:
+    """What a run's checkpoints and splits depend on: the data section (but not the bad-input policy), the model
+    (classes as counted when it was trained) and the seed."""
+    tree = config_to_dict(config)
+    data = {k: v for k, v in tree["data"].items() if k != "on_bad_input"}
+    return {"data": data, "model": tree["model"], "train": {"seed": tree["train"]["seed"]}}
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} then, {b!r} now")
+    return out
 
 
 def split_rule(config: RunConfig) -> dict:

@@ -13,6 +13,7 @@ from PIL import Image
 from conftest import tiny_overrides, write_folder_dataset
 from fpc_keras.cli import main
 from fpc_keras.config import load_config
+from fpc_keras.errors import BadInputError
 from fpc_keras.io import read_json
 from fpc_keras.litert import TFLiteModel
 from fpc_keras.train import train
@@ -59,6 +60,21 @@ def test_rerun_of_a_finished_run_does_not_train_again(trained, tmp_path):
     assert not any(m.startswith("[3/4]") for m in messages)
     assert read_json(runs / "tiny" / "results.json")["metrics"]["top1"] == \
         read_json(trained["run"] / "results.json")["metrics"]["top1"]
+
+
+@pytest.mark.parametrize("override, named", [("train.seed=1", "train.seed: 0 then, 1 now"),
+                                              ("model.attention=cbam", "model.attention: 'se' then, 'cbam' now")])
+def test_rerun_under_another_seed_or_model_is_refused_and_leaves_the_run_alone(trained, tmp_path, override, named):
+    """A new seed deals the items into new splits: re-evaluating the finished model there would measure it on its own
+    training images and overwrite the run's results with that (it happened to a BUSI run)."""
+    runs = tmp_path / "runs"
+    shutil.copytree(trained["run"], runs / "tiny")
+    before = {name: (runs / "tiny" / name).read_bytes() for name in ("splits.csv", "results.json", "config.yaml")}
+    key, value = override.split("=")
+    with pytest.raises(BadInputError, match=named) as caught:
+        train(load_config(None, tiny_overrides(trained["data"], runs, **{key: value})))
+    assert "--set name=" in caught.value.fix
+    assert {name: (runs / "tiny" / name).read_bytes() for name in before} == before
 
 
 @pytest.mark.parametrize("target", ["run", "keras"])
