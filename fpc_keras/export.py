@@ -188,6 +188,8 @@ def export_run(run_dir: str | Path, variants: Sequence[str] = ("fp32", "int8"), 
     clip_length = int(card["preprocessing"].get("clip_length", 0)) if card["task"] == "video" else 0
     representative = (representative_images(train, spec, representative_samples, clip_length=clip_length)
                       if {"int8", "mixed"} & set(variants) else None)
+    if int8_io and "mixed" in variants:
+        progress("      mixed keeps float input and output: --int8-io applies to the int8 variant only")
     int8_io = bool(int8_io and "int8" in variants)
     keras_results = card.get("metrics", {}).get(evaluate_split)
     references = _keras_probabilities(run_dir, card, evaluation)

@@ -161,9 +161,12 @@ def test_mixed_export_card_names_its_float_ops_and_the_report_shows_them(trained
     from fpc_keras.report import export_rows, latency_points
 
     run = shutil.copytree(trained["run"], tmp_path / "run", ignore=shutil.ignore_patterns("exports"))
-    folder = export_run(run, ["mixed"], latency_runs=2, float_ops=2, progress=lambda m: None)["mixed"]
+    messages = []
+    folder = export_run(run, ["mixed"], latency_runs=2, float_ops=2, int8_io=True, progress=messages.append)["mixed"]
     card = read_json(folder / "model_card.json")
     assert card["export"]["variant"] == "mixed" and card["export"]["bias_correction"] is True
+    assert card["export"]["int8_io"] is False and TFLiteModel(folder / "model.tflite").input["dtype"] == np.float32
+    assert any("--int8-io applies to the int8 variant only" in m for m in messages), messages
     assert len(card["export"]["float_ops"]) == 2, card["export"]["float_ops"]  # read back from the .tflite
     assert card["metrics"]["fidelity"]["test"]["n"] == card["metrics"]["n_test"]
     rows = export_rows({"exports": [card]})
