@@ -282,10 +282,10 @@ def test_cross_validation_measures_each_image_once_and_pools_folds_run_apart(tmp
                *[a for value in tiny for a in ("--set", value)]]
     first = subprocess.run([*command, "--fold", "0"], capture_output=True, text=True, timeout=600, cwd=REPO)
     assert first.returncode == 0, first.stderr[-3000:]
-    store = tmp_path / "cv" / "fetalnet_hc18_lite0_256x384_cv2"
+    store = tmp_path / "cv" / "fetalnet_hc18_lite0_256x384_ema_cv2"
     assert [p.name for p in sorted(store.glob("fold*.json"))] == ["fold0.json"]
     assert "pooled (1 of 2 folds)" in first.stdout
-    second = subprocess.run([*command, "--against", str(tmp_path / "cv" / "fetalnet_hc18_lite0_256x384_cv2")],
+    second = subprocess.run([*command, "--against", str(tmp_path / "cv" / "fetalnet_hc18_lite0_256x384_ema_cv2")],
                             capture_output=True, text=True, timeout=600, cwd=REPO)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "fold 0: stored in" in second.stdout
@@ -298,7 +298,7 @@ def test_cross_validation_measures_each_image_once_and_pools_folds_run_apart(tmp
     assert all(fold["postprocessing"]["shape"] in ("mask", "ellipse") for fold in folds)
     pooled = (store / "pooled.md").read_text()
     assert "| pooled (2 of 2 folds) | 12 |" in pooled
-    paired = (store / "paired_vs_cv_fetalnet_hc18_lite0_256x384_cv2.md").read_text()  # against itself: no change
+    paired = (store / "paired_vs_cv_fetalnet_hc18_lite0_256x384_ema_cv2.md").read_text()  # against itself: no change
     assert "| dice | 12 | +0.0000 [+0.0000, +0.0000] | 0 |" in paired
 
 
