@@ -4,24 +4,75 @@ writes RUN/benchmark_edge.json for the report.
 
     python experiments/benchmark_edge.py --model runs/demo_busi_sample
     python experiments/benchmark_edge.py --model runs/cm_abdominal_vgg16_multiscale_fc512 --variants fp32 int8 qat
+
+With `--folds K --config CFG` it measures what quantisation costs a classifier instead, cross-validated: fold i's
+model (CFG trained on the other folds, its validation split carved from them) and its exports are measured on fold
+i, so every image is tested once, and the table pools the folds with a paired CI per export (a single test split
+of a hundred images moves a point per image). Each finished fold's per-image predictions are kept in `--cv-store`
+(small JSON), so folds may run in different sessions.
+
+    python experiments/benchmark_edge.py --folds 5 --config runs/fpc_busi_efficientnet_lite2_se/config.yaml \\
+        --variants int8 mixed --set train.seed=1
 """
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from fpc_keras.benchmark import benchmark, table
+from fpc_keras.config import load_config
+from fpc_keras.experiment import pooled_quantisation, pooled_quantisation_table, quantisation_fold
+from fpc_keras.export import export_as_configured
+from fpc_keras.io import atomic_write_json, atomic_write_text, read_json
+from fpc_keras.train import train
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="run folder (exports missing from it are made first)")
+    parser.add_argument("--model", help="run folder (exports missing from it are made first)")
     parser.add_argument("--variants", nargs="+", default=["fp32", "fp16", "int8"])
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime peer")
+    parser.add_argument("--folds", type=int, default=0, metavar="K", help="cross-validate the cost of quantisation "
+                        "of the classifier --config trains, over K folds (no latency)")
+    parser.add_argument("--config", help="with --folds: the run config to cross-validate (e.g. a run's config.yaml)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="with --folds: overrides")
+    parser.add_argument("--cv-store", default="reports/cv", metavar="DIR",
+                        help="with --folds: where finished folds' predictions are kept and pooled from")
     args = parser.parse_args()
-    result = benchmark(args.model, args.variants, args.threads, args.runs, onnx=not args.no_onnx)
-    print(table(result))
+    if args.folds:
+        if not args.config:
+            parser.error("--folds needs --config")
+        cross_validate(args)
+    elif args.model:
+        print(table(benchmark(args.model, args.variants, args.threads, args.runs, onnx=not args.no_onnx)))
+    else:
+        parser.error("give --model RUN, or --folds K --config CFG")
+
+
+def cross_validate(args: argparse.Namespace) -> None:
+    """Train and export every fold not yet stored, store its test predictions, pool every stored fold."""
+    name = load_config(args.config, args.set).name
+    store = Path(args.cv_store) / f"{name}_cv{args.folds}_quantisation"
+    for fold in range(args.folds):
+        path = store / f"fold{fold}.json"
+        if path.is_file():
+            print(f"fold {fold}: stored in {path}")
+            continue
+        config = load_config(args.config, [*args.set, f"data.folds={args.folds}", f"data.fold={fold}",
+                                           f"name={name}_cv{args.folds}_fold{fold}"])
+        run_dir = train(config)
+        missing = [v for v in args.variants if not (run_dir / "exports" / v / "model.tflite").is_file()]
+        if missing:
+            export_as_configured(run_dir, config.export, missing)
+        atomic_write_json(path, quantisation_fold(run_dir, fold, args.folds, args.variants))
+    pooled = pooled_quantisation([read_json(path) for path in sorted(store.glob("fold*.json"))])
+    text = pooled_quantisation_table(pooled)
+    atomic_write_json(store / "pooled.json", pooled)
+    atomic_write_text(store / "pooled.md", text)
+    print(f"\n{name}: test top-1 of float and quantised exports, {args.folds}-fold cross-validation ({store}):"
+          f"\n\n{text}")
 
 
 if __name__ == "__main__":

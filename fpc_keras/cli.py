@@ -34,11 +34,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     config = load_config(args.config, args.set)
     run_dir = train(config)
     if args.export:
-        from .export import export_run
+        from .export import export_as_configured
 
-        export_run(run_dir, config.export.quant, config.export.representative_samples, config.export.latency_runs,
-                   qat=(config.export.qat_epochs, config.export.qat_learning_rate),
-                   bias_correction=config.export.bias_correction, float_ops=config.export.float_ops)
+        export_as_configured(run_dir, config.export)
     print(f"run folder: {run_dir}")
 
 

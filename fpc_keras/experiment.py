@@ -16,7 +16,7 @@ from . import postprocess  # noqa: E402
 from .config import load_config  # noqa: E402
 from .errors import BadInputError  # noqa: E402
 from .io import atomic_write_json, atomic_write_text, read_json  # noqa: E402
-from .metrics import mean_metrics, metrics_from_confusion  # noqa: E402
+from .metrics import mean_metrics, metrics_from_confusion, with_ci  # noqa: E402
 from .train import train  # noqa: E402
 
 Progress = Callable[[str], None]
@@ -250,4 +250,76 @@ def paired_segmentation_table(paired: dict, recipe: str, baseline: str) -> str:
         d = DIGITS[name]
         lines.append(f"| {name} | {metric['n']} | {metric['value']:+.{d}f} [{metric['ci95'][0]:+.{d}f}, "
                      f"{metric['ci95'][1]:+.{d}f}] | {metric['better']} |")
+    return "\n".join(lines) + "\n"
+
+
+def quantisation_fold(run_dir: str | Path, fold: int, folds: int, variants: Sequence[str]) -> dict:
+    """What pooling the cost of quantisation needs from a finished fold of a classifier: each test image's label
+    and the class its float model and each export predict, and which export the fold chose on validation
+    (`exports/choice.json`). Predicted afresh from the model files, so a stale card cannot leak in."""
+    from .evaluate import class_probabilities, load_predictor
+    from .export import train_records
+
+    run_dir = Path(run_dir)
+    card = read_json(run_dir / "model_card.json")
+    if card["task"] != "classification":
+        raise BadInputError(f"{run_dir} is a {card['task']} model", "pool quantisation folds of image classifiers")
+    records = [r for r in train_records(run_dir) if r.split == "test"]
+    if not records:
+        raise BadInputError(f"{run_dir} has no test split", "cross-validate with data.folds >= 2")
+    models = {"float": run_dir}
+    for variant in variants:
+        models[variant] = run_dir / "exports" / variant / "model.tflite"
+        if not models[variant].is_file():
+            raise BadInputError(f"{models[variant]} does not exist",
+                                f"fpc-keras export --model {run_dir} --quant {variant}")
+    labels = card["labels"]
+    predicted = {name: class_probabilities(load_predictor(path), records).argmax(axis=1)
+                 for name, path in models.items()}
+    choice = run_dir / "exports" / "choice.json"
+    return {"run": run_dir.name, "fold": fold, "folds": folds,
+            "chosen": read_json(choice)["chosen"] if choice.is_file() else None,
+            "items": [{"file": Path(r.source).name, "label": r.label,
+                       **{name: labels[int(p[i])] for name, p in predicted.items()}} for i, r in enumerate(records)]}
+
+
+def pooled_quantisation(folds: Sequence[dict]) -> dict:
+    """Test top-1 of the float models and of each export pooled over the folds (every image tested once, by a model
+    that never saw it), and each export's paired change against float: the mean over images of (export right) -
+    (float right), with a bootstrap CI, and the images it lost and gained. `chosen`: each fold's export chosen on
+    its validation split, which is what a user ships."""
+    if not folds or len({f["folds"] for f in folds}) > 1 or len({f["fold"] for f in folds}) < len(folds):
+        raise BadInputError(f"folds {[(f['fold'], f['folds']) for f in folds]} do not belong to one K-fold split",
+                            "pool the folds of one --folds K run, each once")
+    with_choice = all(f["chosen"] in f["items"][0] for f in folds if f["items"])
+    items = [{**item, **({"chosen": item[f["chosen"]]} if with_choice else {})} for f in folds for item in f["items"]]
+    variants = [name for name in items[0] if name not in ("file", "label", "float")]
+    right = {name: np.array([item.get(name) == item["label"] for item in items], np.float64)
+             for name in ("float", *variants)}
+    n = len(items)
+    out = {"folds_done": sorted(f["fold"] for f in folds), "folds": folds[0]["folds"], "n": n,
+           "float": with_ci(lambda idx: right["float"][idx].mean(), n), "variants": {}}
+    for name in variants:
+        change = right[name] - right["float"]
+        out["variants"][name] = {
+            "top1": with_ci(lambda idx, r=right[name]: r[idx].mean(), n),
+            "change": with_ci(lambda idx, c=change: c[idx].mean(), n),
+            "lost": int((change < 0).sum()), "gained": int((change > 0).sum()),
+            "agreement": float(np.mean([item.get(name) == item["float"] for item in items]))}
+    return out
+
+
+def pooled_quantisation_table(pooled: dict) -> str:
+    """Markdown: float, then each export (and the per-fold validation choice) with its paired change."""
+    def cell(metric: dict, scale: float = 1.0, sign: str = "") -> str:
+        lo, hi = (v * scale for v in metric["ci95"])
+        return f"{metric['value'] * scale:{sign}.2f} [{lo:{sign}.2f}, {hi:{sign}.2f}]"
+
+    lines = [f"| model ({len(pooled['folds_done'])} of {pooled['folds']} folds, {pooled['n']} test images) "
+             "| top-1 % [95 % CI] | change vs float, points [95 % CI] | lost / gained images | agreement with float |",
+             "|---|---|---|---|---|", f"| float (Keras) | {cell(pooled['float'], 100)} | - | - | - |"]
+    for name, v in pooled["variants"].items():
+        label = "chosen on each fold's validation" if name == "chosen" else name
+        lines.append(f"| {label} | {cell(v['top1'], 100)} | {cell(v['change'], 100, '+')} | {v['lost']} / "
+                     f"{v['gained']} | {v['agreement']:.3f} |")
     return "\n".join(lines) + "\n"

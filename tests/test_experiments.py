@@ -78,3 +78,27 @@ def test_run_all_covers_every_experiment_script():
     bad = subprocess.run([sys.executable, str(REPO / "experiments" / "run_all.py"), "--only", "nope", "--dry-run"],
                          cwd=REPO, capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "unknown experiment" in bad.stderr
+
+
+def test_quantisation_cross_validation_tests_every_image_once_and_pools_the_exports(trained, tmp_path):
+    """benchmark_edge.py --folds: every image is tested once, by a model that never saw it; the pooled top-1 of
+    float and int8 agree with the folds' own results; a second call reuses the stored folds."""
+    command = [sys.executable, str(REPO / "experiments" / "benchmark_edge.py"), "--folds", "2", "--config",
+               str(trained["run"] / "config.yaml"), "--variants", "int8", "--set", f"runs_dir={tmp_path / 'runs'}",
+               "--cv-store", str(tmp_path / "cv")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    store = tmp_path / "cv" / "tiny_cv2_quantisation"
+    folds = [read_json(store / f"fold{i}.json") for i in range(2)]
+    files = [item["file"] for fold in folds for item in fold["items"]]
+    assert len(files) == len(set(files)) == len(list(trained["data"].rglob("*.png")))
+    pooled = read_json(store / "pooled.json")
+    runs = [tmp_path / "runs" / f"tiny_cv2_fold{i}" for i in range(2)]
+    float_right = sum(np.trace(read_json(r / "results.json")["metrics"]["confusion"]["matrix"]) for r in runs)
+    assert pooled["float"]["value"] == pytest.approx(float_right / len(files))
+    cards = [read_json(r / "exports" / "int8" / "model_card.json")["metrics"] for r in runs]
+    int8_right = sum(c["test"]["top1"]["value"] * c["n_test"] for c in cards)
+    assert pooled["variants"]["int8"]["top1"]["value"] == pytest.approx(int8_right / len(files))
+    assert "int8" in (store / "pooled.md").read_text() and "int8" in done.stdout
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert again.returncode == 0 and "fold 1: stored" in again.stdout

@@ -1,5 +1,10 @@
 """`export.choose_quantised`: which int8 variant a run ships is decided on validation, by fidelity to the float
-model for classifiers, and the test split never decides."""
+model for classifiers, and the test split never decides; and what quantisation costs, pooled over the folds of a
+cross-validation (`experiment.pooled_quantisation`)."""
+import pytest
+
+from fpc_keras.errors import BadInputError
+from fpc_keras.experiment import pooled_quantisation, pooled_quantisation_table
 from fpc_keras.export import choose_quantised
 from fpc_keras.io import atomic_write_json, read_json
 from fpc_keras.report import export_rows
@@ -56,3 +61,35 @@ def test_the_report_marks_the_chosen_variant(tmp_path):
     cards = [_card(tmp_path, v, 0.8, 0.8, a, 0.05) for v, a in (("int8", 0.9), ("qat", 0.95))]
     rows = export_rows({"exports": cards, "quantised_choice": choose_quantised(tmp_path)})
     assert [r["variant"] for r in rows] == ["int8", "qat (chosen on validation)"]
+
+
+def _fold(fold, chosen, rows):
+    """rows: (label, float prediction, int8 prediction, mixed prediction)."""
+    return {"run": f"r{fold}", "fold": fold, "folds": 2, "chosen": chosen,
+            "items": [{"file": f"{fold}_{i}.png", "label": label, "float": f, "int8": q, "mixed": m}
+                      for i, (label, f, q, m) in enumerate(rows)]}
+
+
+def test_pooled_quantisation_pairs_each_image_with_its_float_prediction():
+    folds = [_fold(0, "mixed", [("a", "a", "b", "a"), ("b", "b", "b", "b"), ("a", "b", "a", "b")]),
+             _fold(1, "int8", [("b", "a", "a", "b"), ("a", "a", "b", "a"), ("b", "b", "b", "b")])]
+    pooled = pooled_quantisation(folds)
+    assert pooled["n"] == 6 and pooled["folds_done"] == [0, 1]
+    assert pooled["float"]["value"] == 4 / 6
+    int8 = pooled["variants"]["int8"]
+    assert int8["top1"]["value"] == 3 / 6 and int8["lost"] == 2 and int8["gained"] == 1
+    assert int8["change"]["value"] == -1 / 6 and int8["agreement"] == 3 / 6
+    assert pooled["variants"]["mixed"]["change"]["value"] == 1 / 6  # fold 1's misread "b" fixed, nothing lost
+    chosen = pooled["variants"]["chosen"]  # fold 0 ships mixed, fold 1 int8
+    assert chosen["lost"] == 1 and chosen["gained"] == 0 and chosen["top1"]["value"] == 3 / 6
+    lo, hi = int8["change"]["ci95"]
+    assert lo < -1 / 6 < hi
+    assert "| chosen on each fold's validation | 50.00" in pooled_quantisation_table(pooled)
+
+
+def test_pooling_refuses_a_fold_twice_or_folds_of_another_split():
+    fold = _fold(0, "int8", [("a", "a", "a", "a")])
+    with pytest.raises(BadInputError, match="one K-fold split"):
+        pooled_quantisation([fold, fold])
+    with pytest.raises(BadInputError, match="one K-fold split"):
+        pooled_quantisation([fold, {**_fold(1, "int8", [("a", "a", "a", "a")]), "folds": 5}])
