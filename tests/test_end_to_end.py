@@ -261,8 +261,15 @@ def test_heatmap_follows_the_evidence():
 
 def test_report_has_every_paper_table_and_a_page_per_run(trained, exported, tmp_path):
     out = tmp_path / "report" / "index.html"
+    store = out.parent / "cv" / "tiny_cv5_quantisation"
+    store.mkdir(parents=True)  # a cross-validation kept beside the report, as `--folds` writes it
+    (store / "pooled.md").write_text("| model | top-1 % |\n|---|---|\n| float | 73.90 [70.47, 77.49] |\n"
+                                     "| **int8 <chosen>** | 73.08 |\n")
     assert main(["report", "--runs", str(trained["run"].parent), "--out", str(out)]) == 0
     page = out.read_text()
+    assert "<h3>tiny_cv5_quantisation: pooled</h3>" in page
+    assert "<tr><th>model</th><th>top-1 %</th></tr>" in page and "<td>73.90 [70.47, 77.49]</td>" in page
+    assert "<td><b>int8 &lt;chosen&gt;</b></td>" in page and "<td>---</td>" not in page
     for paper in ("efficientnet_attention", "frozen_features", "fetalnet", "slowfast"):
         assert f'data-paper="{paper}"' in page
     assert 'href="runs/tiny.html"' in page and "latency against top1" in page

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import html
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -161,6 +162,29 @@ def experiment_tables(runs_dir: str | Path) -> list[dict]:
     return tables
 
 
+def cross_validation_tables(folder: str | Path) -> list[dict]:
+    """The cross-validations kept beside the report (`reports/cv/<name>/*.md`, written by the experiment scripts'
+    `--folds`: the pooled table and any paired comparison), as HTML tables. They hold the suite's headline numbers
+    (every image tested once) but no run folder, so the run-based tables cannot show them."""
+    folder = Path(folder)
+    return [{"name": str(path.parent.relative_to(folder)), "file": path.stem,
+             "html": markdown_table_html(path.read_text())} for path in sorted(folder.rglob("*.md"))] \
+        if folder.is_dir() else []
+
+
+def markdown_table_html(text: str) -> str:
+    """A pipe table (the only markdown the CV stores hold) as an HTML table; **bold** cells stay bold."""
+    rows = [[html.escape(cell.strip()) for cell in line.strip().strip("|").split("|")]
+            for line in text.splitlines() if line.lstrip().startswith("|")]
+    rows = [row for row in rows if not all(re.fullmatch(r":?-{3,}:?", cell) for cell in row)]  # the |---| line
+    bold = lambda cell: re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", cell)  # noqa: E731
+    lines = ["<table class=\"cv\">"]
+    for i, row in enumerate(rows):
+        tag = "th" if i == 0 else "td"
+        lines.append(" <tr>" + "".join(f"<{tag}>{bold(cell)}</{tag}>" for cell in row) + "</tr>")
+    return "\n".join([*lines, "</table>"])
+
+
 def _parameter_rows(chosen: list[tuple[str, dict]], references: dict) -> list[dict]:
     """Ours (chosen per dataset) beside the references, with how many times fewer trainable parameters."""
     rows = [{"model": f"ours, chosen on {name}", "trainable": p["trainable"], "total": p["total"], "ratios": ""}
@@ -195,6 +219,7 @@ def build_report(runs_dir: str | Path = "runs", out: str | Path = "reports/index
     trade_offs = [(metric, latency_accuracy_figure(points, metric)) for metric in ("top1", "dice")]
     page = environment.get_template(TEMPLATE.name).render(
         tables=comparison_tables(runs), runs=runs, experiments=experiment_tables(runs_dir),
+        cross_validations=cross_validation_tables(out.parent / "cv"),
         trade_offs=[(metric, figure) for metric, figure in trade_offs if figure])
     atomic_write_text(out, page)
     return out
