@@ -184,12 +184,17 @@ def segmentation_fold(run_dir: str | Path, fold: int, folds: int) -> dict:
             "train_seconds": results["timings"].get("train_seconds", 0.0)}
 
 
-def pooled_segmentation(folds: Sequence[dict]) -> dict:
-    """Per-item measures pooled over folds (each item tested once, by a model that never saw it), with bootstrap
-    CIs; refuses folds of different K or the same fold twice."""
+def check_one_split(folds: Sequence[dict]) -> None:
+    """Refuse folds of different K, or the same fold twice: pooling them would test some items twice."""
     if len({f["folds"] for f in folds}) > 1 or len({f["fold"] for f in folds}) < len(folds):
         raise BadInputError(f"folds {[(f['fold'], f['folds']) for f in folds]} do not belong to one K-fold split",
                             "pool the folds of one --folds K run, each once")
+
+
+def pooled_segmentation(folds: Sequence[dict]) -> dict:
+    """Per-item measures pooled over folds (each item tested once, by a model that never saw it), with bootstrap
+    CIs; refuses folds of different K or the same fold twice."""
+    check_one_split(folds)
     per_item = {name: [item[name] for f in folds for item in f["items"] if item.get(name) is not None]
                 for name in SEGMENTATION_MEASURES}
     return {"folds_done": sorted(f["fold"] for f in folds), "folds": folds[0]["folds"] if folds else 0,
@@ -288,9 +293,9 @@ def pooled_quantisation(folds: Sequence[dict]) -> dict:
     that never saw it), and each export's paired change against float: the mean over images of (export right) -
     (float right), with a bootstrap CI, and the images it lost and gained. `chosen`: each fold's export chosen on
     its validation split, which is what a user ships."""
-    if not folds or len({f["folds"] for f in folds}) > 1 or len({f["fold"] for f in folds}) < len(folds):
-        raise BadInputError(f"folds {[(f['fold'], f['folds']) for f in folds]} do not belong to one K-fold split",
-                            "pool the folds of one --folds K run, each once")
+    if not folds:
+        raise BadInputError("no stored folds to pool", "run at least one fold with --folds K")
+    check_one_split(folds)
     with_choice = all(f["chosen"] in f["items"][0] for f in folds if f["items"])
     items = [{**item, **({"chosen": item[f["chosen"]]} if with_choice else {})} for f in folds for item in f["items"]]
     variants = [name for name in items[0] if name not in ("file", "label", "float")]

@@ -297,10 +297,10 @@ def distil(student, teacher, images, epochs: int, optimizer, temperature: float 
 
     @tf.function
     def step(x):
-        target = tf.exp(log_softmax_at(teacher(x, training=False)))
+        log_target = log_softmax_at(teacher(x, training=False))
         with tf.GradientTape() as tape:
             log_student = log_softmax_at(student(x, training=False))
-            loss = tf.reduce_mean(tf.reduce_sum(target * (tf.math.log(tf.maximum(target, 1e-12)) - log_student), -1))
+            loss = tf.reduce_mean(tf.reduce_sum(tf.exp(log_target) * (log_target - log_student), -1))
         gradients = tape.gradient(loss, student.trainable_variables)
         optimizer.apply_gradients(zip(gradients, student.trainable_variables))
         return loss
