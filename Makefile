@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow report clean-runs
+.PHONY: setup demo test test-slow report readme clean-runs
 
 setup: $(STAMP)
 
@@ -29,6 +29,10 @@ test-slow: setup
 
 report: setup
 	$(BIN)/fpc-keras report --runs runs --out reports/index.html
+
+# The README's status table from the committed cards and CV stores.
+readme: setup
+	$(BIN)/python -m fpc_keras.report.status README.md
 
 clean-runs:
 	rm -rf runs/demo_busi_sample

@@ -73,13 +73,17 @@ def _shifted_output(conv: keras.layers.Layer, x, error: np.ndarray):
     options = {"strides": conv.strides, "padding": conv.padding, "dilation_rate": conv.dilation_rate}
     if isinstance(conv, keras.layers.DepthwiseConv2D):
         return keras.ops.depthwise_conv(x, kernel, **options)
+    if conv.groups > 1:  # CaffeNet: each group of output channels sees its own slice of the input channels
+        return keras.ops.concatenate([keras.ops.conv(part, part_kernel, **options) for part, part_kernel in
+                                      zip(keras.ops.split(x, conv.groups, axis=-1),
+                                          keras.ops.split(kernel, conv.groups, axis=-1))], axis=-1)
     return keras.ops.conv(x, kernel, **options)
 
 
 def _shift_model(model: keras.Model, pairs: list, errors: list[np.ndarray]) -> keras.Model:
     """`model`'s inputs -> per correctable convolution, each row's spatial mean of conv(x, rounding error) (rows:
     images, or a clip's frames); small outputs, so no layer's input is kept whole."""
-    return keras.Model(model.inputs, [keras.ops.mean(_shifted_output(conv, conv.input, error), axis=(1, 2))
+    return keras.Model(model.input, [keras.ops.mean(_shifted_output(conv, conv.input, error), axis=(1, 2))
                                       for (conv, _), error in zip(pairs, errors)])
 
 

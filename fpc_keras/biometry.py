@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
+from scipy.spatial import ConvexHull, QhullError
 
 
 @dataclass(frozen=True)
@@ -163,17 +164,42 @@ def head_circumference_mm(mask: np.ndarray, pixel_mm: float) -> float | None:
     return None if ellipse is None else ellipse.circumference * pixel_mm
 
 
-abdominal_circumference_mm = head_circumference_mm  # the same measurement on the abdomen's cross-section
+def convex_region(mask: np.ndarray) -> np.ndarray:
+    """The mask's largest region, holes filled, made convex: every pixel whose centre lies in the convex hull of
+    the region's pixel centres."""
+    region = ndimage.binary_fill_holes(largest_component(mask))
+    ys, xs = np.nonzero(region)
+    if xs.size < 3:
+        return region
+    try:
+        hull = ConvexHull(np.stack([xs, ys], axis=1).astype(np.float64))
+    except QhullError:  # all pixels in one row or column
+        return region
+    top, bottom, left, right = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    rows, cols = np.mgrid[top:bottom, left:right]
+    centres = np.stack([cols.ravel(), rows.ravel(), np.ones(cols.size)], axis=1)
+    inside = (centres @ hull.equations.T <= 1e-9).all(axis=1).reshape(rows.shape)
+    out = np.zeros_like(region)
+    out[top:bottom, left:right] = inside
+    return out
+
+
+def abdominal_circumference_mm(mask: np.ndarray, pixel_mm: float) -> float | None:
+    """The circumference in mm of the ellipse on the abdomen's skin line (ISUOG): the robust ellipse of the convex
+    hull of the largest region. Why the hull: the skin line is convex, while an abdomen segment is notched by the
+    spine's and ribs' acoustic shadows and holed by the stomach and umbilical vein, which would pull the ellipse in."""
+    return head_circumference_mm(convex_region(mask), pixel_mm)
 
 
 def femur_length_mm(mask: np.ndarray, pixel_mm: float) -> float | None:
-    """Length of the largest region along its principal axis (extent of the projected boundary)."""
+    """End-to-end length in mm of the largest region along its principal axis: the extent of its sub-pixel
+    boundary projected on the axis (the callipers on the two ends of the ossified diaphysis); None for an empty
+    mask."""
     region = largest_component(mask)
     ys, xs = np.nonzero(region)
     if xs.size < 2:
         return None
-    points = np.stack([xs, ys], axis=1).astype(np.float64)
-    centred = points - points.mean(axis=0)
-    axis = np.linalg.svd(centred, full_matrices=False)[2][0]
-    projection = centred @ axis
-    return float(projection.max() - projection.min() + 1.0) * pixel_mm
+    centre = np.array([xs.mean(), ys.mean()])
+    axis = np.linalg.svd(np.stack([xs, ys], axis=1) - centre, full_matrices=False)[2][0]
+    projection = (np.stack(boundary_points(region), axis=1) - centre) @ axis
+    return float(projection.max() - projection.min()) * pixel_mm

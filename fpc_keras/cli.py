@@ -6,7 +6,6 @@ never a TensorFlow traceback. Heavy modules are imported inside the commands, so
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -75,7 +74,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from .report import build_report
 
-    print(f"report: {build_report(args.runs, args.out)}")
+    print(f"report: {build_report(args.runs, args.out, models_dir=args.models)}")
 
 
 def cmd_gradcam(args: argparse.Namespace) -> None:
@@ -102,8 +101,31 @@ def cmd_datasets(args: argparse.Namespace) -> None:
         print(f"  {split:6s} {sum(counts.values()):6d}  {counts}")
 
 
+def version() -> str:
+    """The package version and, in a git checkout, the commit ("-dirty" with uncommitted changes)."""
+    from . import __version__
+    from .card import git_commit
+
+    commit = git_commit()
+    return f"fpc-keras {__version__}" + (f" (commit {commit})" if commit != "unknown" else "")
+
+
+class _Version(argparse.Action):
+    """`--version`: computed only when asked (it runs git)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, help="print the version and git commit, and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fpc-keras", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action=_Version)
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's start-up messages (hidden by default)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model from a YAML config (resumes an interrupted run)")
@@ -153,9 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "quantised one chosen on validation when --quant has one (exports/choice.json), else the last")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("report", help="write the HTML report from runs/*/results.json")
+    p = sub.add_parser("report", help="write the HTML report from the shipped models and runs/*/results.json")
     p.add_argument("--runs", default="runs")
     p.add_argument("--out", default="reports/index.html")
+    p.add_argument("--models", default="tflite/models", help="the shipped models, shown beside the runs")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("gradcam", help="save a Grad-CAM / Grad-CAM++ / Score-CAM overlay for one image")
@@ -177,8 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter hides the progress
     args = build_parser().parse_args(argv)
+    if args.func is not cmd_datasets:  # reading a dataset needs no TensorFlow
+        from .quiet import start_tensorflow
+
+        start_tensorflow(args.verbose)
     try:
         args.func(args)
     except KeyboardInterrupt:

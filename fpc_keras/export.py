@@ -123,6 +123,17 @@ def float_ops_of(content: bytes) -> list[str]:
             and tensors[op["inputs"][0]]["dtype"] == np.float32]
 
 
+def precision_fields(variant: str, content: bytes) -> dict:
+    """What an export computes in, read back from its `.tflite`: `precision` ("fp32", "fp16" for float16 weights,
+    "dynamic" for int8 weights with float activations, "int8" when every compute op is integer, else
+    "int8+float"), and for the quantised variants `float_ops`, the compute ops left in float. An int8 request
+    whose graph holds ops without int8 kernels (3-D convolutions) is not called int8."""
+    if variant in ("fp32", "fp16", "dynamic"):
+        return {"precision": variant, **({"float_ops": float_ops_of(content)} if variant == "dynamic" else {})}
+    kept = float_ops_of(content)
+    return {"precision": "int8+float" if kept else "int8", "float_ops": kept}
+
+
 def _debugger(model: keras.Model, representative: np.ndarray,
               float_ops: Sequence[str] = ()) -> tf.lite.experimental.QuantizationDebugger:
     """TFLite's quantisation debugger on `model`, calibrated on the representative images (its constructor converts)."""
@@ -219,12 +230,11 @@ def export_run(run_dir: str | Path, variants: Sequence[str] = ("fp32", "int8"), 
             kept = worst_int8_ops(model, representative, float_ops) if variant == "mixed" else []
             atomic_write_bytes(tflite_path, convert(model, variant, representative, int8_io and variant == "int8",
                                                     bias_correction, kept))
-        variant_card = dict(card, name=f"{card['name']}_{variant}")
-        variant_card["export"] = {"variant": variant, "size_bytes": tflite_path.stat().st_size,
+        described = precision_fields(variant, tflite_path.read_bytes())
+        variant_card = dict(card, name=f"{card['name']}_{described['precision']}")
+        variant_card["export"] = {"variant": variant, **described, "size_bytes": tflite_path.stat().st_size,
                                   "int8_io": int8_io and variant == "int8",
                                   **({"bias_correction": bias_correction} if variant in ("int8", "mixed") else {}),
-                                  **({"float_ops": float_ops_of(tflite_path.read_bytes())} if variant == "mixed"
-                                     else {}),
                                   **({"qat_epochs": qat[0], "qat_learning_rate": qat[1]} if variant == "qat" else {}),
                                   "latency": {f"{threads}_threads": TFLiteModel(tflite_path, threads).latency_ms(
                                       latency_runs)}}

@@ -8,6 +8,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import BadInputError
+from .quiet import native_output_silenced
 
 
 def interpreter_class() -> type:
@@ -29,10 +30,12 @@ class TFLiteModel:
     def __init__(self, path: str | Path, threads: int = 2):
         Interpreter = interpreter_class()
         try:
-            self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
+            with native_output_silenced():  # the runtime prints a line per delegate, on the first invoke
+                self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
+                self.interpreter.allocate_tensors()
+                self.interpreter.invoke()
         except (ValueError, RuntimeError) as exc:
             raise BadInputError(f"{path} is not a valid TFLite model ({exc})", "export it again") from None
-        self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
         # Multi-task models (fetalnet: mask, plane): outputs ranked as `ranked_outputs` does; the first is primary.
         self.outputs = sorted(self.interpreter.get_output_details(), key=lambda detail: -len(detail["shape"]))

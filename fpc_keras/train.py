@@ -362,7 +362,7 @@ class _Session:
         if self.skip_log is not None:
             raise BadInputError("train.cache_features needs every image readable (data.on_bad_input=skip given)",
                                 "set train.cache_features=false to skip unreadable files while training")
-        extractor = keras.Model(model.inputs, model.get_layer(_head_input(model)).output)
+        extractor = keras.Model(model.input, model.get_layer(_head_input(model)).output)
         cache = FeatureCache(Path(self.config.runs_dir) / "_feature_cache", extractor, self.spec, self.progress)
         with self.phase1.timed():
             x_train = [cache.features(self.train_records)]
@@ -571,7 +571,7 @@ class _VideoSession:
         head = model.get_layer("head")
         fitted = self.phase.resume() or compile_classifier(head, t.learning_rate, t.label_smoothing, t.ema_momentum)
         if not self.phase.state["done"]:
-            frames = keras.Model(model.inputs, model.get_layer("unfold_slow").output)
+            frames = keras.Model(model.input, model.get_layer("unfold_slow").output)
             with self.phase.timed():
                 x_train, y_train = self._frame_features(frames, self._decoded(self.train_records))
                 val = [frames.predict(model_clips(v, d.clip_length, d.clips_per_video).astype(np.float32),

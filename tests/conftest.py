@@ -56,15 +56,21 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory):
     """A tiny classifier trained once per test session on a generated 3-class folder dataset (its run folder is
-    read-only for the tests that share it)."""
+    read-only for the tests that share it). Its backbone starts from the ImageNet EfficientNet-Lite0 weights that a
+    package ships: at 32x32 a random backbone gives every image the same features, and the model one output."""
     from fpc_keras.config import load_config
     from fpc_keras.train import train
 
     root = tmp_path_factory.mktemp("e2e")
     data = write_folder_dataset(root / "data")
-    config = load_config(None, tiny_overrides(data, root / "runs"))
+    config = load_config(None, trained_overrides(data, root / "runs"))
     run_dir = train(config, progress=lambda m: None)
     return {"root": root, "data": data, "run": run_dir, "config": config}
+
+
+def trained_overrides(data_path: Path, runs: Path, **extra: str) -> list[str]:
+    """The `trained` fixture's config (rerunning it resumes that run)."""
+    return tiny_overrides(data_path, runs, **{"model.weights": "imagenet", **extra})
 
 
 def tiny_overrides(data_path: Path, runs: Path, **extra: str) -> list[str]:
@@ -90,15 +96,47 @@ FAMILIES = {
 }
 
 
-def family_model(family: str):
+def family_model(family: str, weights: str = "none"):
     from fpc_keras.config import load_config
     from fpc_keras.models import build_model
 
-    config = load_config(None, ["data.image_size=[32, 32]", "model.weights=none", "model.num_classes=3",
+    config = load_config(None, ["data.image_size=[32, 32]", f"model.weights={weights}", "model.num_classes=3",
                                 "model.head_units=[16, 8]", *FAMILIES[family]])
+    import keras
+
+    keras.utils.set_random_seed(0)
     model = build_model(config)
+    calibrate_batch_norm(model, family_inputs(16, seed=7))
     head = model.get_layer("head")
-    rng = np.random.default_rng(0)  # a random classifier bias, so that the outputs differ per class
+    rng = np.random.default_rng(0)  # a random classifier, so that the outputs differ per class and per image
     head.get_layer("classifier").set_weights([w + rng.normal(0, 0.3, w.shape)
                                               for w in head.get_layer("classifier").get_weights()])
     return model
+
+
+def family_inputs(count: int = 8, seed: int = 1) -> np.ndarray:
+    """Images for the family models: the class blobs of `class_image` (what the models are meant to tell apart)."""
+    rng = np.random.default_rng(seed)
+    return np.stack([np.repeat(class_image(i, rng)[..., None], 3, axis=2) for i in range(count)]).astype("float32")
+
+
+def calibrate_batch_norm(model, images: np.ndarray) -> None:
+    """Every BatchNormalization's moving statistics set to those of `images`: a random-weight net whose
+    activations neither vanish nor saturate, so its outputs differ per image (with the initial statistics, a
+    random EfficientNet-Lite gives every image the same probabilities, and a parity check compares constants)."""
+    import keras
+
+    norms = [layer for layer in _all_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
+    momenta = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.momentum = 0.0
+    model(images, training=True)
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _all_layers(layer)

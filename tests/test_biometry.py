@@ -52,10 +52,71 @@ def test_outline_cut_by_the_border_is_completed():
     assert fitted.circumference == pytest.approx(truth.circumference, rel=0.005)
 
 
-def test_femur_length_of_a_bar():
-    mask = np.zeros((200, 300), bool)
-    mask[95:105, 50:250] = True
-    assert femur_length_mm(mask, 0.5) == pytest.approx(100.0, rel=0.01)
+HC18_SHAPE = (540, 800)  # the original resolution of HC18's frames (rows, columns)
+
+
+def _bar(shape, cx, cy, length, width, angle):
+    """A femur diaphysis: pixel centres inside a rotated length x width rectangle."""
+    rows, cols = np.mgrid[0:shape[0], 0:shape[1]]
+    dx, dy = cols - cx, rows - cy
+    u = dx * math.cos(angle) + dy * math.sin(angle)
+    v = -dx * math.sin(angle) + dy * math.cos(angle)
+    return (np.abs(u) <= length / 2) & (np.abs(v) <= width / 2)
+
+
+@pytest.mark.parametrize("angle", [0.0, 0.35, -0.8, 1.1, math.pi / 2])
+def test_femur_length_of_an_oblique_diaphysis_at_the_original_resolution(angle):
+    pixel_mm, length_mm = 0.12, 44.0  # a 24-week femur
+    mask = _bar(HC18_SHAPE, 400.3, 270.6, length_mm / pixel_mm, 22.0, angle)
+    assert femur_length_mm(mask, pixel_mm) == pytest.approx(length_mm, rel=0.003)
+    assert femur_length_mm(np.zeros(HC18_SHAPE, bool), pixel_mm) is None
+
+
+def test_femur_length_ignores_a_smaller_echo_beside_the_bone():
+    mask = _bar(HC18_SHAPE, 400.0, 270.0, 300.0, 20.0, 0.5) | _bar(HC18_SHAPE, 150.0, 100.0, 60.0, 60.0, 0.0)
+    assert femur_length_mm(mask, 0.1) == pytest.approx(30.0, rel=0.003)
+
+
+def _shadowed_abdomen(truth: Ellipse, directions, half_width: float, depth: float) -> np.ndarray:
+    """An abdomen segment with acoustic shadows: wedges around `directions` (radians from the centre), lost from
+    `depth` pixels out to the skin."""
+    rows, cols = np.mgrid[0:HC18_SHAPE[0], 0:HC18_SHAPE[1]]
+    angle = np.arctan2(rows - truth.cy, cols - truth.cx)
+    shadow = np.zeros(HC18_SHAPE, bool)
+    for direction in directions:
+        shadow |= (np.abs((angle - direction + np.pi) % (2 * np.pi) - np.pi) < half_width) & \
+            (np.hypot(rows - truth.cy, cols - truth.cx) > depth)
+    return ellipse_mask(HC18_SHAPE, truth) & ~shadow
+
+
+@pytest.mark.parametrize("angle", [0.25, -1.0])
+def test_abdominal_circumference_bridges_the_shadows_of_spine_and_ribs(angle):
+    """Three shadows (spine and two ribs) take a third of the skin line: AC stays within 1 % (the convex hull
+    bridges them), while the ellipse of the notched segment itself (HC's measurement) falls short by more."""
+    from fpc_keras.biometry import abdominal_circumference_mm
+
+    pixel_mm, truth = 0.15, Ellipse(400.2, 270.4, 190.0, 150.0, angle)
+    segment = _shadowed_abdomen(truth, (1.9, 0.3, -2.2), 0.35, 110)
+    expected = truth.circumference * pixel_mm
+    assert abdominal_circumference_mm(segment, pixel_mm) == pytest.approx(expected, rel=0.01)
+    assert head_circumference_mm(segment, pixel_mm) < expected * 0.99
+
+
+@pytest.mark.parametrize("angle", [0.25, -1.0])
+def test_abdominal_circumference_on_the_skin_line_of_a_shadowed_abdomen(angle):
+    """An abdomen at the original resolution, its segment notched by the spine's acoustic shadow (a 57-degree
+    wedge, a sixth of the skin line, lost to 60 px from the centre) and holed by the stomach: AC is the skin-line
+    ellipse's."""
+    from fpc_keras.biometry import abdominal_circumference_mm
+
+    pixel_mm, truth = 0.15, Ellipse(400.2, 270.4, 190.0, 150.0, angle)
+    abdomen = ellipse_mask(HC18_SHAPE, truth)
+    stomach = ellipse_mask(HC18_SHAPE, Ellipse(360, 240, 40, 25, 0.5))
+    segment = _shadowed_abdomen(truth, (1.9,), 0.5, 60) & ~stomach
+    expected = truth.circumference * pixel_mm
+    assert abdominal_circumference_mm(segment, pixel_mm) == pytest.approx(expected, rel=0.003)  # 0.5 mm
+    assert abdominal_circumference_mm(abdomen, pixel_mm) == pytest.approx(expected, rel=0.0005)
+    assert abdominal_circumference_mm(np.zeros(HC18_SHAPE, bool), pixel_mm) is None
 
 
 def test_empty_mask_gives_none():

@@ -1,6 +1,7 @@
 """FetalNet: frame and video builders, Keras-versus-TFLite parity of both, probe-motion sweeps, and multi-task
 training on a tiny HC18-layout dataset through the CLI (train, resume, export, the challenge CSV)."""
 import csv
+import json
 import math
 
 import keras
@@ -16,6 +17,8 @@ from fpc_keras.io import read_json
 from fpc_keras.litert import TFLiteModel, primary_output
 from fpc_keras.models import build_model
 from fpc_keras.train import fresh_model
+from conftest import calibrate_batch_norm, family_inputs
+from parity import assert_parity
 from test_evaluate_tasks import _hc18
 
 
@@ -107,20 +110,19 @@ def test_image_size_must_suit_the_encoder():
 
 @pytest.mark.parametrize("temporal", ["none", "convlstm"])
 def test_keras_tflite_parity(temporal, tmp_path):
+    keras.utils.set_random_seed(0)  # one fixed draw of the random weights
     model = _fetalnet(f"model.temporal={temporal}", "data.clip_length=2")
-    x = np.random.default_rng(1).uniform(0, 255, (4, *model.inputs[0].shape[1:])).astype("float32")
+    x = family_inputs(8)  # bright blobs: masks that differ per image
+    if temporal != "none":
+        x = np.stack([x[:4], x[4:]], axis=1)  # 4 clips of 2 frames
+    calibrate_batch_norm(model, x)
     reference = primary_output(model(x, training=False))
     variants = ("fp32", "fp16", "int8") if temporal == "none" else ("fp32",)
     for variant in variants:
         path = tmp_path / f"{variant}.tflite"
         path.write_bytes(convert(model, variant, x if variant == "int8" else None))
-        out = TFLiteModel(path)(x)
-        assert out.shape == reference.shape  # the mask, not the plane output
-        if variant == "int8":
-            agreement = float(((out > 0.5) == (reference > 0.5)).mean())
-            print(f"fetalnet int8 pixel agreement with Keras {agreement:.3f}")
-        else:
-            assert np.abs(out - reference).max() <= (1e-4 if variant == "fp32" else 1e-2)
+        out = TFLiteModel(path)(x)  # the mask, not the plane output
+        print(variant, assert_parity(variant, out, reference, task="segmentation"))
 
 
 def _ellipse_pair(size=64):
@@ -285,8 +287,15 @@ def test_cross_validation_measures_each_image_once_and_pools_folds_run_apart(tmp
     store = tmp_path / "cv" / "fetalnet_hc18_lite0_256x384_ema_cv2"
     assert [p.name for p in sorted(store.glob("fold*.json"))] == ["fold0.json"]
     assert "pooled (1 of 2 folds)" in first.stdout
-    second = subprocess.run([*command, "--against", str(tmp_path / "cv" / "fetalnet_hc18_lite0_256x384_ema_cv2")],
-                            capture_output=True, text=True, timeout=600, cwd=REPO)
+    baseline = tmp_path / "baseline" / "fold0_worse"  # fold 0 as a recipe 0.01 Dice and 0.5 mm worse per image
+    baseline.mkdir(parents=True)
+    worse = read_json(store / "fold0.json")
+    for item in worse["items"]:
+        item.update(dice=item["dice"] - 0.01, hc_mad_mm=item["hc_mad_mm"] + 0.5)
+    (baseline / "fold0.json").write_text(json.dumps(worse))
+    measured = sum(math.isfinite(item["hc_mad_mm"]) for item in worse["items"])  # an empty mask has no HC
+    second = subprocess.run([*command, "--against", str(baseline)], capture_output=True, text=True, timeout=600,
+                            cwd=REPO)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "fold 0: stored in" in second.stdout
     folds = [read_json(store / f"fold{i}.json") for i in (0, 1)]
@@ -298,8 +307,9 @@ def test_cross_validation_measures_each_image_once_and_pools_folds_run_apart(tmp
     assert all(fold["postprocessing"]["shape"] in ("mask", "ellipse") for fold in folds)
     pooled = (store / "pooled.md").read_text()
     assert "| pooled (2 of 2 folds) | 12 |" in pooled
-    paired = (store / "paired_vs_cv_fetalnet_hc18_lite0_256x384_ema_cv2.md").read_text()  # against itself: no change
-    assert "| dice | 12 | +0.0000 [+0.0000, +0.0000] | 0 |" in paired
+    paired = (store / "paired_vs_baseline_fold0_worse.md").read_text()  # the 6 images of fold 0, each better than baseline
+    assert "| dice | 6 | +0.0100 [+0.0100, +0.0100] | 6 |" in paired, paired
+    assert f"| hc_mad_mm | {measured} | -0.50 [-0.50, -0.50] | {measured} |" in paired and measured, paired
 
 
 def test_pooling_refuses_a_fold_twice_or_folds_of_another_k():

@@ -43,9 +43,9 @@ def test_multiscale_pooling_feeds_the_head_three_depths(backbone, size, width):
     assert model.get_layer("multiscale_features").output.shape[1:] == (width,)
     assert model.get_layer("head").get_layer("classifier").kernel.shape == (width, 4)
     x = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype("float32")
-    taps = keras.Model(model.inputs, model.get_layer("multiscale_features").output)(x)
+    taps = keras.Model(model.input, model.get_layer("multiscale_features").output)(x)
     first = model.get_layer(f"{'block3_pool' if backbone == 'vgg16' else 'conv3'}").output
-    mean = np.asarray(keras.Model(model.inputs, first)(x)).mean(axis=(1, 2))
+    mean = np.asarray(keras.Model(model.input, first)(x)).mean(axis=(1, 2))
     np.testing.assert_allclose(np.asarray(taps)[:, :mean.shape[1]], mean, rtol=1e-4, atol=1e-4)
 
 
@@ -94,7 +94,7 @@ def test_converted_caffenet_weights_load_and_compute(tmp_path, suffix):
     model = build_model(_config("caffenet", 227, f"model.weights={path}", "model.head_units=[8]"))
     np.testing.assert_array_equal(model.get_layer("conv4").get_weights()[0], weights["conv4"]["weights"])
     image = rng.uniform(0, 255, (1, 227, 227, 3)).astype("float32")
-    conv1 = keras.Model(model.inputs, model.get_layer("conv1").output)(image)
+    conv1 = keras.Model(model.input, model.get_layer("conv1").output)(image)
     bgr = image[..., ::-1] - np.array([103.939, 116.779, 123.68], "float32")
     expected = tf.nn.relu(tf.nn.conv2d(bgr, weights["conv1"]["weights"], 4, "VALID") + weights["conv1"]["biases"])
     np.testing.assert_allclose(np.asarray(conv1), np.asarray(expected), atol=1e-3)
@@ -183,7 +183,7 @@ def test_multiscale_features_are_standardised_per_branch_before_int8(tmp_path):
     keras.utils.set_random_seed(0)
     model = build_model(_config("vgg16", 32, "model.pooling=multiscale", "model.head_units=[]", "model.dropout=0"))
     images = np.random.default_rng(0).uniform(0, 255, (24, 32, 32, 3)).astype(np.float32)
-    features = keras.Model(model.inputs, model.get_layer("multiscale_features").output).predict(images, verbose=0)
+    features = keras.Model(model.input, model.get_layer("multiscale_features").output).predict(images, verbose=0)
     norm = model.get_layer("head").get_layer("feature_norm")
     norm.set_weights([*norm.get_weights()[:2], features.mean(axis=0), features.var(axis=0) + 1e-6])
     reference = model.predict(images[:16], verbose=0)
@@ -191,3 +191,38 @@ def test_multiscale_features_are_standardised_per_branch_before_int8(tmp_path):
     path = tmp_path / "multiscale.tflite"
     path.write_bytes(convert(model, "int8", images))
     assert (TFLiteModel(path)(images[:16]).argmax(axis=1) == reference.argmax(axis=1)).mean() >= 0.7
+
+
+def test_bias_correction_shifts_each_group_of_a_grouped_convolution_by_its_own_inputs():
+    """CaffeNet's conv2/4/5 are grouped: the rounding error's effect is the grouped convolution's (each group of
+    output channels reads its own slice of the input channels), as Keras' own grouped Conv2D computes it."""
+    from fpc_keras.bias_correction import _shifted_output
+
+    rng = np.random.default_rng(0)
+    inputs = keras.Input((9, 9, 6))
+    conv = keras.layers.Conv2D(4, 3, groups=2, use_bias=False)
+    keras.Model(inputs, conv(inputs))
+    error = rng.normal(0, 1, conv.kernel.shape).astype(np.float32)
+    conv.set_weights([error])
+    x = rng.normal(0, 1, (2, 9, 9, 6)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(_shifted_output(conv, x, error)), np.asarray(conv(x)), atol=1e-5)
+
+
+def test_caffenet_exports_to_int8_and_its_card_names_the_float_lrn(tmp_path):
+    """Full-integer CaffeNet features (bias-corrected, grouped convolutions included) within 1 % of float; TFLite
+    has no int8 LRN kernel, so its two LRN ops stay in float and the export does not call itself int8."""
+    from fpc_keras.export import precision_fields
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((227, 227, 3))
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(caffenet_features(inputs)))
+    images = np.random.default_rng(0).uniform(0, 255, (8, 227, 227, 3)).astype(np.float32)
+    content = convert(model, "int8", images)
+    described = precision_fields("int8", content)
+    assert described["precision"] == "int8+float"
+    assert [op.split()[0] for op in described["float_ops"]] == ["LOCAL_RESPONSE_NORMALIZATION"] * 2
+    path = tmp_path / "caffenet.tflite"
+    path.write_bytes(content)
+    reference = np.asarray(model(images, training=False))
+    assert reference.max() > 1.0
+    assert np.abs(TFLiteModel(path)(images) - reference).max() <= 0.01 * reference.max()

@@ -6,6 +6,7 @@ import pytest
 from fpc_keras.config import load_config
 from fpc_keras.errors import BadInputError
 from fpc_keras.models import build_model, parameter_counts
+from parity import assert_parity
 
 
 def _slowfast(*overrides: str, classes: int = 3):
@@ -63,7 +64,7 @@ def test_slow_only_ablation_pools_the_encoder_over_its_slow_frames(tmp_path):
     x = _clip(2)
     reference = np.asarray(model(x, training=False))
     # the clip's prediction is the head's softmax of its slow frames' mean logits: what training on frames needs
-    frames = np.asarray(keras.Model(model.inputs, model.get_layer("unfold_slow").output)(x))
+    frames = np.asarray(keras.Model(model.input, model.get_layer("unfold_slow").output)(x))
     # log-probabilities are logits shifted per frame, so their mean has the softmax of the mean logits
     mean_logits = np.stack([np.log(np.asarray(head(f, training=False))) for f in frames]).mean(axis=1)
     expected = np.exp(mean_logits - mean_logits.max(axis=1, keepdims=True))
@@ -82,15 +83,18 @@ def test_slow_only_ablation_pools_the_encoder_over_its_slow_frames(tmp_path):
 def test_slow_only_vgg16_multiscale_standardises_each_depth_for_int8(tmp_path):
     """Slow-only on VGG16 with `model.pooling: multiscale`: three depths pooled per frame, averaged over the slow
     frames; the export graph (`split_feature_norm`) standardises each depth before the concatenation, across the
-    frame unfolding and time pooling, with the same outputs; fp32 TFLite within 1e-4, full int8 converts."""
+    frame unfolding and time pooling, with the same outputs; fp32 TFLite within 1e-4, int8 follows the float model."""
     from fpc_keras.export import convert
     from fpc_keras.litert import TFLiteModel
     from fpc_keras.models.frozen_features import split_feature_norm
 
+    import keras
+
+    keras.utils.set_random_seed(0)  # random VGG16 weights quantise erratically: one fixed draw, six clips
     model = _slowfast("model.backbone=vgg16", "model.fast_pathway=false", "model.pooling=multiscale")
     names = {layer.name for layer in model.layers}
     assert {"block3_pool_max", "multiscale_features", "unfold_slow", "slow_pool", "head"} <= names
-    x = _clip(3)
+    x = _clip(6)
     features = keras_features(model, "slow_pool", x)
     norm = model.get_layer("head").get_layer("feature_norm")
     rng = np.random.default_rng(0)
@@ -104,15 +108,13 @@ def test_slow_only_vgg16_multiscale_standardises_each_depth_for_int8(tmp_path):
     for variant in ("fp32", "int8"):
         path = tmp_path / f"{variant}.tflite"
         path.write_bytes(convert(model, variant, x if variant == "int8" else None))
-        output = TFLiteModel(path)(x)
-        assert output.shape == reference.shape
-    assert np.abs(TFLiteModel(tmp_path / "fp32.tflite")(x) - reference).max() <= 1e-4
+        print(variant, assert_parity(variant, TFLiteModel(path)(x), reference))
 
 
 def keras_features(model, layer: str, x: np.ndarray) -> np.ndarray:
     import keras
 
-    return np.asarray(keras.Model(model.inputs, model.get_layer(layer).output)(x, training=False))
+    return np.asarray(keras.Model(model.input, model.get_layer(layer).output)(x, training=False))
 
 
 @pytest.mark.parametrize("overrides, fix", [(["data.clip_length=6"], "multiple of alpha"),
@@ -278,3 +280,14 @@ def test_training_clips_are_balanced_and_resume_exactly():
     assert len(resumed) == 40
     for (x, y), (x2, y2) in zip(batches[40:], resumed):
         np.testing.assert_array_equal(x.numpy(), x2.numpy())
+
+
+def test_int8_export_of_the_3d_slowfast_names_its_float_conv3d_ops():
+    """TFLite has no int8 CONV_3D kernel: an int8 request converts, but those ops stay in float, and the export's
+    fields say so instead of calling it int8."""
+    from fpc_keras.export import convert, precision_fields
+
+    model = _slowfast("model.backbone=none")
+    described = precision_fields("int8", convert(model, "int8", _clip(2)))
+    conv3d = [op for op in described["float_ops"] if op.startswith("CONV_3D ")]
+    assert described["precision"] == "int8+float" and conv3d, described

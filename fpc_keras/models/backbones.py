@@ -106,7 +106,7 @@ def backbone_layers(model: keras.Model) -> list[keras.layers.Layer]:
     SlowFast's fast pathway, that happen to come earlier)."""
     if FEATURES_LAYER not in {layer.name for layer in model.layers}:
         raise BadInputError(f"model {model.name} has no {FEATURES_LAYER} layer", "build it with fpc_keras")
-    upstream = {layer.name for layer in keras.Model(model.inputs, model.get_layer(FEATURES_LAYER).output).layers}
+    upstream = {layer.name for layer in keras.Model(model.input, model.get_layer(FEATURES_LAYER).output).layers}
     return [l for l in model.layers if l.name in upstream and not isinstance(l, keras.layers.InputLayer)]
 
 

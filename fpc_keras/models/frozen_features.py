@@ -95,7 +95,7 @@ def split_feature_norm(model: keras.Model) -> keras.Model:
     x = keras.layers.Concatenate(name="multiscale_features_normed")(normed)
     for layer in _between(model, "multiscale_features", "head") + head.layers[head.layers.index(norm) + 1:]:
         x = layer(x)
-    return keras.Model(model.inputs, x, name=model.name)
+    return keras.Model(model.input, x, name=model.name)
 
 
 def _between(model: keras.Model, first: str, last: str) -> list[keras.layers.Layer]:

@@ -76,6 +76,39 @@ def gradcam_montage(run: dict, pages: Path, progress: Callable[[str], None]) -> 
     return image_file_uri(cached)
 
 
+def shipped_models(models_dir: str | Path) -> list[dict]:
+    """The shipped models (`tflite/models/<name>/model_card.json`): the report shows them with no local run."""
+    return [{"name": path.parent.name, "card": read_json(path)}
+            for path in sorted(Path(models_dir).glob("*/model_card.json"))]
+
+
+def shipped_rows(shipped: list[dict], paper: str, names: list[str]) -> list[dict]:
+    """A paper table's rows for the shipped models of that paper: their cards' test-split metrics."""
+    rows = []
+    for model in shipped:
+        card = model["card"]
+        if card["model"]["name"] == paper:
+            data = str(card["training"]["data"]).split(":", 1)
+            rows.append({"who": f"shipped tflite/models/{model['name']} ({card['export'].get('precision', '')})",
+                         "data": f"{data[0]}:{Path(data[-1]).name} (test)", "n": card["metrics"].get("n_test", ""),
+                         "cells": [fmt((card["metrics"].get("test") or {}).get(m)) for m in names]})
+    return rows
+
+
+def shipped_latency_points(shipped: list[dict]) -> list[dict]:
+    """(model, precision, median latency, test top-1 or Dice) of every shipped model, for the trade-off figure."""
+    points = []
+    for model in shipped:
+        card, test = model["card"], model["card"]["metrics"].get("test") or {}
+        metric = headline_metric(test)
+        latency = next(iter(card["export"]["latency"].values()))
+        if metric in test:
+            points.append({"run": f"shipped {model['name']}", "variant": card["export"]["variant"],
+                           "latency_ms": invokes_per_item(card) * latency["median_ms"], "metric": metric,
+                           "value": test[metric]["value"]})
+    return points
+
+
 def latency_points(runs: list[dict]) -> list[dict]:
     """(run, export variant, median latency, test top-1 or Dice) for every export with both measured (from the
     runs' `export_rows`)."""
@@ -95,8 +128,8 @@ def fmt(metric) -> str:
     return f"{metric['value']:.4f} <small>[{lo:.4f}, {hi:.4f}]</small>"
 
 
-def comparison_tables(runs: list[dict]) -> list[dict]:
-    """Per paper: its numbers, then each of our runs of that model on the same metrics."""
+def comparison_tables(runs: list[dict], shipped: list[dict] = ()) -> list[dict]:
+    """Per paper: its numbers, the shipped models of that paper, then each local run of that model."""
     tables = []
     for key, paper in PAPERS.items():
         names = list(paper["metrics"])
@@ -104,6 +137,7 @@ def comparison_tables(runs: list[dict]) -> list[dict]:
         rows += [{"who": who, "data": values.get("data", paper["data"]), "n": "",
                   "cells": [f"{values[m]:.4f}" if m in values else "–" for m in names]}
                  for who, values in paper.get("references", {}).items()]
+        rows += shipped_rows(list(shipped), key, names)
         for run in runs:
             if run["paper"] == key:
                 metrics = run["results"]["metrics"]
@@ -130,8 +164,11 @@ def export_rows(run: dict) -> list[dict]:
         fidelity = split_metrics.get("fidelity", {})
         agreement = " / ".join(f"{fidelity[split]['top1_agreement']:.3f}" if split in fidelity else "–"
                                for split in ("val", "test"))
-        notes = [note for note, shown in (("bias-corrected", export.get("bias_correction")),
-                                          (f"{len(export.get('float_ops', []))} ops in float", "float_ops" in export),
+        notes = [note for note, shown in (("not full integer", export.get("precision") == "int8+float"
+                                           and export["variant"] != "mixed"),
+                                          ("bias-corrected", export.get("bias_correction")),
+                                          (f"{len(export.get('float_ops', []))} ops in float",
+                                           bool(export.get("float_ops"))),
                                           ("chosen on validation", export["variant"] == chosen))
                  if shown]
         rows.append({"kind": export["variant"],
@@ -197,9 +234,10 @@ def _parameter_rows(chosen: list[tuple[str, dict]], references: dict) -> list[di
 
 
 def build_report(runs_dir: str | Path = "runs", out: str | Path = "reports/index.html",
-                 progress: Callable[[str], None] = print) -> Path:
-    """`out` (the papers beside every run, latency against accuracy) and one page per run in `runs/` beside it
-    (figures, exports, config, environment, files). Every page embeds its images: it works offline."""
+                 progress: Callable[[str], None] = print, models_dir: str | Path = "tflite/models") -> Path:
+    """`out` (the papers beside the shipped models in `models_dir` and every run, latency against accuracy) and
+    one page per run in `runs/` beside it (figures, exports, config, environment, files). Every page embeds its
+    images: it works offline."""
     out = Path(out)
     pages = out.parent / "runs"
     pages.mkdir(parents=True, exist_ok=True)
@@ -215,10 +253,11 @@ def build_report(runs_dir: str | Path = "runs", out: str | Path = "reports/index
     environment.filters["e"] = html.escape
     for run in runs:
         atomic_write_text(pages / f"{run['name']}.html", environment.get_template(RUN_TEMPLATE.name).render(run=run))
-    points = latency_points(runs)
+    shipped = shipped_models(models_dir)
+    points = latency_points(runs) + shipped_latency_points(shipped)
     trade_offs = [(metric, latency_accuracy_figure(points, metric)) for metric in ("top1", "dice")]
     page = environment.get_template(TEMPLATE.name).render(
-        tables=comparison_tables(runs), runs=runs, experiments=experiment_tables(runs_dir),
+        tables=comparison_tables(runs, shipped), runs=runs, experiments=experiment_tables(runs_dir),
         cross_validations=cross_validation_tables(out.parent / "cv"),
         trade_offs=[(metric, figure) for metric, figure in trade_offs if figure])
     atomic_write_text(out, page)

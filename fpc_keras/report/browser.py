@@ -25,6 +25,9 @@ from ..io import atomic_path
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 # What the page is asked for once loaded: every paper table's key and the number of embedded images that decoded.
 PAGE_FACTS = ("JSON.stringify({papers: [...document.querySelectorAll('table.paper-table')].map(t => t.dataset.paper),"
+              " measured_rows: [...document.querySelectorAll('table.paper-table')].map("
+              "t => t.querySelectorAll('tr.ours').length),"
+              " no_run_notes: document.body.innerText.split('No run of this model yet').length - 1,"
               " images: document.images.length,"
               " broken: [...document.images].filter(i => !i.complete || i.naturalWidth === 0).map(i => i.alt)})")
 
@@ -35,7 +38,8 @@ def find_browser() -> str | None:
 
 def render(page: str | Path, screenshot: str | Path | None = None, width: int = 1280, height: int = 2000,
            timeout_s: float = 60.0) -> dict:
-    """Load `page` in headless Chromium; return {"console_errors", "papers", "images", "broken"} and write a PNG
+    """Load `page` in headless Chromium; return {"console_errors", "papers", "measured_rows" (per paper table),
+    "no_run_notes", "images", "broken"} and write a PNG
     screenshot of the top `height` pixels when asked."""
     browser = find_browser()
     if browser is None:
