@@ -1,4 +1,4 @@
-"""`fpc-keras train|evaluate|postprocess|export|report|gradcam|datasets`: argument parsing; the work is in the library.
+"""`fpc-keras train|evaluate|predict|postprocess|export|report|gradcam|datasets`: argument parsing; the work is in the library.
 
 Errors in the user's data, config or files print one message naming the file and the fix (exit code 2),
 never a TensorFlow traceback. Heavy modules are imported inside the commands, so `--help` is instant.
@@ -85,8 +85,28 @@ def cmd_gradcam(args: argparse.Namespace) -> None:
           f" -> {info['out']}")
 
 
+def cmd_predict(args: argparse.Namespace) -> None:
+    from .evaluate import load_predictor
+    from .predict import check_writable, collect_inputs, predict_inputs, read_pixel_csv, write_csv
+
+    out = Path(args.out)
+    check_writable(out)
+    predictor = load_predictor(args.model, args.threads)
+    files = collect_inputs(args.input, predictor.task)
+    pixel_csv = read_pixel_csv(args.pixel_csv) if args.pixel_csv else None
+    print(f"predicting {len(files)} input(s) with {predictor.card.get('name', args.model)} ({predictor.task})")
+    prediction = predict_inputs(predictor, files, args.on_bad_input, args.pixel_mm, pixel_csv,
+                                Path(args.overlays) if args.overlays else None,
+                                lambda line: print(line, file=sys.stderr))
+    for source, why in prediction.bad.items():
+        print(f"skipped {source}: {why}", file=sys.stderr)
+    write_csv(prediction, out)
+    print(f"{len(prediction.rows)} row(s) -> {out}" + (f"; {len(prediction.bad)} unreadable file(s) skipped"
+                                                        if prediction.bad else ""))
+
+
 def cmd_datasets(args: argparse.Namespace) -> None:
-    from .data.datasets import KINDS, parse_data_spec, prepare_records
+    from .data.datasets import KINDS, parse_data_spec, prepare_records, read_records
     from .data.records import split_counts
 
     if not args.data:
@@ -94,11 +114,37 @@ def cmd_datasets(args: argparse.Namespace) -> None:
             print(f"{kind:14s} {description}")
         return
     kind, path = parse_data_spec(args.data)
-    records = prepare_records(kind, path, args.val_fraction, args.test_fraction, args.seed, _aliases(args.alias))
+    if args.duplicates:
+        _list_duplicates(read_records(kind, path, _aliases(args.alias)), path, args)
+        return
+    records = prepare_records(kind, path, args.val_fraction, args.test_fraction, args.seed, _aliases(args.alias),
+                              duplicates=args.group_duplicates, distance=args.distance)
     groups = len({r.group for r in records})
     print(f"{args.data}: {len(records)} items in {groups} groups; no group in two splits")
     for split, counts in split_counts(records).items():
         print(f"  {split:6s} {sum(counts.values()):6d}  {counts}")
+
+
+def _list_duplicates(records: list, root: str, args: argparse.Namespace) -> None:
+    """Print the near-duplicate clusters of a dataset (and store them with --out, for the report)."""
+    from .data.duplicates import find_duplicates, summarise
+    from .io import atomic_write_json
+
+    found = find_duplicates(records, args.distance, lambda line: print(line, file=sys.stderr))
+    summary = {"data": args.data, **summarise(records, found, args.distance, root)}
+    if args.out:
+        atomic_write_json(Path(args.out), summary)
+    print(f"{args.data}: {summary['items']} items; {summary['clusters']} near-duplicate clusters (hash distance <= "
+          f"{args.distance} bits) hold {summary['items_in_clusters']} items -> {summary['groups_after']} groups; "
+          f"largest {summary['largest']}; {len(summary['exact_pairs'])} exact copy pair(s); "
+          f"{len(summary['mixed_label_clusters'])} cluster(s) with more than one label")
+    for cluster in summary["mixed_label_clusters"]:
+        print(f"  labels {'/'.join(cluster['labels'])}: " + ", ".join(cluster["items"]))
+    for cluster in summary["top_clusters"]:
+        print(f"  {len(cluster['items']):3d} items ({'/'.join(cluster['labels'])}): " + ", ".join(
+            Path(item).name for item in cluster["items"][:6]) + (" ..." if len(cluster["items"]) > 6 else ""))
+    if args.out:
+        print(f"-> {args.out}")
 
 
 def version() -> str:
@@ -189,12 +235,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class", dest="class_name", help="class to explain (default: the predicted one)")
     p.set_defaults(func=cmd_gradcam)
 
+    p = sub.add_parser("predict", help="label new, unlabelled scans (images, videos, DICOM) into a CSV")
+    p.add_argument("--model", required=True, help="run folder, .keras file or .tflite file (model card beside it)")
+    p.add_argument("--input", required=True, help="an image, video or DICOM file, or a folder tree of them")
+    p.add_argument("--out", required=True, help="the CSV to write, e.g. predictions.csv")
+    p.add_argument("--pixel-mm", type=float, help="segmenters: mm per pixel for every input without its own")
+    p.add_argument("--pixel-csv", help="segmenters: CSV of filename and pixel size(mm) (e.g. HC18's)")
+    p.add_argument("--overlays", metavar="DIR", help="save mask overlays (segmenters) or Grad-CAM (Keras classifiers)")
+    p.add_argument("--on-bad-input", choices=("error", "skip"), default="error",
+                   help="skip: list and count unreadable files instead of stopping")
+    p.add_argument("--threads", type=int, default=2, help="TFLite interpreter threads")
+    p.set_defaults(func=cmd_predict)
+
     p = sub.add_parser("datasets", help="list dataset kinds, or read one and show its splits and classes")
     p.add_argument("data", nargs="?", metavar="KIND:PATH")
     p.add_argument("--val-fraction", type=float, default=0.15)
     p.add_argument("--test-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--alias", action="append", default=[], metavar="OLD=NEW")
+    p.add_argument("--duplicates", action="store_true",
+                   help="list the near-duplicate clusters (perceptual hash) instead of the splits")
+    p.add_argument("--distance", type=int, default=10, help="hash bits (of 64) within which images are near-twins")
+    p.add_argument("--group-duplicates", choices=("auto", "phash", "off"), default="auto",
+                   help="join near-duplicates into one group before splitting (auto: for data without subject ids)")
+    p.add_argument("--out", help="with --duplicates: write the clusters as JSON (the report shows reports/duplicates/)")
     p.set_defaults(func=cmd_datasets)
     return parser
 

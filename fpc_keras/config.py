@@ -20,6 +20,7 @@ from .io import atomic_write_text
 DATA_KINDS = ("fetal_planes", "folder", "prefix", "csv", "hc18", "videos")
 RESIZE_MODES = ("pad", "crop", "stretch", "stretch_crop")
 ON_BAD_INPUT = ("error", "skip")
+DUPLICATE_MODES = ("auto", "phash", "off")
 BALANCE_MODES = ("none", "class_weights", "sampling")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 
@@ -36,6 +37,10 @@ class DataConfig:
     test_fraction: float = 0.2
     folds: int = 0
     fold: int = 0
+    # Near-duplicate images joined into one group (fpc_keras/data/duplicates.py): `auto` does it for data without
+    # subject ids; `distance` is the most perceptual-hash bits (of 64) in which two near-twins differ.
+    duplicates: str = "auto"
+    duplicate_distance: int = 10
     aliases: dict[str, str] = field(default_factory=dict)
     # Train on these classes only (after aliases; empty: all). Recorded in the card's label rule, so the evaluator
     # leaves the other classes' items out of new data the same way.
@@ -48,6 +53,10 @@ class DataConfig:
         _one_of("data.kind", self.kind, DATA_KINDS)
         _one_of("data.resize", self.resize, RESIZE_MODES)
         _one_of("data.on_bad_input", self.on_bad_input, ON_BAD_INPUT)
+        _one_of("data.duplicates", self.duplicates, DUPLICATE_MODES)
+        if not 0 <= self.duplicate_distance < 32:
+            raise BadInputError(f"data.duplicate_distance is {self.duplicate_distance}",
+                                "use 0 (exact copies) to 31 bits; 10 is the documented default")
         if self.channels not in (1, 3):
             raise BadInputError(f"data.channels is {self.channels}", "use 1 (grayscale) or 3 (RGB backbones)")
         if min(self.image_size) < 8:
@@ -140,6 +149,10 @@ class TrainConfig:
     finetune_blocks: int = 0
     finetune_epochs: int = 10
     finetune_learning_rate: float = 1e-4
+    # Phase 2 of a classifier: `cosine` decays the learning rate to zero over its epochs; a weight decay > 0 makes
+    # the optimiser AdamW (decoupled decay, e.g. 0.01).
+    finetune_schedule: str = "constant"
+    finetune_weight_decay: float = 0.0
     # Multi-task models (fetalnet): loss weights of the mask (Dice + cross-entropy) and of the plane classifier.
     mask_weight: float = 1.0
     plane_weight: float = 0.2
@@ -159,6 +172,9 @@ class TrainConfig:
             raise BadInputError(f"train.ema_momentum is {self.ema_momentum}", "use a value in [0, 1); 0 turns it off")
         _one_of("train.balance", self.balance, BALANCE_MODES)
         _one_of("train.strategy", self.strategy, STRATEGIES)
+        _one_of("train.finetune_schedule", self.finetune_schedule, ("constant", "cosine"))
+        if self.finetune_weight_decay < 0:
+            raise BadInputError(f"train.finetune_weight_decay is {self.finetune_weight_decay}", "use 0 (Adam) or more")
         if self.finetune_blocks < 0 or self.feature_copies < 0:
             raise BadInputError("train.finetune_blocks and train.feature_copies must be >= 0", "use 0 to turn off")
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -19,37 +18,18 @@ import numpy as np
 from . import postprocess
 from .card import card_path_for, provenance, read_card, write_card
 from .data.datasets import TASK_OF_KIND, parse_data_spec, read_dataset, split_records
+from .data.duplicates import RULE_BEFORE_DUPLICATES
 from .data.hc18 import read_mask
-from .data.images import ImageSpec, image_size_of
+from .data.images import image_size_of
 from .data.records import Record, in_split, keep_classes
 from .data.video import model_clips, read_video
 from .errors import BadInputError
 from .io import atomic_write_json, read_json
 from .metrics import classification_metrics, dice_iou, mean_metrics
+from .predictor import PredictFn, Predictor
 
 if TYPE_CHECKING:
     from .biometry import Ellipse
-
-PredictFn = Callable[..., np.ndarray]  # (batch, output=0) -> output `output` (0: primary; None: all, ranked)
-
-
-@dataclass
-class Predictor:
-    path: str
-    card: dict
-    predict: PredictFn
-
-    @property
-    def task(self) -> str:
-        return self.card["task"]
-
-    @property
-    def labels(self) -> list[str]:
-        return self.card["labels"]
-
-    def image_spec(self) -> ImageSpec:
-        return ImageSpec.from_card(self.card)
-
 
 def load_predictor(path: str | Path, threads: int = 2) -> Predictor:
     """A run folder (its model.keras), a `.keras` file or a `.tflite` file, with the card beside it."""
@@ -352,8 +332,9 @@ def _split_as_trained(records: list[Record], card: dict) -> list[Record]:
     if not rule:
         raise BadInputError("this data has no split and the model card records no split rule",
                             "evaluate all items (leave out --split)")
+    rule = {**RULE_BEFORE_DUPLICATES, **rule}
     return split_records(records, rule["val_fraction"], rule["test_fraction"], rule["seed"], rule.get("folds", 0),
-                         rule.get("fold", 0))
+                         rule.get("fold", 0), rule["duplicates"], rule["duplicate_distance"])
 
 
 def _model_classes(records: list[Record], classes: Sequence[str], progress: Callable[[str], None]) -> list[Record]:

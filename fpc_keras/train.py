@@ -36,7 +36,8 @@ import tensorflow as tf
 
 from .card import make_card, write_card
 from .config import RunConfig, TrainConfig, config_to_dict, load_config, save_config
-from .data.datasets import TASK_OF_KIND, prepare_records
+from .data.datasets import TASK_OF_KIND, read_records, split_records
+from .data.duplicates import RULE_BEFORE_DUPLICATES, resolve_mode
 from .data.augment import build_augmenter
 from .data.images import ImageSpec
 from .data.pipeline import (SkipLog, balanced_order, clip_dataset, epoch_batches, image_dataset, label_ids,
@@ -61,12 +62,14 @@ def train(config: RunConfig, progress: Progress = print) -> Path:
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(config.train.seed)
+    progress(f"[1/4] reading {config.data.kind}:{config.data.path}")
+    records = read_records(config.data.kind, config.data.path, config.data.aliases, config.data.classes)
+    config.data.duplicates = resolve_mode(config.data.duplicates, config.data.kind, records)
     source = read_refit_source(config) if config.train.refit_from else None
     final_epochs = final_fit_epochs(source) if source is not None else None
-    progress(f"[1/4] reading {config.data.kind}:{config.data.path}")
-    records = prepare_records(config.data.kind, config.data.path, config.data.val_fraction,
-                              config.data.test_fraction, config.train.seed, config.data.aliases,
-                              config.data.folds, config.data.fold, config.data.classes)
+    records = split_records(records, config.data.val_fraction, config.data.test_fraction, config.train.seed,
+                            config.data.folds, config.data.fold, config.data.duplicates,
+                            config.data.duplicate_distance)
     task = TASK_OF_KIND[config.data.kind]
     if source is not None:
         records = _final_fit_records(config, records, task)
@@ -196,7 +199,8 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
 def split_rule(config: RunConfig) -> dict:
     """What decides which item lands in which split (the card's `training.split_rule`)."""
     return {"val_fraction": config.data.val_fraction, "folds": config.data.folds,
-            "test_fraction": config.data.test_fraction, "fold": config.data.fold, "seed": config.train.seed}
+            "test_fraction": config.data.test_fraction, "fold": config.data.fold, "seed": config.train.seed,
+            "duplicates": config.data.duplicates, "duplicate_distance": config.data.duplicate_distance}
 
 
 def read_refit_source(config: RunConfig) -> dict:
@@ -212,7 +216,7 @@ def read_refit_source(config: RunConfig) -> dict:
     if "phase1" not in training.get("phases", {}) or "postprocessing" not in card:
         raise BadInputError(f"train.refit_from: {path} records no training phases or post-processing",
                             "give the card of a segmentation run that finished training and its validation choice")
-    if training.get("split_rule") != split_rule(config):
+    if {**RULE_BEFORE_DUPLICATES, **training.get("split_rule", {})} != split_rule(config):
         raise BadInputError(f"train.refit_from: {path} was split by {training.get('split_rule')}, this run by "
                             f"{split_rule(config)}",
                             "use the source run's data.val_fraction, data.test_fraction, data.folds, data.fold and "
@@ -256,12 +260,22 @@ def _write_run_files(config: RunConfig, records: Sequence[Record]) -> None:
     atomic_write_text(config.run_dir / "splits.csv", buffer.getvalue())
 
 
-def make_optimizer(learning_rate: float, ema_momentum: float = 0.0) -> keras.optimizers.Optimizer:
-    """Adam; with `ema_momentum` > 0 it also keeps an exponential moving average of the weights, which
-    `averaged_weights` swaps in for validation and checkpoints of the best epoch."""
-    if not ema_momentum:
-        return keras.optimizers.Adam(learning_rate)
-    return keras.optimizers.Adam(learning_rate, use_ema=True, ema_momentum=ema_momentum)
+def make_optimizer(learning_rate, ema_momentum: float = 0.0, weight_decay: float = 0.0) -> keras.optimizers.Optimizer:
+    """Adam (AdamW with `weight_decay` > 0) at a rate or a schedule; with `ema_momentum` > 0 it also keeps an
+    exponential moving average of the weights, which `averaged_weights` swaps in for validation and checkpoints of
+    the best epoch."""
+    averaging = {"use_ema": True, "ema_momentum": ema_momentum} if ema_momentum else {}
+    if weight_decay:
+        return keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay, **averaging)
+    return keras.optimizers.Adam(learning_rate, **averaging)
+
+
+def finetune_rate(t: TrainConfig, train_items: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """Phase 2's learning rate: constant, or cosine decay to zero over its steps."""
+    if t.finetune_schedule == "constant":
+        return t.finetune_learning_rate
+    steps = t.finetune_epochs * -(-train_items // t.batch_size)
+    return keras.optimizers.schedules.CosineDecay(t.finetune_learning_rate, decay_steps=max(steps, 1))
 
 
 def _averaging(model: keras.Model) -> keras.optimizers.Optimizer | None:
@@ -305,9 +319,9 @@ def restart_average(model: keras.Model) -> None:
         average.assign(var)
 
 
-def compile_classifier(model: keras.Model, learning_rate: float, label_smoothing: float,
-                       ema_momentum: float = 0.0) -> keras.Model:
-    model.compile(optimizer=make_optimizer(learning_rate, ema_momentum),
+def compile_classifier(model: keras.Model, learning_rate, label_smoothing: float, ema_momentum: float = 0.0,
+                       weight_decay: float = 0.0) -> keras.Model:
+    model.compile(optimizer=make_optimizer(learning_rate, ema_momentum, weight_decay),
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
                   metrics=["accuracy"])
     return model
@@ -403,7 +417,8 @@ class _Session:
             fitted.set_weights(model.get_weights())
             unfrozen = set_backbone_trainable(fitted, t.finetune_blocks)
             self.progress(f"      phase 2: fine-tuning the top {t.finetune_blocks} blocks ({unfrozen} layers)")
-            fitted = compile_classifier(fitted, t.finetune_learning_rate, t.label_smoothing, t.ema_momentum)
+            fitted = compile_classifier(fitted, finetune_rate(t, len(self.train_records)), t.label_smoothing,
+                                        t.ema_momentum, t.finetune_weight_decay)
         if not self.phase2.state["done"]:
             self._fit_on_images(fitted, t.finetune_epochs, self.phase2)
         return self.phase2.best() or model

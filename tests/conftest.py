@@ -24,13 +24,21 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-def class_image(label: int, rng: np.random.Generator, size: int = 32) -> np.ndarray:
+def blob_image(label: int, rng: np.random.Generator, size: int = 32) -> np.ndarray:
     """A gray image whose bright blob position depends on the class: learnable in a few epochs."""
     image = rng.normal(60, 20, (size, size)).clip(0, 255)
     yy, xx = np.mgrid[0:size, 0:size]
     cx, cy = [(size * 0.3, size * 0.3), (size * 0.7, size * 0.7), (size * 0.3, size * 0.7)][label % 3]
     image[(xx - cx) ** 2 + (yy - cy) ** 2 < (size * 0.18) ** 2] += 150
     return image.clip(0, 255).astype(np.uint8)
+
+
+def class_image(label: int, rng: np.random.Generator, size: int = 32) -> np.ndarray:
+    """A class blob on a smooth background of its own: the images of a dataset are distinct scans, not
+    near-duplicates of one another (which the splitter would join into one group)."""
+    coarse = rng.normal(0, 1, (4, 4)).astype(np.float32)
+    texture = np.asarray(Image.fromarray(coarse).resize((size, size), Image.BICUBIC))
+    return (blob_image(label, rng, size) + 40 * texture).clip(0, 255).astype(np.uint8)
 
 
 def write_folder_dataset(root: Path, per_class: int = 12, classes=("alpha", "beta", "gamma"),
@@ -115,9 +123,9 @@ def family_model(family: str, weights: str = "none"):
 
 
 def family_inputs(count: int = 8, seed: int = 1) -> np.ndarray:
-    """Images for the family models: the class blobs of `class_image` (what the models are meant to tell apart)."""
+    """Images for the family models: the class blobs of `blob_image` (what the models are meant to tell apart)."""
     rng = np.random.default_rng(seed)
-    return np.stack([np.repeat(class_image(i, rng)[..., None], 3, axis=2) for i in range(count)]).astype("float32")
+    return np.stack([np.repeat(blob_image(i, rng)[..., None], 3, axis=2) for i in range(count)]).astype("float32")
 
 
 def calibrate_batch_norm(model, images: np.ndarray) -> None:

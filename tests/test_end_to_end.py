@@ -393,7 +393,7 @@ def test_tflite_runner_needs_no_tensorflow(trained, exported, tmp_path):
     bad = subprocess.run([sys.executable, str(REPO / "tflite" / "run.py"), "--model",
                           str(exported["fp32"] / "model.tflite"), str(tmp_path / "missing.png")],
                          capture_output=True, text=True, env=env, timeout=120)
-    assert bad.returncode == 2 and "image file not found" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "input not found" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_tflite_runner_in_a_virtual_environment_without_tensorflow(trained, exported, tmp_path):

@@ -287,3 +287,22 @@ def test_feature_norm_starts_at_the_training_features_statistics():
     before = [w.copy() for w in flat.get_weights()]
     start_feature_norm(flat, rng.normal(size=(6, 2, 2, 3)))
     assert all(np.array_equal(a, b) for a, b in zip(before, flat.get_weights()))
+
+
+def test_phase_2_cosine_schedule_and_adamw_survive_a_resume(folder_dataset, tmp_path):
+    """`train.finetune_schedule=cosine` decays phase 2's rate to zero over its epochs; a weight decay makes the
+    optimiser AdamW; both come back from phase 2's checkpoint, which is what a resumed run continues with."""
+    import keras
+
+    config = load_config(None, tiny_overrides(folder_dataset, tmp_path / "runs", **{
+        "train.epochs": "1", "train.finetune_blocks": "1", "train.finetune_epochs": "2",
+        "train.finetune_learning_rate": "0.001", "train.finetune_schedule": "cosine",
+        "train.finetune_weight_decay": "0.01"}))
+    run = train(config, progress=lambda _: None)
+    optimizer = keras.saving.load_model(run / "checkpoints" / "phase2" / "last.keras").optimizer
+    assert isinstance(optimizer, keras.optimizers.AdamW) and optimizer.weight_decay == pytest.approx(0.01)
+    train_items = read_json(run / "model_card.json")["training"]["splits"]["train"]
+    steps = 2 * -(-sum(train_items.values()) // 8)
+    assert int(optimizer.iterations) == steps
+    schedule = optimizer._learning_rate
+    assert float(schedule(0)) == pytest.approx(0.001) and float(schedule(steps)) == pytest.approx(0.0, abs=1e-9)

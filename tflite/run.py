@@ -2,13 +2,15 @@
 
     python tflite/run.py --model tflite/models/NAME/model.tflite [--threads 2] [--json] INPUT...
     python tflite/run.py --model tflite/models/hc18_fetalnet/model.tflite --pixel-mm 0.12 scan.png
+    python tflite/run.py --model tflite/models/NAME/model.tflite --csv predictions.csv FOLDER
 
 The model card beside the model (`model_card.json`) gives the task, labels, preprocessing and post-processing.
-Classifiers print the top classes per image; segmenters print the mask area (the mask, or its fitted ellipse where
-the card's post-processing says so) and, with --pixel-mm, the head circumference in mm (ellipse fit); video
-classifiers average their clips. Needs numpy, Pillow and ai-edge-litert (or tflite-runtime) from requirements.txt,
-scipy for segmenters and imageio[ffmpeg] for videos; it imports the small TF-free modules of fpc_keras from this
-repository (or an installed fpc_keras).
+An INPUT is an image, a video, a DICOM still or cine, or a folder tree of them. Classifiers print the top classes
+per input (video classifiers average their clips); segmenters print the head circumference in mm and the fitted
+ellipse, from --pixel-mm, a --pixel-csv or the DICOM file's pixel size. `--csv` writes the rows of
+`fpc-keras predict` instead. Needs numpy, Pillow and ai-edge-litert (or tflite-runtime) from requirements.txt,
+scipy for segmenters, imageio[ffmpeg] for videos and pydicom for DICOM; it imports the small TF-free modules of
+fpc_keras from this repository (or an installed fpc_keras).
 """
 from __future__ import annotations
 
@@ -22,50 +24,32 @@ REPO = Path(__file__).resolve().parents[1]
 if (REPO / "fpc_keras").is_dir() and str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
-
 from fpc_keras.card import read_card  # noqa: E402
-from fpc_keras import postprocess  # noqa: E402
-from fpc_keras.data.images import ImageSpec, read_image  # noqa: E402
 from fpc_keras.errors import BadInputError  # noqa: E402
 from fpc_keras.litert import TFLiteModel  # noqa: E402
+from fpc_keras.predict import (Prediction, check_writable, collect_inputs, predict_inputs, read_pixel_csv,  # noqa: E402
+                               write_csv)
+from fpc_keras.predictor import Predictor  # noqa: E402
 
 
-def classify(model: TFLiteModel, card: dict, source: str, top: int) -> dict:
-    image = ImageSpec.from_card(card).load(source).astype(np.float32)
-    return _top_classes(card, source, model(image[None])[0], top)
-
-
-def segment(model: TFLiteModel, card: dict, source: str, pixel_mm: float | None) -> dict:
-    spec, post = ImageSpec.from_card(card), postprocess.settings(card)
-    probs = postprocess.mask_probabilities(model, spec.load(source).astype(np.float32)[None], post["flip"])[0]
-    mask, ellipse = postprocess.segment(probs, read_image(source, 1).shape[:2], spec.resize, post["threshold"],
-                                        post["shape"])
-    result = {"input": source, "mask_pixels": int(mask.sum())}
-    if pixel_mm:
-        result["hc_mm"] = None if ellipse is None else round(ellipse.circumference * pixel_mm, 2)
-    return result
-
-
-def classify_video(model: TFLiteModel, card: dict, source: str, top: int) -> dict:
-    from fpc_keras.data.video import model_clips, read_video
-
-    pre, spec = card["preprocessing"], ImageSpec.from_card(card)
-    frames = read_video(source, spec.size, spec.channels, spec.resize).astype(np.float32)
-    batch = model_clips(frames, int(pre.get("clip_length", 1)), int(pre.get("clips_per_video", 4)))
-    return _top_classes(card, source, model(batch).mean(axis=0), top)
-
-
-def _top_classes(card: dict, source: str, probs: np.ndarray, top: int) -> dict:
-    order = np.argsort(-probs)[:top]
-    return {"input": source, "top": [{"label": card["labels"][i], "probability": float(probs[i])} for i in order]}
+def result_of(row: dict, top: int) -> dict:
+    """A CSV row as the JSON line: the top classes, or the measurement."""
+    if "label" in row:
+        probs = sorted(((float(v), k[2:]) for k, v in row.items() if k.startswith("p_")), reverse=True)[:top]
+        return {"input": row["file"], "top": [{"label": label, "probability": p} for p, label in probs]}
+    ellipse = [float(row[k]) for k in ("cx", "cy", "semi_axis_a", "semi_axis_b", "angle_deg")] if row.get("cx") else None
+    return {"input": row["file"], "hc_mm": float(row["hc_mm"]) if row.get("hc_mm") else None,
+            "pixel_mm": float(row["pixel_mm"]), "ellipse": ellipse}
 
 
 def _line(result: dict) -> str:
     if "top" in result:
         return f"{result['input']}: " + ", ".join(f"{t['label']} {t['probability']:.3f}" for t in result["top"])
-    hc = f", head circumference {result['hc_mm']} mm" if result.get("hc_mm") is not None else ""
-    return f"{result['input']}: mask {result['mask_pixels']} pixels{hc}"
+    if result["hc_mm"] is None:
+        return f"{result['input']}: no head found"
+    cx, cy, a, b, angle = result["ellipse"]
+    return (f"{result['input']}: head circumference {result['hc_mm']} mm (ellipse centre {cx:.1f}, {cy:.1f} px, "
+            f"semi-axes {a:.1f}, {b:.1f} px, angle {angle:.1f} deg)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,22 +58,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--top", type=int, default=2, help="classes to print per input")
     parser.add_argument("--pixel-mm", type=float, help="segmenters: pixel size in mm, for the circumference")
+    parser.add_argument("--pixel-csv", help="segmenters: CSV of filename and pixel size(mm)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    parser.add_argument("--csv", metavar="OUT", help="write the rows of `fpc-keras predict` to OUT")
     parser.add_argument("inputs", nargs="+")
     args = parser.parse_args(argv)
     try:
+        if args.csv:
+            check_writable(Path(args.csv))
         card = read_card(args.model)
-        model = TFLiteModel(args.model, args.threads)
-        for source in args.inputs:
+        predictor = Predictor(args.model, card, TFLiteModel(args.model, args.threads))
+        pixel_csv = read_pixel_csv(args.pixel_csv) if args.pixel_csv else None
+        everything = Prediction([])
+        for path in (p for source in args.inputs for p in collect_inputs(source, card["task"])):
             start = time.perf_counter()
-            if card["task"] == "segmentation":
-                result = segment(model, card, source, args.pixel_mm)
-            elif card["task"] == "video":
-                result = classify_video(model, card, source, args.top)
-            else:
-                result = classify(model, card, source, args.top)
-            result["ms"] = round(1000 * (time.perf_counter() - start), 1)
-            print(json.dumps(result) if args.json else _line(result), flush=True)
+            done = predict_inputs(predictor, [path], "error", args.pixel_mm, pixel_csv, progress=lambda _: None)
+            everything.columns = done.columns
+            everything.rows.extend(done.rows)
+            for row in done.rows if not args.csv else []:
+                result = {**result_of(row, args.top), "ms": round(1000 * (time.perf_counter() - start), 1)}
+                print(json.dumps(result) if args.json else _line(result), flush=True)
+        if args.csv:
+            write_csv(everything, Path(args.csv))
+            print(f"{len(everything.rows)} row(s) -> {args.csv}")
     except BadInputError as exc:
         print(str(exc).replace("[fpc_keras] ", "error: ", 1), file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ from typing import Sequence
 
 from ..errors import BadInputError
 from .csv_table import read_csv_dataset
+from .duplicates import DEFAULT_DISTANCE, group_near_duplicates, resolve_mode
 from .fetal_planes import read_fetal_planes
 from .folders import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, read_folder, read_prefix
 from .hc18 import read_hc18
@@ -60,19 +61,33 @@ def _read_videos(root: Path, aliases: dict[str, str] | None) -> list[Record]:
         return read_folder(root, VIDEO_EXTENSIONS, group_rule="stem", aliases=aliases)
 
 
-def prepare_records(kind: str, path: str | Path, val_fraction: float, test_fraction: float, seed: int,
-                    aliases: dict[str, str] | None = None, folds: int = 0, fold: int = 0,
-                    classes: Sequence[str] = ()) -> list[Record]:
-    """Read, refuse label typos, keep `classes` (all when empty), split by group (keeping official splits), check
-    that no group straddles splits."""
+def read_records(kind: str, path: str | Path, aliases: dict[str, str] | None = None,
+                 classes: Sequence[str] = ()) -> list[Record]:
+    """Read, refuse label typos, keep `classes` (all when empty)."""
     records = read_dataset(kind, path, aliases)
     check_label_typos(records)
-    return split_records(keep_classes(records, classes), val_fraction, test_fraction, seed, folds, fold)
+    return keep_classes(records, classes)
+
+
+def prepare_records(kind: str, path: str | Path, val_fraction: float, test_fraction: float, seed: int,
+                    aliases: dict[str, str] | None = None, folds: int = 0, fold: int = 0,
+                    classes: Sequence[str] = (), duplicates: str = "auto",
+                    distance: int = DEFAULT_DISTANCE) -> list[Record]:
+    """Read, then split by group (near-duplicates joined, official splits kept), checking that no group straddles
+    splits."""
+    records = read_records(kind, path, aliases, classes)
+    return split_records(records, val_fraction, test_fraction, seed, folds, fold,
+                         resolve_mode(duplicates, kind, records), distance)
 
 
 def split_records(records: list[Record], val_fraction: float, test_fraction: float, seed: int, folds: int = 0,
-                  fold: int = 0) -> list[Record]:
-    """Group K-fold (fold `fold` is test) or group fractions; official splits kept; leaks refused."""
+                  fold: int = 0, duplicates: str = "off", distance: int = DEFAULT_DISTANCE) -> list[Record]:
+    """Group K-fold (fold `fold` is test) or group fractions, over groups that join near-duplicate images
+    (`duplicates`: phash, or off; `resolve_mode` decides `auto`); official splits kept; leaks refused."""
+    if duplicates not in ("phash", "off"):
+        raise ValueError(f"split_records takes a resolved duplicates mode, not {duplicates!r}")
+    if duplicates == "phash":
+        records = group_near_duplicates(records, distance)
     if folds:
         records = assign_folds(records, folds, fold, val_fraction, seed)
     else:

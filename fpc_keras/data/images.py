@@ -107,6 +107,20 @@ def _to_uint8(image: Image.Image) -> np.ndarray:
 CROP_FRACTION = 0.875  # 224 of 256: the ImageNet evaluation crop, and Cheng & Malhi's protocol
 
 
+def as_channels(frame: np.ndarray, channels: int) -> np.ndarray:
+    """HxW or HxWxC (C = 1, 3 or 4) pixels with `channels` (1: luma, 3: gray copied) as HxWx`channels`."""
+    frame = np.asarray(frame)
+    if frame.ndim == 2:
+        frame = frame[:, :, None]
+    if frame.shape[2] == 4:
+        frame = frame[:, :, :3]
+    if channels == 3 and frame.shape[2] == 1:
+        return np.repeat(frame, 3, axis=2)
+    if channels == 1 and frame.shape[2] == 3:
+        return np.round(frame @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)[:, :, None]
+    return np.ascontiguousarray(frame)
+
+
 def _geometry(source: tuple[int, int], size: tuple[int, int], mode: str) -> tuple[int, int, int, int]:
     """(resized width, resized height, left, top): the source is resized, then placed at (left, top) on the
     output canvas (negative offsets crop). `pad` keeps aspect with black bars, `crop` keeps aspect and

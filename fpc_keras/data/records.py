@@ -80,8 +80,12 @@ def validate_splits(records: Sequence[Record]) -> None:
     if leaked:
         shown = ", ".join(f"{g} ({'/'.join(sorted(splits_of[g]))})" for g in leaked[:20])
         more = f" and {len(leaked) - 20} more" if len(leaked) > 20 else ""
-        raise BadInputError(f"{len(leaked)} group(s) appear in more than one split: {shown}{more}",
-                            "split by patient/study id so that each group lies in one split only")
+        near = [g for g in leaked if g.startswith("near:")]
+        fix = "split by patient/study id so that each group lies in one split only"
+        if near:
+            fix = (f"{len(near)} of them join near-duplicate images (`fpc-keras datasets KIND:PATH --duplicates` "
+                   "lists them): put each cluster in one split, remove the copies, or " + fix)
+        raise BadInputError(f"{len(leaked)} group(s) appear in more than one split: {shown}{more}", fix)
 
 
 def assign_splits(records: Sequence[Record], val_fraction: float, test_fraction: float, seed: int = 0,

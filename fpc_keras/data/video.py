@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadInputError
-from .images import fit_image
+from .dicom import DECODE_HINT, dicom_frames
+from .images import as_channels, fit_image
 
-DECODE_HINT = "re-encode it (e.g. ffmpeg -i in.avi out.mp4), or set data.on_bad_input=skip to count and skip it"
 
 
 def read_video(source: str, size: tuple[int, int], channels: int = 3, mode: str = "pad",
@@ -21,11 +21,11 @@ def read_video(source: str, size: tuple[int, int], channels: int = 3, mode: str 
         raise BadInputError(f"video file not found: {source}", "check the path")
     if path.stat().st_size == 0:
         raise BadInputError(f"{source} is an empty (0-byte) file", DECODE_HINT)
-    frames = _dicom_frames(path) if path.suffix.lower() == ".dcm" else _imageio_frames(path)
+    frames = dicom_frames(path) if path.suffix.lower() == ".dcm" else _imageio_frames(path)
     out = []
     try:
         for frame in frames:
-            out.append(fit_image(_as_channels(frame, channels), size, mode))
+            out.append(fit_image(as_channels(frame, channels), size, mode))
             if max_frames and len(out) >= max_frames:
                 break
     except BadInputError:
@@ -56,48 +56,6 @@ def decoder_reason(exc: Exception) -> str:
     errors = [line for line in lines if "rror" in line or "not found" in line or "nvalid" in line]
     reason = errors[-1] if errors else (lines[0] if lines else "")
     return f"{type(exc).__name__}: {reason[:200]}"
-
-
-def _dicom_frames(path: Path):
-    import pydicom
-
-    try:
-        dataset = pydicom.dcmread(path)
-    except Exception as exc:
-        raise BadInputError(f"{path} is not a readable DICOM file ({exc})", DECODE_HINT) from None
-    if "PixelData" not in dataset:
-        raise BadInputError(f"{path} is a DICOM file without pixel data", "export the cine loop with its images")
-    try:
-        pixels = dataset.pixel_array
-    except Exception as exc:
-        raise BadInputError(f"{path}: DICOM pixel data cannot be decoded ({exc})",
-                            "install the decoder it names (e.g. pylibjpeg) or export uncompressed") from None
-    frames = int(getattr(dataset, "NumberOfFrames", 1) or 1)
-    if frames == 1:
-        pixels = pixels[None]
-    for frame in pixels:
-        yield _to_uint8(frame)
-
-
-def _to_uint8(frame: np.ndarray) -> np.ndarray:
-    if frame.dtype == np.uint8:
-        return frame
-    frame = frame.astype(np.float64)
-    low, high = frame.min(), frame.max()
-    return ((frame - low) * (255.0 / (high - low) if high > low else 0)).astype(np.uint8)
-
-
-def _as_channels(frame: np.ndarray, channels: int) -> np.ndarray:
-    frame = np.asarray(frame)
-    if frame.ndim == 2:
-        frame = frame[:, :, None]
-    if frame.shape[2] == 4:
-        frame = frame[:, :, :3]
-    if channels == 3 and frame.shape[2] == 1:
-        return np.repeat(frame, 3, axis=2)
-    if channels == 1 and frame.shape[2] == 3:
-        return np.round(frame @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)[:, :, None]
-    return np.ascontiguousarray(frame)
 
 
 def clip_starts(n_frames: int, clip_length: int, clips: int, rng: np.random.Generator | None = None) -> list[int]:

@@ -13,6 +13,7 @@ from ..errors import BadInputError
 from ..io import atomic_write_text, read_json
 from ..metrics import headline_metric
 from ..postprocess import invokes_per_item
+from .duplicates import duplicate_sections
 from .figures import (bland_altman_figure, confusion_figure, history_figure, image_file_uri, latency_accuracy_figure,
                       overlay_figure, reliability_figure)
 from .papers import LOWER_IS_BETTER, PAPERS
@@ -259,6 +260,7 @@ def build_report(runs_dir: str | Path = "runs", out: str | Path = "reports/index
     page = environment.get_template(TEMPLATE.name).render(
         tables=comparison_tables(runs, shipped), runs=runs, experiments=experiment_tables(runs_dir),
         cross_validations=cross_validation_tables(out.parent / "cv"),
+        duplicates=duplicate_sections(out.parent / "duplicates"),
         trade_offs=[(metric, figure) for metric, figure in trade_offs if figure])
     atomic_write_text(out, page)
     return out

@@ -1,0 +1,241 @@
+"""`fpc-keras predict`: label new, unlabelled scans with a run folder, `.keras` or `.tflite` model, one CSV row each.
+
+Inputs: an image, a folder tree of images, a video, a folder of videos, a DICOM still or cine. A classifier's
+row holds the predicted label and a probability per class (a video: the mean over the card's clips). A
+segmenter's row holds the head circumference in mm and the fitted ellipse (centre, semi-axes in pixels, angle in
+degrees), one row per frame of a cine; its pixel size comes from the DICOM file, a CSV of pixel sizes, or
+`--pixel-mm`, and a segmenter given none is refused rather than measured in pixels.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from . import postprocess
+from .data.dicom import dicom_frames, dicom_pixel_mm
+from .data.folders import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from .data.images import as_channels, fit_image, read_image
+from .data.video import model_clips, read_video
+from .errors import BadInputError
+from .io import atomic_write_bytes, atomic_write_text
+from .predictor import Predictor
+
+Progress = Callable[[str], None]
+DICOM = ".dcm"
+PIXEL_HINT = ("give --pixel-mm MM (one size for every input), or --pixel-csv FILE (columns filename and pixel "
+              "size in mm, e.g. HC18's pixel-size CSV), or DICOM files that state PixelSpacing")
+
+
+@dataclass
+class Prediction:
+    """Rows for the CSV and the files that could not be read (file -> why)."""
+    columns: list[str]
+    rows: list[dict] = field(default_factory=list)
+    bad: dict[str, str] = field(default_factory=dict)
+
+
+def collect_inputs(path: str | Path, task: str) -> list[Path]:
+    """The files under `path` that a model of `task` takes: images (and DICOM) for image models, videos (and
+    DICOM cine) for video models. A file is taken as given, whatever its name says."""
+    path = Path(path)
+    if not path.exists():
+        raise BadInputError(f"input not found: {path}", "give an image, a video, a DICOM file or a folder of them")
+    if path.is_file():
+        return [path]
+    wanted = (*VIDEO_EXTENSIONS, DICOM) if task == "video" else (*IMAGE_EXTENSIONS, DICOM)
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in wanted
+                   and not p.name.startswith("."))
+    if not files:
+        raise BadInputError(f"{path} holds no {'video' if task == 'video' else 'image'} file "
+                            f"({', '.join(sorted(set(wanted)))})", "give a folder that holds the scans, or a file")
+    return files
+
+
+def read_pixel_csv(path: str | Path) -> dict[str, float]:
+    """File name -> mm per pixel, from a CSV with a file-name column and a pixel-size column (HC18's
+    `filename,pixel size(mm)`, or `file,pixel_mm`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadInputError(f"pixel-size CSV not found: {path}", "give the CSV of pixel sizes (--pixel-csv)")
+    text = path.read_bytes().decode("utf-8-sig", errors="replace")
+    try:
+        dialect = csv.Sniffer().sniff(text[:2048], ",;\t")
+    except csv.Error:
+        dialect = csv.excel
+    rows = list(csv.DictReader(io.StringIO(text), dialect=dialect))
+    columns = list(rows[0]) if rows else []
+    names = [c for c in columns if c.strip().lower() in ("filename", "file", "image", "path")]
+    sizes = [c for c in columns if "pixel" in c.lower()]
+    if not names or not sizes:
+        raise BadInputError(f"{path} has columns {columns}", "name them filename and pixel size(mm) (or file, pixel_mm)")
+    table = {}
+    for number, row in enumerate(rows, start=2):
+        try:
+            table[Path(row[names[0]].strip()).name] = float(row[sizes[0]])
+        except (TypeError, ValueError):
+            raise BadInputError(f"{path} line {number}: pixel size {row[sizes[0]]!r} is not a number",
+                                "give the size in mm per pixel, e.g. 0.069") from None
+    return table
+
+
+def predict_inputs(predictor: Predictor, files: Sequence[Path], on_bad_input: str = "error",
+                   pixel_mm: float | None = None, pixel_csv: dict[str, float] | None = None,
+                   overlays: Path | None = None, progress: Progress = print) -> Prediction:
+    """Every file through the model; unreadable ones stop the run (`error`) or are listed (`skip`)."""
+    if predictor.task == "segmentation":
+        measure = _segmenter(predictor, pixel_mm, pixel_csv or {}, overlays)
+        prediction = Prediction(["file", "hc_mm", "pixel_mm", "cx", "cy", "semi_axis_a", "semi_axis_b",
+                                 "angle_deg"])
+    else:
+        measure = _classifier(predictor, overlays)
+        prediction = Prediction(["file", "label", *[f"p_{label}" for label in predictor.labels]])
+    every = max(10, len(files) // 10)
+    for done, path in enumerate(files, start=1):
+        try:
+            prediction.rows.extend(measure(path))
+        except BadInputError as exc:
+            if on_bad_input != "skip":
+                raise
+            prediction.bad[str(path)] = exc.what
+        if done % every == 0 or done == len(files):
+            progress(f"      {done}/{len(files)} inputs ({len(prediction.bad)} unreadable)")
+    return prediction
+
+
+def _images_of(path: Path) -> Iterator[tuple[str, np.ndarray]]:
+    """(name, uint8 HxWxC) per image: one for an image file, one per frame for a DICOM cine."""
+    if path.suffix.lower() != DICOM:
+        yield str(path), read_image(str(path), 3)
+        return
+    frames = list(dicom_frames(path))
+    for number, frame in enumerate(frames):
+        yield (f"{path}#{number}" if len(frames) > 1 else str(path)), as_channels(frame, 3)
+
+
+def _classifier(predictor: Predictor, overlays: Path | None) -> Callable[[Path], list[dict]]:
+    spec = predictor.image_spec()
+    clip_length = int(predictor.card["preprocessing"].get("clip_length", 1))
+    clips = int(predictor.card["preprocessing"].get("clips_per_video", 4))
+    explain = _gradcam(predictor, overlays)
+
+    def row(name: str, probs: np.ndarray) -> dict:
+        return {"file": name, "label": predictor.labels[int(np.argmax(probs))],
+                **{f"p_{label}": f"{p:.6f}" for label, p in zip(predictor.labels, probs)}}
+
+    def measure(path: Path) -> list[dict]:
+        if predictor.task == "video":
+            frames = read_video(str(path), spec.size, spec.channels, spec.resize).astype(np.float32)
+            return [row(str(path), predictor.predict(model_clips(frames, clip_length, clips)).mean(axis=0))]
+        rows = []
+        for name, pixels in _images_of(path):
+            x = fit_image(as_channels(pixels, spec.channels), spec.size, spec.resize)
+            rows.append(row(name, predictor.predict(x[None].astype(np.float32))[0]))
+            if explain is not None:
+                explain(name, pixels, x)
+        return rows
+    return measure
+
+
+def _gradcam(predictor: Predictor, overlays: Path | None) -> Callable | None:
+    """Grad-CAM overlays for a Keras classifier (a .tflite holds no gradients: its overlays are refused)."""
+    if overlays is None:
+        return None
+    if not predictor.path.endswith(".keras"):
+        raise BadInputError("--overlays draws Grad-CAM, which needs the Keras model, not a .tflite file",
+                            "give the run folder the .tflite was exported from, or leave out --overlays")
+    import keras
+    from PIL import Image
+
+    from . import models  # noqa: F401  (registers custom layers)
+    from .data.images import unfit_image
+    from .explain import heatmap, overlay
+
+    model = keras.saving.load_model(predictor.path, compile=False)
+    resize = predictor.image_spec().resize
+
+    def draw(name: str, pixels: np.ndarray, x: np.ndarray) -> None:
+        x = x.astype(np.float32)
+        target = int(np.argmax(np.asarray(model(x[None], training=False))[0]))
+        cam = np.clip(unfit_image(heatmap(model, x, target, "gradcam"), pixels.shape[:2], resize), 0, 1)
+        _save_png(overlays / f"{_stem(name)}_gradcam.png", Image.fromarray(overlay(pixels, cam)))
+    return draw
+
+
+def _segmenter(predictor: Predictor, pixel_mm: float | None, pixel_csv: dict[str, float],
+               overlays: Path | None) -> Callable[[Path], list[dict]]:
+    post = postprocess.settings(predictor.card)
+    spec = predictor.image_spec()
+
+    def size_of(path: Path) -> float:
+        stated = dicom_pixel_mm(path) if path.suffix.lower() == DICOM else None
+        size = pixel_csv.get(path.name) or stated or pixel_mm
+        if not size:
+            raise BadInputError(f"{path}: no pixel size, so no head circumference in mm", PIXEL_HINT)
+        return size
+
+    def measure(path: Path) -> list[dict]:
+        size, rows = size_of(path), []
+        for name, pixels in _images_of(path):
+            x = fit_image(as_channels(pixels, spec.channels), spec.size, spec.resize)
+            probs = postprocess.mask_probabilities(predictor.predict, x[None].astype(np.float32), post["flip"])[0]
+            mask, ellipse = postprocess.segment(probs, pixels.shape[:2], spec.resize, post["threshold"],
+                                                post["shape"])
+            rows.append(_biometry_row(name, ellipse, size))
+            if overlays is not None:
+                _save_png(overlays / f"{_stem(name)}_mask.png", _mask_overlay(pixels, mask))
+        return rows
+    return measure
+
+
+def _biometry_row(name: str, ellipse, pixel_mm: float) -> dict:
+    if ellipse is None:
+        return {"file": name, "hc_mm": "", "pixel_mm": pixel_mm}
+    return {"file": name, "hc_mm": f"{ellipse.circumference * pixel_mm:.2f}", "pixel_mm": pixel_mm,
+            "cx": f"{ellipse.cx:.2f}", "cy": f"{ellipse.cy:.2f}", "semi_axis_a": f"{ellipse.a:.2f}",
+            "semi_axis_b": f"{ellipse.b:.2f}", "angle_deg": f"{math.degrees(ellipse.angle):.2f}"}
+
+
+def _mask_overlay(pixels: np.ndarray, mask: np.ndarray):
+    from PIL import Image
+
+    tinted = pixels.astype(np.float32).copy()
+    tinted[mask] = 0.6 * tinted[mask] + 0.4 * np.array([255, 64, 64])
+    return Image.fromarray(tinted.astype(np.uint8))
+
+
+def _stem(name: str) -> str:
+    return Path(name.replace("#", "_frame")).name.rsplit(".", 1)[0]
+
+
+def _save_png(path: Path, image) -> None:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def check_writable(out: Path) -> None:
+    """Refuse an --out that cannot be written before any model work is done."""
+    folder = out.parent if out.parent != Path("") else Path(".")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".{out.name}.probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise BadInputError(f"cannot write {out} ({exc.strerror})",
+                            "choose an --out in a folder you can write to") from None
+
+
+def write_csv(prediction: Prediction, out: Path) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=prediction.columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(prediction.rows)
+    atomic_write_text(out, buffer.getvalue())

@@ -1,0 +1,44 @@
+"""The report's near-duplicate section: what `fpc-keras datasets KIND:PATH --duplicates --out reports/duplicates/
+NAME.json` found in each dataset, with thumbnails of the largest clusters and of every cluster filed under two
+labels, drawn from the dataset when it is on this machine (the JSON holds paths only, never pixels)."""
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..data.datasets import parse_data_spec
+from ..data.images import read_image
+from ..io import read_json
+
+THUMB = 64
+SHOWN = 6  # clusters drawn per dataset, besides the mixed-label ones
+PER_CLUSTER = 8
+
+
+def duplicate_sections(folder: str | Path) -> list[dict]:
+    """One section per `folder/*.json`: counts, and thumbnail strips where the dataset's images can be read."""
+    sections = []
+    for path in sorted(Path(folder).glob("*.json")) if Path(folder).is_dir() else []:
+        summary = read_json(path)
+        root = Path(parse_data_spec(summary["data"])[1])
+        clusters = summary["mixed_label_clusters"] + [c for c in summary["top_clusters"][:SHOWN]
+                                                      if len(c["labels"]) == 1]
+        strips = [{"labels": "/".join(c["labels"]), "size": len(c["items"]), "png": strip(root, c["items"])}
+                  for c in clusters] if root.is_dir() else []
+        sections.append({**summary, "name": path.stem, "root_found": root.is_dir(), "strips": strips})
+    return sections
+
+
+def strip(root: Path, items: list[str]) -> str:
+    """The first images of a cluster side by side, as a PNG data URI."""
+    canvas = Image.new("L", (THUMB * min(len(items), PER_CLUSTER), THUMB))
+    for index, item in enumerate(items[:PER_CLUSTER]):
+        pixels = read_image(str(root / item), 1)[..., 0]
+        canvas.paste(Image.fromarray(np.ascontiguousarray(pixels)).resize((THUMB, THUMB)), (index * THUMB, 0))
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
