@@ -24,7 +24,7 @@ from fpc_keras.config import load_config
 from fpc_keras.experiment import pooled_quantisation, pooled_quantisation_table, quantisation_fold
 from fpc_keras.export import export_as_configured
 from fpc_keras.io import atomic_write_json, atomic_write_text, read_json
-from fpc_keras.train import train
+from fpc_keras.training import train
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ from fpc_keras.config import load_config  # noqa: E402
 from fpc_keras.models import build_model  # noqa: E402
 from fpc_keras.models.backbones import set_backbone_trainable  # noqa: E402
 from fpc_keras.throughput import model_rate, peak_rss_mb, pipeline_rate, write_images  # noqa: E402
-from fpc_keras.train import compile_classifier  # noqa: E402
+from fpc_keras.training.averaging import compile_classifier  # noqa: E402
 
 
 def main() -> None:

@@ -33,7 +33,7 @@ from fpc_keras.experiment import (SHARED_DATA, paired_segmentation, paired_segme
                                   pooled_segmentation_table, segmentation_fold, segmentation_table)
 from fpc_keras.export import export_run, ship, shipped_variant
 from fpc_keras.io import atomic_write_json, atomic_write_text, read_json
-from fpc_keras.train import train
+from fpc_keras.training import train
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 VARIANTS = ("fp32", "fp16", "int8")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .config import QUANT_VARIANTS, ExportConfig
-from .errors import user_message
+from .errors import BadInputError, user_message
 
 
 def _aliases(pairs: Sequence[str]) -> dict[str, str]:
@@ -28,7 +28,7 @@ def _aliases(pairs: Sequence[str]) -> dict[str, str]:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from .config import load_config
-    from .train import train
+    from .training import train
 
     config = load_config(args.config, args.set)
     run_dir = train(config)

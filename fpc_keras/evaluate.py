@@ -26,7 +26,7 @@ from .data.video import model_clips, read_video
 from .errors import BadInputError
 from .io import atomic_write_json, read_json
 from .metrics import classification_metrics, dice_iou, mean_metrics
-from .predictor import PredictFn, Predictor
+from .predictor import PredictFn, Predictor, keras_predict_fn
 
 if TYPE_CHECKING:
     from .biometry import Ellipse
@@ -54,19 +54,6 @@ def _keras_predict(model_file: Path) -> PredictFn:
     from . import models  # noqa: F401  (registers custom layers)
 
     return keras_predict_fn(keras.saving.load_model(model_file, compile=False))
-
-
-def keras_predict_fn(model) -> PredictFn:
-    """Inference-mode calls through one traced function (much faster than `model.predict` per batch)."""
-    import tensorflow as tf
-
-    from .litert import ranked_outputs
-
-    infer = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-    def predict(batch: np.ndarray, output: int | None = 0):
-        ranked = ranked_outputs(infer(tf.convert_to_tensor(batch, tf.float32)))
-        return ranked if output is None else ranked[output]
-    return predict
 
 
 def evaluate(predictor: Predictor, records: Sequence[Record], data: str, split: str | None,

@@ -16,8 +16,8 @@ from . import postprocess  # noqa: E402
 from .config import load_config  # noqa: E402
 from .errors import BadInputError  # noqa: E402
 from .io import atomic_write_json, atomic_write_text, read_json  # noqa: E402
-from .metrics import mean_metrics, metrics_from_confusion, with_ci  # noqa: E402
-from .train import train  # noqa: E402
+from .metrics import macro_f1, mean_metrics, metrics_from_confusion, with_ci  # noqa: E402
+from .training import train  # noqa: E402
 
 Progress = Callable[[str], None]
 SHOWN = ("top1", "top2", "macro_f1")
@@ -303,15 +303,25 @@ def pooled_quantisation(folds: Sequence[dict]) -> dict:
              for name in ("float", *variants)}
     n = len(items)
     out = {"folds_done": sorted(f["fold"] for f in folds), "folds": folds[0]["folds"], "n": n,
-           "float": with_ci(lambda idx: right["float"][idx].mean(), n), "variants": {}}
+           "float": with_ci(lambda idx: right["float"][idx].mean(), n),
+           "float_macro_f1": _pooled_macro_f1(items, "float"), "variants": {}}
     for name in variants:
         change = right[name] - right["float"]
         out["variants"][name] = {
-            "top1": with_ci(lambda idx, r=right[name]: r[idx].mean(), n),
+            "top1": with_ci(lambda idx, r=right[name]: r[idx].mean(), n), "macro_f1": _pooled_macro_f1(items, name),
             "change": with_ci(lambda idx, c=change: c[idx].mean(), n),
             "lost": int((change < 0).sum()), "gained": int((change > 0).sum()),
             "agreement": float(np.mean([item.get(name) == item["float"] for item in items]))}
     return out
+
+
+def _pooled_macro_f1(items: Sequence[dict], model: str) -> dict:
+    """Macro-F1 of `model`'s predictions over the pooled items, with a bootstrap CI over images."""
+    labels = sorted({item["label"] for item in items})
+    index = {label: i for i, label in enumerate(labels)}
+    truth = np.array([index[item["label"]] for item in items])
+    predicted = np.array([index.get(item.get(model), -1) for item in items])
+    return with_ci(lambda idx: macro_f1(truth[idx], predicted[idx], len(labels)), len(items))
 
 
 def pooled_quantisation_table(pooled: dict) -> str:
@@ -320,11 +330,15 @@ def pooled_quantisation_table(pooled: dict) -> str:
         lo, hi = (v * scale for v in metric["ci95"])
         return f"{metric['value'] * scale:{sign}.2f} [{lo:{sign}.2f}, {hi:{sign}.2f}]"
 
+    def f1(entry: dict, key: str) -> str:  # stores pooled before macro-F1 was pooled have none
+        return cell(entry[key], 100) if key in entry else "-"
+
     lines = [f"| model ({len(pooled['folds_done'])} of {pooled['folds']} folds, {pooled['n']} test images) "
-             "| top-1 % [95 % CI] | change vs float, points [95 % CI] | lost / gained images | agreement with float |",
-             "|---|---|---|---|---|", f"| float (Keras) | {cell(pooled['float'], 100)} | - | - | - |"]
+             "| top-1 % [95 % CI] | macro-F1 % [95 % CI] | change vs float, points [95 % CI] | lost / gained images "
+             "| agreement with float |", "|---|---|---|---|---|---|",
+             f"| float (Keras) | {cell(pooled['float'], 100)} | {f1(pooled, 'float_macro_f1')} | - | - | - |"]
     for name, v in pooled["variants"].items():
         label = "chosen on each fold's validation" if name == "chosen" else name
-        lines.append(f"| {label} | {cell(v['top1'], 100)} | {cell(v['change'], 100, '+')} | {v['lost']} / "
-                     f"{v['gained']} | {v['agreement']:.3f} |")
+        lines.append(f"| {label} | {cell(v['top1'], 100)} | {f1(v, 'macro_f1')} | {cell(v['change'], 100, '+')} | "
+                     f"{v['lost']} / {v['gained']} | {v['agreement']:.3f} |")
     return "\n".join(lines) + "\n"

@@ -24,21 +24,27 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-def blob_image(label: int, rng: np.random.Generator, size: int = 32) -> np.ndarray:
-    """A gray image whose bright blob position depends on the class: learnable in a few epochs."""
+def blob_image(label: int, rng: np.random.Generator, size: int = 32, jitter: float = 0.0) -> np.ndarray:
+    """A gray image whose bright blob position depends on the class: learnable in a few epochs. `jitter` moves
+    the blob by up to that fraction of the side and varies its radius."""
     image = rng.normal(60, 20, (size, size)).clip(0, 255)
     yy, xx = np.mgrid[0:size, 0:size]
     cx, cy = [(size * 0.3, size * 0.3), (size * 0.7, size * 0.7), (size * 0.3, size * 0.7)][label % 3]
-    image[(xx - cx) ** 2 + (yy - cy) ** 2 < (size * 0.18) ** 2] += 150
+    radius = size * 0.18
+    if jitter:
+        cx, cy = cx + rng.uniform(-jitter, jitter) * size, cy + rng.uniform(-jitter, jitter) * size
+        radius *= rng.uniform(0.85, 1.15)
+    image[(xx - cx) ** 2 + (yy - cy) ** 2 < radius ** 2] += 150
     return image.clip(0, 255).astype(np.uint8)
 
 
 def class_image(label: int, rng: np.random.Generator, size: int = 32) -> np.ndarray:
-    """A class blob on a smooth background of its own: the images of a dataset are distinct scans, not
-    near-duplicates of one another (which the splitter would join into one group)."""
+    """A class blob, placed and sized a little differently each time, on a faint smooth background of its own: the
+    images of a dataset are distinct scans, not near-duplicates of one another (which the splitter would join into
+    one group)."""
     coarse = rng.normal(0, 1, (4, 4)).astype(np.float32)
     texture = np.asarray(Image.fromarray(coarse).resize((size, size), Image.BICUBIC))
-    return (blob_image(label, rng, size) + 40 * texture).clip(0, 255).astype(np.uint8)
+    return (blob_image(label, rng, size, jitter=0.09) + 10 * texture).clip(0, 255).astype(np.uint8)
 
 
 def write_folder_dataset(root: Path, per_class: int = 12, classes=("alpha", "beta", "gamma"),
@@ -67,7 +73,7 @@ def trained(tmp_path_factory):
     read-only for the tests that share it). Its backbone starts from the ImageNet EfficientNet-Lite0 weights that a
     package ships: at 32x32 a random backbone gives every image the same features, and the model one output."""
     from fpc_keras.config import load_config
-    from fpc_keras.train import train
+    from fpc_keras.training import train
 
     root = tmp_path_factory.mktemp("e2e")
     data = write_folder_dataset(root / "data")

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, family_inputs, tiny_overrides, trained_overrides, write_folder_dataset
+from conftest import REPO, family_inputs, trained_overrides, write_folder_dataset
 from fpc_keras.cli import main
 from fpc_keras.config import load_config
 from fpc_keras.errors import BadInputError
 from fpc_keras.io import read_json
 from fpc_keras.litert import TFLiteModel
-from fpc_keras.train import train
+from fpc_keras.training import train
 from parity import assert_parity
 
 CONTRACT_METRICS = {"top1", "top2", "macro_f1", "per_class", "confusion", "calibration"}
@@ -399,7 +399,6 @@ def test_tflite_runner_needs_no_tensorflow(trained, exported, tmp_path):
 def test_tflite_runner_in_a_virtual_environment_without_tensorflow(trained, exported, tmp_path):
     """What a Jetson / Raspberry Pi user does: a fresh venv with tflite/requirements.txt only, then run.py."""
     import subprocess
-    import sys
     import venv
 
     from conftest import REPO

@@ -16,7 +16,7 @@ from fpc_keras.export import convert
 from fpc_keras.io import read_json
 from fpc_keras.litert import TFLiteModel, primary_output
 from fpc_keras.models import build_model
-from fpc_keras.train import fresh_model
+from fpc_keras.training.session import fresh_model
 from conftest import calibrate_batch_norm, family_inputs
 from parity import assert_parity
 from test_evaluate_tasks import _hc18

@@ -130,7 +130,7 @@ def test_caffenet_tflite_parity(tmp_path):
 def test_frozen_feature_training_on_cached_features(folder_dataset, tmp_path):
     from conftest import tiny_overrides
     from fpc_keras.io import read_json
-    from fpc_keras.train import train
+    from fpc_keras.training import train
 
     overrides = tiny_overrides(folder_dataset, tmp_path / "runs", **{
         "model.name": "frozen_features", "model.backbone": "vgg16", "model.head_units": "[]",
@@ -143,7 +143,7 @@ def test_frozen_feature_training_on_cached_features(folder_dataset, tmp_path):
 
 def test_multiscale_training_caches_what_feeds_the_head(folder_dataset, tmp_path):
     from conftest import tiny_overrides
-    from fpc_keras.train import train
+    from fpc_keras.training import train
 
     overrides = tiny_overrides(folder_dataset, tmp_path / "runs", **{
         "model.name": "frozen_features", "model.backbone": "vgg16", "model.head_units": "[]",

@@ -13,7 +13,7 @@ from fpc_keras.litert import TFLiteModel
 from fpc_keras.models import build_model
 from fpc_keras.models.frozen_features import split_feature_norm
 from fpc_keras.qat import tf_keras_twin
-from fpc_keras.train import train
+from fpc_keras.training import train
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_twin_matches_the_keras3_model(family):

@@ -84,6 +84,8 @@ def test_pooled_quantisation_pairs_each_image_with_its_float_prediction():
     assert chosen["lost"] == 1 and chosen["gained"] == 0 and chosen["top1"]["value"] == 3 / 6
     lo, hi = int8["change"]["ci95"]
     assert lo < -1 / 6 < hi
+    assert pooled["float_macro_f1"]["value"] == pytest.approx(2 / 3)  # a and b: 2 of 3 right, 1 false positive each
+    assert pooled["variants"]["int8"]["macro_f1"]["value"] == pytest.approx((2 / 5 + 4 / 7) / 2)  # F1 a 2/5, b 4/7
     assert "| chosen on each fold's validation | 50.00" in pooled_quantisation_table(pooled)
 
 

@@ -3,7 +3,7 @@ import pytest
 
 from fpc_keras.config import load_config
 from fpc_keras.io import read_json
-from fpc_keras.train import train
+from fpc_keras.training import train
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 

@@ -6,7 +6,7 @@ from conftest import tiny_overrides
 from fpc_keras.config import load_config
 from fpc_keras.data.pipeline import balanced_indices
 from fpc_keras.io import read_json
-from fpc_keras.train import train
+from fpc_keras.training import train
 
 
 def test_balanced_indices_draw_classes_equally():
@@ -58,7 +58,7 @@ def test_encoding_cached_features_counts_in_training_time(folder_dataset, tmp_pa
     time, not the fitting alone (a slow encoder is simulated: 3 s per encoding pass, train and val)."""
     import time
 
-    from fpc_keras.train import FeatureCache
+    from fpc_keras.data.feature_cache import FeatureCache
 
     compute = FeatureCache._compute
 
@@ -79,9 +79,9 @@ def test_a_state_written_mid_phase_carries_the_time_spent_so_far(tmp_path):
     writes holds the phase's seconds so far (before, only a finished block's time was added)."""
     import time
 
-    from fpc_keras.train import _Phase
+    from fpc_keras.training.phase import Phase
 
-    phase = _Phase("phase1", tmp_path, patience=3, history=tmp_path / "history.csv", progress=lambda m: None)
+    phase = Phase("phase1", tmp_path, patience=3, history=tmp_path / "history.csv", progress=lambda m: None)
     with phase.timed():
         time.sleep(0.3)
         phase._write_state()  # as after each epoch
@@ -103,7 +103,7 @@ def test_cache_key_follows_files_and_weights(folder_dataset, tmp_path):
 
     from fpc_keras.data.datasets import read_dataset
     from fpc_keras.data.images import ImageSpec
-    from fpc_keras.train import FeatureCache
+    from fpc_keras.data.feature_cache import FeatureCache
 
     record = read_dataset("folder", folder_dataset)[0]
     extractor = _conv_extractor()
@@ -125,7 +125,7 @@ def test_cached_features_are_per_image_and_shared_by_every_split(folder_dataset,
     from fpc_keras.data.augment import build_augmenter
     from fpc_keras.data.datasets import read_dataset
     from fpc_keras.data.images import ImageSpec
-    from fpc_keras.train import FeatureCache
+    from fpc_keras.data.feature_cache import FeatureCache
 
     records = read_dataset("folder", folder_dataset)[:6]
     messages = []
@@ -157,7 +157,7 @@ def test_uncached_training_from_images(folder_dataset, tmp_path):
 
 def test_throughput_benchmark_pieces(tmp_path):
     from fpc_keras.throughput import model_rate, peak_rss_mb, pipeline_rate, write_images
-    from fpc_keras.train import compile_classifier
+    from fpc_keras.training.averaging import compile_classifier
 
     records = write_images(tmp_path, 12, (40, 30), progress=lambda m: None)
     assert len(records) == 12 and len({r.label for r in records}) == 6
@@ -173,7 +173,7 @@ def test_throughput_benchmark_pieces(tmp_path):
 
 
 def test_stacked_rows_read_copies_as_one_array_in_any_order():
-    from fpc_keras.train import StackedRows
+    from fpc_keras.data.feature_cache import StackedRows
 
     a, b = np.arange(12, dtype=np.float32).reshape(4, 3), 100 + np.arange(12, dtype=np.float32).reshape(4, 3)
     rows = StackedRows([a, b])
@@ -223,7 +223,7 @@ def test_cross_validation_tests_every_item_once_and_chooses_on_mean_validation(f
 def test_averaged_weights_swap_in_the_moving_average_and_back():
     import keras
 
-    from fpc_keras.train import averaged_weights, make_optimizer, restart_average
+    from fpc_keras.training.averaging import averaged_weights, make_optimizer, restart_average
 
     inputs = keras.Input((3,))
     model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
@@ -253,7 +253,7 @@ def test_averaged_weights_swap_in_the_moving_average_and_back():
 def test_weight_averaging_keeps_the_average_as_best_and_trains_on_the_raw_weights(folder_dataset, tmp_path):
     import keras
 
-    from fpc_keras.train import averaged_weights
+    from fpc_keras.training.averaging import averaged_weights
 
     config = load_config(None, tiny_overrides(folder_dataset, tmp_path / "runs", **{
         "train.epochs": "1", "train.ema_momentum": "0.9"}))
@@ -273,7 +273,8 @@ def test_feature_norm_starts_at_the_training_features_statistics():
     copies, read in chunks), not at BatchNormalization's 0 and 1, which raw VGG16 features (thousands) take
     hundreds of steps to leave; a head without one is left alone."""
     from fpc_keras.models.frozen_features import build_fc_head
-    from fpc_keras.train import StackedRows, start_feature_norm
+    from fpc_keras.data.feature_cache import StackedRows
+    from fpc_keras.training.session import start_feature_norm
 
     rng = np.random.default_rng(0)
     parts = [rng.normal(2000, 300, (7, 5)).astype(np.float32), rng.normal(10, 2, (7, 5)).astype(np.float32)]

@@ -7,7 +7,7 @@ import keras
 
 from ..config import RunConfig
 from ..errors import BadInputError
-from . import layers  # noqa: F401  (registers the custom layers for loading saved models)
+from . import layers, losses  # noqa: F401  (register the custom layers and losses for loading saved models)
 from .efficientnet_attention import build_efficientnet_attention
 from .fetalnet import build_fetalnet
 from .frozen_features import build_frozen_feature_classifier

@@ -1,0 +1,87 @@
+"""What lets a run continue or build on another: the recipe a run folder may resume under, the split rule a card
+records, and a final fit's source run (its epochs per phase, its test split kept apart)."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from ..config import RunConfig, config_to_dict, load_config
+from ..data.duplicates import RULE_BEFORE_DUPLICATES
+from ..data.records import Record
+from ..errors import BadInputError
+from ..io import read_json
+
+
+def check_resumable(config: RunConfig) -> None:
+    """A run folder with checkpoints resumes (or, finished, is evaluated again) only under the data, model and seed
+    it was trained with. Anything else would load its weights into another network, or measure them on a split
+    that holds their training items (a new seed deals the items anew) and overwrite the run's results with that."""
+    stored = config.run_dir / "config.yaml"
+    if not (stored.is_file() and (config.run_dir / "checkpoints").is_dir()):
+        return
+    changed = _differences(_recipe(load_config(stored)), _recipe(config))
+    if changed:
+        raise BadInputError(f"{config.run_dir} was trained with another configuration ({'; '.join(changed)})",
+                            "give the new run its own name (--set name=NAME), or delete the folder to train it again")
+
+
+def _recipe(config: RunConfig) -> dict:
+    """What a run's checkpoints and splits depend on: the data section (but not the bad-input policy), the model
+    (classes as counted when it was trained) and the seed."""
+    tree = config_to_dict(config)
+    data = {k: v for k, v in tree["data"].items() if k != "on_bad_input"}
+    return {"data": data, "model": tree["model"], "train": {"seed": tree["train"]["seed"]}}
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} then, {b!r} now")
+    return out
+
+
+def split_rule(config: RunConfig) -> dict:
+    """What decides which item lands in which split (the card's `training.split_rule`)."""
+    return {"val_fraction": config.data.val_fraction, "folds": config.data.folds,
+            "test_fraction": config.data.test_fraction, "fold": config.data.fold, "seed": config.train.seed,
+            "duplicates": config.data.duplicates, "duplicate_distance": config.data.duplicate_distance}
+
+
+def read_refit_source(config: RunConfig) -> dict:
+    """The model card of `train.refit_from`, checked to hold what a final fit takes from it (epochs per phase,
+    post-processing) and to have been split by the same rule, so that its test split stays out of this run."""
+    path = Path(config.train.refit_from)
+    path = path / "model_card.json" if path.is_dir() else path
+    if not path.is_file():
+        raise BadInputError(f"train.refit_from: {path} does not exist",
+                            "give a run folder that finished training, or its model_card.json")
+    card = read_json(path)
+    training = card.get("training", {})
+    if "phase1" not in training.get("phases", {}) or "postprocessing" not in card:
+        raise BadInputError(f"train.refit_from: {path} records no training phases or post-processing",
+                            "give the card of a segmentation run that finished training and its validation choice")
+    if {**RULE_BEFORE_DUPLICATES, **training.get("split_rule", {})} != split_rule(config):
+        raise BadInputError(f"train.refit_from: {path} was split by {training.get('split_rule')}, this run by "
+                            f"{split_rule(config)}",
+                            "use the source run's data.val_fraction, data.test_fraction, data.folds, data.fold and "
+                            "train.seed, so that its test split stays apart")
+    return card
+
+
+def final_fit_epochs(card: dict) -> dict[str, int]:
+    """Epochs per phase that the source run kept: up to its best epoch; a phase whose checkpoints never beat the
+    previous phase's best (best epoch -1) is left out."""
+    return {name: phase["best_epoch"] + 1 for name, phase in card["training"]["phases"].items()
+            if phase["best_epoch"] >= 0}
+
+
+def final_fit_records(config: RunConfig, records: list[Record], task: str) -> list[Record]:
+    """The validation items joined to training (a final fit has no selection left to make)."""
+    if task != "segmentation" or config.model.temporal != "none":
+        raise BadInputError(f"train.refit_from is set for a {task} run (temporal {config.model.temporal})",
+                            "a final fit is implemented for segmentation frame models (fetalnet, temporal none)")
+    return [replace(r, split="train") if r.split == "val" else r for r in records]

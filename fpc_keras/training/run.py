@@ -1,0 +1,120 @@
+"""`train()`: read and split the data, run the task's session under the distribution strategy, select on
+validation, write the model, its card and the test results."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Sequence
+
+import keras
+import tensorflow as tf
+
+from ..card import make_card, write_card
+from ..config import RunConfig, config_to_dict, save_config
+from ..data.datasets import TASK_OF_KIND, read_records, split_records
+from ..data.duplicates import resolve_mode
+from ..data.records import Record, in_split, labels_of, split_counts
+from ..data.sweeps import PLANE_LABELS
+from ..errors import BadInputError
+from ..evaluate import Predictor, choose_postprocessing, evaluate, keras_predict_fn, summary_line
+from ..io import atomic_path, atomic_write_json, atomic_write_text
+from ..models import parameter_counts
+from .classification import ClassificationSession
+from .phase import Progress
+from .resume import check_resumable, final_fit_epochs, final_fit_records, read_refit_source, split_rule
+from .segmentation import SegmentationSession
+from .video import VideoSession
+
+
+def train(config: RunConfig, progress: Progress = print) -> Path:
+    """Train (or resume, or skip when finished), select on validation, evaluate on test, write the run."""
+    run_dir = config.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(config.train.seed)
+    progress(f"[1/4] reading {config.data.kind}:{config.data.path}")
+    records = read_records(config.data.kind, config.data.path, config.data.aliases, config.data.classes)
+    config.data.duplicates = resolve_mode(config.data.duplicates, config.data.kind, records)
+    source = read_refit_source(config) if config.train.refit_from else None
+    final_epochs = final_fit_epochs(source) if source is not None else None
+    records = split_records(records, config.data.val_fraction, config.data.test_fraction, config.train.seed,
+                            config.data.folds, config.data.fold, config.data.duplicates,
+                            config.data.duplicate_distance)
+    task = TASK_OF_KIND[config.data.kind]
+    if source is not None:
+        records = final_fit_records(config, records, task)
+    labels = list(PLANE_LABELS) if task == "segmentation" else labels_of(records)
+    if len(labels) < 2:
+        raise BadInputError(f"{config.data.path} holds {len(labels)} class(es): {labels}", "give at least two classes")
+    config.model.num_classes = len(labels)
+    counts = split_counts(records)
+    progress(f"      {len(records)} items, classes {labels}, splits {counts}")
+    check_resumable(config)
+    _write_run_files(config, records)
+    if source is not None:
+        session = SegmentationSession(config, records, labels, progress, final_epochs)
+    else:
+        session = {"segmentation": SegmentationSession, "video": VideoSession}.get(task, ClassificationSession)(
+            config, records, labels, progress)
+    strategy = distribution_strategy(config.train.strategy)
+    if strategy.num_replicas_in_sync > 1:
+        progress(f"      {config.train.strategy} strategy over {strategy.num_replicas_in_sync} replicas; a batch of "
+                 f"{config.train.batch_size} is split between them")
+    with strategy.scope():  # variables (model, optimizer) are created, restored and trained under it
+        model = session.run()
+    with atomic_path(run_dir / "model.keras", suffix=".keras") as tmp:
+        model.save(tmp)
+    card = make_card(config.name, task, labels, config.data.image_size,
+                     config.data.channels, config.data.resize,
+                     {"kind": config.data.kind, "aliases": dict(config.data.aliases),
+                      **({"classes": list(config.data.classes)} if config.data.classes else {})},
+                     config_to_dict(config)["model"], parameter_counts(model),
+                     {"data": f"{config.data.kind}:{config.data.path}", "splits": counts,
+                      "split_rule": split_rule(config), "seed": config.train.seed, "phases": session.summary(),
+                      **({"init_from": config.train.init_from} if config.train.init_from else {}),
+                      **({"refit_from": {"source": config.train.refit_from, "name": source["name"],
+                                         "epochs": final_epochs}} if source is not None else {})})
+    if len(model.inputs[0].shape) == 5:  # a clip model (fetalnet video, slowfast): T frames per input
+        card["preprocessing"]["clip_length"] = config.data.clip_length
+        card["preprocessing"]["clips_per_video"] = config.data.clips_per_video
+        card["input"]["shape"].insert(1, config.data.clip_length)
+    predictor = Predictor(str(run_dir / "model.keras"), card, keras_predict_fn(model))
+    if source is not None:
+        card["postprocessing"] = {**source["postprocessing"], "source": config.train.refit_from}
+    elif task == "segmentation" and "clip_length" not in card["preprocessing"]:
+        card["postprocessing"] = choose_postprocessing(predictor, in_split(records, "val"), config.train.batch_size,
+                                                       progress)
+    write_card(run_dir, card)
+    progress("[4/4] evaluating the selected model on the test split")
+    test = in_split(records, "test")
+    results = evaluate(predictor, test, f"{config.data.kind}:{config.data.path}", "test",
+                       config.data.on_bad_input, config.train.batch_size, progress)
+    results["timings"]["train_seconds"] = sum(p["seconds"] for p in session.summary().values())
+    results["phases"] = session.summary()
+    atomic_write_json(run_dir / "results.json", results)
+    card["metrics"] = {"test": results["metrics"], "n_test": results["n"]}
+    write_card(run_dir, card)
+    progress("      " + summary_line(results))
+    return run_dir
+
+
+def distribution_strategy(name: str) -> tf.distribute.Strategy:
+    """`default`: the current (single-device) strategy; `mirrored`: synchronous data parallelism over the local
+    GPUs (or logical CPU devices where there are none); `multi_worker`: the same across the nodes in TF_CONFIG."""
+    if name == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        return tf.distribute.MirroredStrategy([d.name for d in gpus or tf.config.list_logical_devices("CPU")])
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def _write_run_files(config: RunConfig, records: Sequence[Record]) -> None:
+    save_config(config, config.run_dir / "config.yaml")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["source", "label", "group", "split", "extras"])
+    writer.writerows([r.source, r.label, r.group, r.split, json.dumps(r.extras) if r.extras else ""]
+                     for r in records)
+    atomic_write_text(config.run_dir / "splits.csv", buffer.getvalue())
