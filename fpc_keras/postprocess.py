@@ -1,8 +1,8 @@
 """Segmentation post-processing recorded in the model card: mirrored test-time averaging, the mask threshold and
 the delivered shape (the thresholded mask, or the filled ellipse fitted to it).
 
-All three are chosen on the validation split after training (`evaluate.choose_postprocessing`) and stored as
-`card["postprocessing"]`, so the evaluator, the export cards and the TF-free runner (`tflite/run.py`) turn
+All three are chosen on the validation split after training (`evaluate.segmentation.choose_postprocessing`) and
+stored as `card["postprocessing"]`, so the evaluator, the export cards and the TF-free runner (`tflite/run.py`) turn
 probabilities into masks the same way. TensorFlow-free: the runner imports it.
 """
 from __future__ import annotations
