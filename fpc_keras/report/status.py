@@ -20,7 +20,9 @@ REPO = Path(__file__).resolve().parents[2]
 DIGITS = {"dice": 4, "iou": 4, "hc_mad_mm": 2, "hausdorff_mm": 2}
 SEGMENTATION_SHOWN = ("dice", "hc_mad_mm")
 STORE_PAPER = {"fetalnet": "fetalnet", "fpc_": "efficientnet_attention", "cm_": "frozen_features",
-               "sf_": "slowfast"}  # a CV store's run-name prefix (its experiment script's) -> the paper's model
+               "sf_": "slowfast", "paper1_": "efficientnet_attention", "paper2_": "frozen_features",
+               "paper3_": "fetalnet", "paper4_": "slowfast"}  # a CV store's run-name prefix (its experiment script's
+# or its recipe's, experiments/configs/paperN/) -> the paper's model
 
 
 def figure(name: str, metric: dict | float | None) -> str:
