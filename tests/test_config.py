@@ -50,3 +50,19 @@ def test_missing_and_broken_yaml(tmp_path):
     broken.write_text("train: [epochs: 3\n")
     with pytest.raises(BadInputError, match="not valid YAML"):
         load_config(broken)
+
+
+def test_an_overlay_changes_only_what_it_states(tmp_path):
+    """`extends:` makes a recipe file an ablation overlay of its base: sections merge key by key, overrides last."""
+    (tmp_path / "base.yaml").write_text("name: base\ntrain:\n  epochs: 7\n  learning_rate: 0.01\n"
+                                        "model:\n  attention: se\n")
+    (tmp_path / "variants").mkdir()
+    overlay = tmp_path / "variants" / "cbam.yaml"
+    overlay.write_text("extends: ../base.yaml\nname: cbam\nmodel:\n  attention: cbam\ntrain:\n  epochs: 9\n")
+    config = load_config(overlay, ["train.seed=3"])
+    assert (config.name, config.model.attention, config.train.epochs) == ("cbam", "cbam", 9)
+    assert (config.train.learning_rate, config.train.seed) == (0.01, 3)
+    assert load_config(tmp_path / "base.yaml").train.epochs == 7
+    (tmp_path / "base.yaml").write_text("extends: variants/cbam.yaml\n")
+    with pytest.raises(BadInputError, match="extends it back"):
+        load_config(overlay)

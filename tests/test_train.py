@@ -290,17 +290,30 @@ def test_feature_norm_starts_at_the_training_features_statistics():
     assert all(np.array_equal(a, b) for a, b in zip(before, flat.get_weights()))
 
 
-def test_phase_2_cosine_schedule_and_adamw_survive_a_resume(folder_dataset, tmp_path):
+def test_phase_2_cosine_schedule_and_adamw_survive_a_resume(folder_dataset, tmp_path, monkeypatch):
     """`train.finetune_schedule=cosine` decays phase 2's rate to zero over its epochs; a weight decay makes the
-    optimiser AdamW; both come back from phase 2's checkpoint, which is what a resumed run continues with."""
+    optimiser AdamW; both come back from phase 2's checkpoint, which is what a resumed run continues with.
+    `train.finetune_keep=last` ships phase 2's last epoch with that epoch's validation score on the card, although
+    (validation scores planted here) phase 2 never comes near phase 1."""
     import keras
 
+    import fpc_keras.training.classification as classification
+
+    planted = iter([(0.9, 0.1, "macro_f1"), (0.2, 2.0, "macro_f1"), (0.1, 3.0, "macro_f1")])  # phase 1, phase 2 x 2
+    monkeypatch.setattr(classification, "classification_score", lambda *_: lambda: next(planted))
     config = load_config(None, tiny_overrides(folder_dataset, tmp_path / "runs", **{
         "train.epochs": "1", "train.finetune_blocks": "1", "train.finetune_epochs": "2",
         "train.finetune_learning_rate": "0.001", "train.finetune_schedule": "cosine",
-        "train.finetune_weight_decay": "0.01"}))
+        "train.finetune_weight_decay": "0.01", "train.finetune_keep": "last"}))
     run = train(config, progress=lambda _: None)
-    optimizer = keras.saving.load_model(run / "checkpoints" / "phase2" / "last.keras").optimizer
+    results = read_json(run / "results.json")
+    assert results["phases"]["phase2"]["best_epoch"] == 1, results["phases"]
+    assert results["phases"]["phase2"]["best_score"] == pytest.approx(0.1)
+    last = keras.saving.load_model(run / "checkpoints" / "phase2" / "last.keras")
+    x = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    kept = keras.saving.load_model(run / "model.keras")
+    np.testing.assert_allclose(np.asarray(kept(x)), np.asarray(last(x)), atol=1e-5)
+    optimizer = last.optimizer
     assert isinstance(optimizer, keras.optimizers.AdamW) and optimizer.weight_decay == pytest.approx(0.01)
     train_items = read_json(run / "model_card.json")["training"]["splits"]["train"]
     steps = 2 * -(-sum(train_items.values()) // 8)

@@ -15,7 +15,7 @@ best.keras, state.json), history.csv, model.keras (the selected model), results.
   Slow-only video model's head is fitted on its slow frames' features, computed once per run in memory.
 - Phase 2 (`train.finetune_blocks` > 0) fine-tunes the top N backbone blocks from images with augmentation, at
   `train.finetune_learning_rate` (constant or cosine); its checkpoints only replace phase 1's model when
-  validation improves.
+  validation improves, unless `train.finetune_keep: last` ships its last epoch.
 - Weight averaging (`train.ema_momentum` > 0): each epoch is validated, and best.keras kept, with the moving
   average of the weights; training (and last.keras) continues on the raw weights.
 """

@@ -95,9 +95,13 @@ class ClassificationSession(TaskSession):
                   class_weights(self.y_train, len(self.labels), t.balance))
 
     def _finetune(self, model: keras.Model) -> keras.Model:
-        """Phase 2: unfreeze the top blocks; keep phase 1's model unless validation macro-F1 improves."""
+        """Phase 2: unfreeze the top blocks; keep phase 1's model unless validation macro-F1 improves, or (with
+        `train.finetune_keep: last`) keep phase 2's last epoch."""
         t = self.config.train
-        self.phase2.floor = (self.phase1.state["best_score"], -self.phase1.state["best_loss"])
+        if t.finetune_keep == "last":
+            self.phase2.keep_last = True
+        else:
+            self.phase2.floor = (self.phase1.state["best_score"], -self.phase1.state["best_loss"])
         fitted = self.phase2.resume()
         if fitted is None:
             # A copy trains, so that `model` keeps phase 1's best weights should phase 2 never beat them.

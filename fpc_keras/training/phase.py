@@ -27,12 +27,14 @@ class Phase:
 
     An epoch is better when its validation macro-F1 is higher, or equal with a lower validation log-loss (small
     validation sets often tie at the same F1). `floor`: (F1, -loss) to beat before anything counts as best
-    (phase 2 must beat phase 1's best).
+    (phase 2 must beat phase 1's best). `keep_last`: every epoch is kept as best (the recipe ships the last one), its
+    validation score still recorded, and nothing stops early.
     """
 
     def __init__(self, name: str, folder: Path, patience: int, history: Path, progress: Progress):
         self.name, self.folder, self.patience, self.history, self.progress = name, folder, patience, history, progress
         self.floor = (-1.0, -float("inf"))
+        self.keep_last = False
         self.state = {"epoch": -1, "best_score": -1.0, "best_loss": float("inf"), "best_epoch": -1, "wait": 0,
                       "seconds": 0.0, "done": False}
         self._since: float | None = None  # while a timed block runs: when its time was last added to `seconds`
@@ -86,7 +88,7 @@ class Phase:
     def save_best(self, model: keras.Model, epoch: int, score: float, loss: float) -> bool:
         """Keep the epoch as best.keras where it beats the best so far; True if it did (the state is written by
         `save_last`)."""
-        if (score, -loss) <= self.best_key():
+        if not self.keep_last and (score, -loss) <= self.best_key():
             return False
         with atomic_path(self.folder / "best.keras", suffix=".keras") as tmp:
             model.save(tmp)
