@@ -21,9 +21,10 @@ from pathlib import Path
 
 from fpc_keras.benchmark import benchmark, table
 from fpc_keras.config import load_config
-from fpc_keras.experiment import pooled_quantisation, pooled_quantisation_table, quantisation_fold
+from fpc_keras import cv
+from fpc_keras.cv.classification import pooled_quantisation, pooled_quantisation_table, quantisation_fold
 from fpc_keras.export import export_as_configured
-from fpc_keras.io import atomic_write_json, atomic_write_text, read_json
+from fpc_keras.io import atomic_write_json, atomic_write_text
 from fpc_keras.training import train
 
 
@@ -40,6 +41,8 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="with --folds: overrides")
     parser.add_argument("--cv-store", default="reports/cv", metavar="DIR",
                         help="with --folds: where finished folds' predictions are kept and pooled from")
+    parser.add_argument("--flip", action="store_true",
+                        help="with --folds: also measure the float model with flip TTA in its graph")
     args = parser.parse_args()
     if args.folds:
         if not args.config:
@@ -55,19 +58,16 @@ def cross_validate(args: argparse.Namespace) -> None:
     """Train and export every fold not yet stored, store its test predictions, pool every stored fold."""
     name = load_config(args.config, args.set).name
     store = Path(args.cv_store) / f"{name}_cv{args.folds}_quantisation"
-    for fold in range(args.folds):
-        path = store / f"fold{fold}.json"
-        if path.is_file():
-            print(f"fold {fold}: stored in {path}")
-            continue
-        config = load_config(args.config, [*args.set, f"data.folds={args.folds}", f"data.fold={fold}",
-                                           f"name={name}_cv{args.folds}_fold{fold}"])
+
+    def record(fold: int) -> dict:
+        config = cv.fold_config(args.config, args.set, fold, args.folds, f"{name}_cv{args.folds}")
         run_dir = train(config)
         missing = [v for v in args.variants if not (run_dir / "exports" / v / "model.tflite").is_file()]
         if missing:
             export_as_configured(run_dir, config.export, missing)
-        atomic_write_json(path, quantisation_fold(run_dir, fold, args.folds, args.variants))
-    pooled = pooled_quantisation([read_json(path) for path in sorted(store.glob("fold*.json"))])
+        return quantisation_fold(run_dir, fold, args.folds, args.variants, flip=args.flip)
+
+    pooled = pooled_quantisation(cv.run_folds(store, args.folds, record))
     text = pooled_quantisation_table(pooled)
     atomic_write_json(store / "pooled.json", pooled)
     atomic_write_text(store / "pooled.md", text)

@@ -27,12 +27,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fpc_keras import cv
 from fpc_keras.config import load_config
+from fpc_keras.cv.segmentation import (paired_segmentation, paired_segmentation_table, pooled_segmentation,
+                                       pooled_segmentation_table, segmentation_fold)
 from fpc_keras.data.hc18 import write_challenge_csv
-from fpc_keras.experiment import (SHARED_DATA, paired_segmentation, paired_segmentation_table, pooled_segmentation,
-                                  pooled_segmentation_table, segmentation_fold, segmentation_table)
+from fpc_keras.experiment import SHARED_DATA, segmentation_table
 from fpc_keras.export import export_run, ship, shipped_variant
-from fpc_keras.io import atomic_write_json, atomic_write_text, read_json
+from fpc_keras.io import atomic_write_text, read_json
 from fpc_keras.training import train
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -88,21 +90,18 @@ def cross_validate(args: argparse.Namespace) -> None:
     """Run the requested folds of the frame model (skipping those already stored), store each, pool all stored."""
     name = load_config(CONFIGS / "fetalnet_hc18.yaml", args.set).name
     store = Path(args.cv_store) / f"{name}_cv{args.folds}"
-    for fold in args.fold or range(args.folds):
-        path = store / f"fold{fold}.json"
-        if path.is_file():
-            print(f"fold {fold}: stored in {path}")
-            continue
+
+    def record(fold: int) -> dict:
         overrides = [*args.set, f"data.folds={args.folds}", f"data.fold={fold}", f"name={store.name}_fold{fold}"]
-        run_dir = run("fetalnet_hc18.yaml", args.data, args.runs, overrides)
-        atomic_write_json(path, segmentation_fold(run_dir, fold, args.folds))
-    folds = [read_json(path) for path in sorted(store.glob("fold*.json"))]
+        return segmentation_fold(run("fetalnet_hc18.yaml", args.data, args.runs, overrides), fold, args.folds)
+
+    folds = cv.run_folds(store, args.folds, record, args.fold)
     table = pooled_segmentation_table(folds, pooled_segmentation(folds))
     atomic_write_text(store / "pooled.md", table)
     print(f"\n{name}, {args.folds}-fold cross-validation by subject ({store}):\n\n{table}")
     if args.against:
         against = Path(args.against)
-        paired = paired_segmentation(folds, [read_json(path) for path in sorted(against.glob("fold*.json"))])
+        paired = paired_segmentation(folds, cv.stored_folds(against))
         table = paired_segmentation_table(paired, store.name, f"{against.parent.name}/{against.name}")
         atomic_write_text(store / f"paired_vs_{against.parent.name}_{against.name}.md", table)
         print(f"paired, on the test images both have measured:\n\n{table}")

@@ -82,10 +82,11 @@ def test_run_all_covers_every_experiment_script():
 
 def test_quantisation_cross_validation_tests_every_image_once_and_pools_the_exports(trained, tmp_path):
     """benchmark_edge.py --folds: every image is tested once, by a model that never saw it; the pooled top-1 of
-    float and int8 agree with the folds' own results; a second call reuses the stored folds."""
+    float and int8 agree with the folds' own results; flip TTA is pooled as a variant of its own; a second call
+    reuses the stored folds."""
     command = [sys.executable, str(REPO / "experiments" / "benchmark_edge.py"), "--folds", "2", "--config",
                str(trained["run"] / "config.yaml"), "--variants", "int8", "--set", f"runs_dir={tmp_path / 'runs'}",
-               "--cv-store", str(tmp_path / "cv")]
+               "--cv-store", str(tmp_path / "cv"), "--flip"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
     store = tmp_path / "cv" / "tiny_cv2_quantisation"
@@ -100,5 +101,8 @@ def test_quantisation_cross_validation_tests_every_image_once_and_pools_the_expo
     int8_right = sum(c["test"]["top1"]["value"] * c["n_test"] for c in cards)
     assert pooled["variants"]["int8"]["top1"]["value"] == pytest.approx(int8_right / len(files))
     assert "int8" in (store / "pooled.md").read_text() and "int8" in done.stdout
+    labels = read_json(runs[0] / "model_card.json")["labels"]
+    assert all(item["flip"] in labels for fold in folds for item in fold["items"])
+    assert "| float + flip TTA (in the graph) |" in (store / "pooled.md").read_text()
     again = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert again.returncode == 0 and "fold 1: stored" in again.stdout

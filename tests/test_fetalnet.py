@@ -313,7 +313,7 @@ def test_cross_validation_measures_each_image_once_and_pools_folds_run_apart(tmp
 
 
 def test_pooling_refuses_a_fold_twice_or_folds_of_another_k():
-    from fpc_keras.experiment import pooled_segmentation
+    from fpc_keras.cv.segmentation import pooled_segmentation
 
     def fold(index: int, k: int, hc: float) -> dict:
         return {"fold": index, "folds": k, "items": [{"dice": 0.9, "iou": 0.8, "hausdorff_mm": 1.0, "hc_mad_mm": hc}]}
@@ -326,7 +326,7 @@ def test_pooling_refuses_a_fold_twice_or_folds_of_another_k():
 
 
 def test_paired_comparison_matches_images_across_recipes_and_counts_wins():
-    from fpc_keras.experiment import paired_segmentation, paired_segmentation_table
+    from fpc_keras.cv.segmentation import paired_segmentation, paired_segmentation_table
 
     def fold(index: int, k: int, files: dict) -> dict:
         return {"fold": index, "folds": k, "items": [{"file": f, "dice": d, "iou": None, "hausdorff_mm": 1.0,

@@ -40,3 +40,22 @@ def test_runtimes_are_timed_in_interleaved_rounds():
     assert order == ["a", "b"] * 4
     assert result.keys() == {"a", "b"} and all(r["runs"] == 3 and r["p90_ms"] >= r["median_ms"] >= 0
                                                for r in result.values())
+
+
+def test_flip_tta_averages_the_image_and_its_mirror_and_exports_to_int8(tmp_path):
+    """`models.tta.build_flip_tta`: the probabilities of the image and of its left-right mirror, averaged, in one
+    graph that converts to a full-int8 .tflite following its Keras model (the mirror is a GATHER, which keeps its
+    input's int8 scale)."""
+    from fpc_keras.export import float_ops_of
+    from fpc_keras.models.tta import build_flip_tta
+
+    model = family_model("lite_se")
+    tta = build_flip_tta(model)
+    x = family_inputs(16)
+    reference = (np.asarray(model(x, training=False)) + np.asarray(model(x[:, :, ::-1], training=False))) / 2
+    np.testing.assert_allclose(np.asarray(tta(x, training=False)), reference, atol=1e-6)
+    assert not np.allclose(reference, np.asarray(model(x, training=False)), atol=1e-3)  # the mirror changes it
+    path = tmp_path / "int8.tflite"
+    path.write_bytes(convert(tta, "int8", x))
+    assert float_ops_of(path.read_bytes()) == []
+    print(assert_parity("int8", TFLiteModel(path)(x), reference))

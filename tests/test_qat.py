@@ -24,7 +24,9 @@ def test_twin_matches_the_keras3_model(family):
     x = np.random.default_rng(1).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
     reference = np.asarray(model(x, training=False))
     assert reference.std() > 1e-3  # outputs that differ per image, so the comparison can fail
-    assert np.abs(twin(x, training=False).numpy() - reference).max() <= 1e-5
+    # float32 rounding through ~60 layers, summed in another order by each framework's kernels: up to 2.4e-5 of a
+    # probability measured on a 2-core AMD EPYC (CBAM, MHSA); a weight copied wrong moves it by ~1e-1.
+    assert np.abs(twin(x, training=False).numpy() - reference).max() <= 1e-4
 
 
 def test_batchnorm_is_folded_into_the_convolution_before_it():

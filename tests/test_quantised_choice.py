@@ -1,10 +1,10 @@
 """`export.choose_quantised`: which int8 variant a run ships is decided on validation, by fidelity to the float
 model for classifiers, and the test split never decides; and what quantisation costs, pooled over the folds of a
-cross-validation (`experiment.pooled_quantisation`)."""
+cross-validation (`cv.classification.pooled_quantisation`)."""
 import pytest
 
 from fpc_keras.errors import BadInputError
-from fpc_keras.experiment import pooled_quantisation, pooled_quantisation_table
+from fpc_keras.cv.classification import pooled_quantisation, pooled_quantisation_table
 from fpc_keras.export import choose_quantised
 from fpc_keras.io import atomic_write_json, read_json
 from fpc_keras.report import export_rows

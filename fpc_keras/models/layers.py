@@ -76,3 +76,23 @@ class TakeFrames(keras.layers.Layer):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "stride": self.stride}
+
+
+@keras.saving.register_keras_serializable(package="fpc_keras")
+class MirrorWidth(keras.layers.Layer):
+    """(B, H, W, C) mirrored left to right, as a gather of the columns in reverse order: TFLite's int8 GATHER keeps
+    its input's scale (its REVERSE_V2 does not, see `caffe_preprocess`)."""
+
+    def call(self, inputs):
+        return ops.take(inputs, ops.arange(inputs.shape[2] - 1, -1, -1), axis=2)
+
+
+@keras.saving.register_keras_serializable(package="fpc_keras")
+class MeanOfHalves(keras.layers.Layer):
+    """(2B, ...) -> (B, ...): the mean of the first and the second half of the batch (a batch and its mirror)."""
+
+    def call(self, inputs):
+        return ops.mean(ops.reshape(inputs, (2, -1, *inputs.shape[1:])), axis=0)
+
+    def compute_output_shape(self, input_shape):
+        return (None if input_shape[0] is None else input_shape[0] // 2, *input_shape[1:])

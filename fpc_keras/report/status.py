@@ -50,7 +50,7 @@ def shipped_cell(folder: Path) -> str:
 
 def cv_cell(store: Path, root: Path) -> str:
     """One cross-validation store, pooled over the folds it holds (every image tested once)."""
-    from ..experiment import pooled_segmentation
+    from ..cv.segmentation import pooled_segmentation
 
     folds = [read_json(path) for path in sorted(store.glob("fold*.json"))]
     name = store.relative_to(root).as_posix()

@@ -1,0 +1,54 @@
+"""K-fold cross-validation, one runner for every task and experiment: fold i's model is trained on the other folds
+(its validation split carved from them) and measured on fold i, so every item is tested once by a model that never
+saw it. A finished fold is kept as a small JSON record in a store folder (`fold<i>.json`, committed under
+`reports/cv/` for the shipped recipes), so the folds of one CV may run in different sessions; a stored fold is never
+run again, and every stored fold is pooled.
+
+    records = cv.run_folds(store, 5, lambda fold: record_of(train(cv.fold_config(CFG, overrides, fold, 5, name))))
+
+The records and their pooling are per task: `cv.classification` (per-image predictions of a float model and its
+exports, paired changes) and `cv.segmentation` (per-image Dice / HC error, recipes compared image by image).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from ..config import RunConfig, load_config
+from ..errors import BadInputError
+from ..io import atomic_write_json, read_json
+
+Progress = Callable[[str], None]
+
+
+def fold_config(config: str | Path | None, overrides: Sequence[str], fold: int, folds: int, name: str) -> RunConfig:
+    """The run config of fold `fold` of a `folds`-fold CV of a recipe: its own run name, `NAME_fold<i>`."""
+    return load_config(config, [*overrides, f"data.folds={folds}", f"data.fold={fold}", f"name={name}_fold{fold}"])
+
+
+def run_folds(store: str | Path, folds: int, record: Callable[[int], dict], which: Iterable[int] | None = None,
+              progress: Progress = print) -> list[dict]:
+    """Record each fold of `which` (default: every fold) that `store` lacks: `record(i)` trains and measures fold i
+    and returns its record, written atomically as `store/fold<i>.json`. Returns every stored fold, in fold order."""
+    store = Path(store)
+    for fold in which if which is not None else range(folds):
+        if not 0 <= fold < folds:
+            raise BadInputError(f"fold {fold} is outside 0..{folds - 1}", f"pick folds below {folds}")
+        path = store / f"fold{fold}.json"
+        if path.is_file():
+            progress(f"fold {fold}: stored in {path}")
+            continue
+        atomic_write_json(path, {"fold": fold, "folds": folds, **record(fold)})
+    return stored_folds(store)
+
+
+def stored_folds(store: str | Path) -> list[dict]:
+    """The fold records kept in `store`, in fold order (none: an empty list)."""
+    return sorted((read_json(path) for path in Path(store).glob("fold*.json")), key=lambda f: f["fold"])
+
+
+def check_one_split(folds: Sequence[dict]) -> None:
+    """Refuse folds of different K, or the same fold twice: pooling them would test some items twice."""
+    if len({f["folds"] for f in folds}) > 1 or len({f["fold"] for f in folds}) < len(folds):
+        raise BadInputError(f"folds {[(f['fold'], f['folds']) for f in folds]} do not belong to one K-fold split",
+                            "pool the folds of one --folds K run, each once")

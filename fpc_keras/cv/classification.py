@@ -1,0 +1,112 @@
+"""Cross-validated classifiers: each fold's per-image predictions of the float model, of its exports and of its
+flip-TTA twin, pooled over the folds with paired changes against float (what quantisation or TTA costs or gains,
+image by image)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import BadInputError
+from ..io import read_json
+from ..metrics import macro_f1, with_ci
+from . import check_one_split
+
+def quantisation_fold(run_dir: str | Path, fold: int, folds: int, variants: Sequence[str], flip: bool = False) -> dict:
+    """What pooling the cost of quantisation needs from a finished fold of a classifier: each test image's label
+    and the class its float model and each export predict, and which export the fold chose on validation
+    (`exports/choice.json`). Predicted afresh from the model files, so a stale card cannot leak in. `flip`: also
+    the float model with flip TTA in its graph (`models.tta`), as the `flip` variant."""
+    from ..evaluate import class_probabilities, load_predictor
+    from ..export import train_records
+
+    run_dir = Path(run_dir)
+    card = read_json(run_dir / "model_card.json")
+    if card["task"] != "classification":
+        raise BadInputError(f"{run_dir} is a {card['task']} model", "pool quantisation folds of image classifiers")
+    records = [r for r in train_records(run_dir) if r.split == "test"]
+    if not records:
+        raise BadInputError(f"{run_dir} has no test split", "cross-validate with data.folds >= 2")
+    models = {"float": run_dir}
+    for variant in variants:
+        models[variant] = run_dir / "exports" / variant / "model.tflite"
+        if not models[variant].is_file():
+            raise BadInputError(f"{models[variant]} does not exist",
+                                f"fpc-keras export --model {run_dir} --quant {variant}")
+    predictors = {name: load_predictor(path) for name, path in models.items()}
+    if flip:
+        predictors["flip"] = _flip_predictor(predictors["float"], run_dir / "model.keras")
+    labels = card["labels"]
+    predicted = {name: class_probabilities(predictor, records).argmax(axis=1) for name, predictor in predictors.items()}
+    choice = run_dir / "exports" / "choice.json"
+    return {"run": run_dir.name, "fold": fold, "folds": folds,
+            "chosen": read_json(choice)["chosen"] if choice.is_file() else None,
+            "items": [{"file": Path(r.source).name, "label": r.label,
+                       **{name: labels[int(p[i])] for name, p in predicted.items()}} for i, r in enumerate(records)]}
+
+
+def _flip_predictor(float_model, model_file: Path):
+    import keras
+
+    from ..models.tta import build_flip_tta
+    from ..predictor import Predictor, keras_predict_fn
+
+    tta = build_flip_tta(keras.saving.load_model(model_file, compile=False))
+    return Predictor(float_model.path, float_model.card, keras_predict_fn(tta))
+
+
+def pooled_quantisation(folds: Sequence[dict]) -> dict:
+    """Test top-1 of the float models and of each export pooled over the folds (every image tested once, by a model
+    that never saw it), and each export's paired change against float: the mean over images of (export right) -
+    (float right), with a bootstrap CI, and the images it lost and gained. `chosen`: each fold's export chosen on
+    its validation split, which is what a user ships."""
+    if not folds:
+        raise BadInputError("no stored folds to pool", "run at least one fold with --folds K")
+    check_one_split(folds)
+    with_choice = all(f["chosen"] in f["items"][0] for f in folds if f["items"])
+    items = [{**item, **({"chosen": item[f["chosen"]]} if with_choice else {})} for f in folds for item in f["items"]]
+    variants = [name for name in items[0] if name not in ("file", "label", "float")]
+    right = {name: np.array([item.get(name) == item["label"] for item in items], np.float64)
+             for name in ("float", *variants)}
+    n = len(items)
+    out = {"folds_done": sorted(f["fold"] for f in folds), "folds": folds[0]["folds"], "n": n,
+           "float": with_ci(lambda idx: right["float"][idx].mean(), n),
+           "float_macro_f1": _pooled_macro_f1(items, "float"), "variants": {}}
+    for name in variants:
+        change = right[name] - right["float"]
+        out["variants"][name] = {
+            "top1": with_ci(lambda idx, r=right[name]: r[idx].mean(), n), "macro_f1": _pooled_macro_f1(items, name),
+            "change": with_ci(lambda idx, c=change: c[idx].mean(), n),
+            "lost": int((change < 0).sum()), "gained": int((change > 0).sum()),
+            "agreement": float(np.mean([item.get(name) == item["float"] for item in items]))}
+    return out
+
+
+def _pooled_macro_f1(items: Sequence[dict], model: str) -> dict:
+    """Macro-F1 of `model`'s predictions over the pooled items, with a bootstrap CI over images."""
+    labels = sorted({item["label"] for item in items})
+    index = {label: i for i, label in enumerate(labels)}
+    truth = np.array([index[item["label"]] for item in items])
+    predicted = np.array([index.get(item.get(model), -1) for item in items])
+    return with_ci(lambda idx: macro_f1(truth[idx], predicted[idx], len(labels)), len(items))
+
+
+def pooled_quantisation_table(pooled: dict) -> str:
+    """Markdown: float, then each export (and the per-fold validation choice) with its paired change."""
+    def cell(metric: dict, scale: float = 1.0, sign: str = "") -> str:
+        lo, hi = (v * scale for v in metric["ci95"])
+        return f"{metric['value'] * scale:{sign}.2f} [{lo:{sign}.2f}, {hi:{sign}.2f}]"
+
+    def f1(entry: dict, key: str) -> str:  # stores pooled before macro-F1 was pooled have none
+        return cell(entry[key], 100) if key in entry else "-"
+
+    lines = [f"| model ({len(pooled['folds_done'])} of {pooled['folds']} folds, {pooled['n']} test images) "
+             "| top-1 % [95 % CI] | macro-F1 % [95 % CI] | change vs float, points [95 % CI] | lost / gained images "
+             "| agreement with float |", "|---|---|---|---|---|---|",
+             f"| float (Keras) | {cell(pooled['float'], 100)} | {f1(pooled, 'float_macro_f1')} | - | - | - |"]
+    for name, v in pooled["variants"].items():
+        label = {"chosen": "chosen on each fold's validation", "flip": "float + flip TTA (in the graph)"}.get(name, name)
+        lines.append(f"| {label} | {cell(v['top1'], 100)} | {f1(v, 'macro_f1')} | {cell(v['change'], 100, '+')} | "
+                     f"{v['lost']} / {v['gained']} | {v['agreement']:.3f} |")
+    return "\n".join(lines) + "\n"
