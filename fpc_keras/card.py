@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .errors import BadInputError
 from .io import atomic_write_json, read_json
+from .tasks import TASKS
 
 CARD_NAME = "model_card.json"
 PACKAGES = ("tensorflow", "keras", "numpy", "pillow", "ai-edge-litert", "tensorflow-model-optimization",
@@ -31,7 +32,7 @@ def make_card(name: str, task: str, labels: list[str], image_size: tuple[int, in
                                   "(pad: keep aspect, black bars, centred; crop: keep aspect, centre crop; stretch; "
                                   "stretch_crop: stretch to size/0.875, centre crop), float 0-255; the model "
                                   "normalises internally"},
-        "output": "softmax probabilities over `labels`" if task != "segmentation" else "per-pixel probability",
+        "output": TASKS[task].output,
         "model": model,
         "params": params,
         "training": training,

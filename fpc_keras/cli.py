@@ -92,7 +92,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     out = Path(args.out)
     check_writable(out)
     predictor = load_predictor(args.model, args.threads)
-    files = collect_inputs(args.input, predictor.task)
+    files = collect_inputs(args.input, predictor.card)
     pixel_csv = read_pixel_csv(args.pixel_csv) if args.pixel_csv else None
     print(f"predicting {len(files)} input(s) with {predictor.card.get('name', args.model)} ({predictor.task})")
     prediction = predict_inputs(predictor, files, args.on_bad_input, args.pixel_mm, pixel_csv,

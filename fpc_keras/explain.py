@@ -17,6 +17,7 @@ from .data.images import ImageSpec, read_image, unfit_image
 from .errors import BadInputError
 from .io import atomic_path
 from .models.backbones import FEATURES_LAYER
+from .tasks import task_of_card
 
 METHODS = ("gradcam", "gradcam++", "scorecam")
 
@@ -94,7 +95,7 @@ def class_montage(run_dir: str | Path, out: str | Path, method: str = "gradcam")
     run_dir = Path(run_dir)
     card = read_card(run_dir / "model.keras")
     labels = card["labels"]
-    if card["task"] != "classification" or len(card["input"]["shape"]) != 4:
+    if task_of_card(card).name != "classification":
         return None
     test = [r for r in train_records(run_dir) if r.split == "test" and Path(r.source).is_file()]
     chosen = [next((r for r in test if r.label == label), None) for label in labels]

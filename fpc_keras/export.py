@@ -32,6 +32,7 @@ from .errors import BadInputError
 from .evaluate import class_probabilities, evaluate, fidelity, load_predictor, summary_line
 from .io import atomic_write_bytes, atomic_write_json, read_json
 from .litert import TFLiteModel, interpreter_class
+from .tasks import task_of_card
 from .metrics import headline_metric
 from .models.frozen_features import split_feature_norm
 
@@ -210,7 +211,7 @@ def export_run(run_dir: str | Path, variants: Sequence[str] = ("fp32", "int8"), 
     spec = ImageSpec.from_card(card)
     train = [r for r in records if r.split == "train"]
     evaluation = {split: [r for r in records if r.split == split] for split in (evaluate_split, "val")}
-    clip_length = int(card["preprocessing"].get("clip_length", 0)) if card["task"] == "video" else 0
+    clip_length = int(card["preprocessing"].get("clip_length", 0)) if task_of_card(card).name == "video" else 0
     representative = (representative_images(train, spec, representative_samples, clip_length=clip_length)
                       if {"int8", "mixed"} & set(variants) else None)
     if int8_io and "mixed" in variants:
@@ -313,7 +314,7 @@ def _choice_figures(card: dict) -> dict:
 def _keras_probabilities(run_dir: Path, card: dict, evaluation: dict[str, list[Record]]) -> dict[str, np.ndarray]:
     """An image classifier's float probabilities per evaluation split, which each export's are compared with
     (`metrics.fidelity` of its card); other tasks: none."""
-    if card["task"] != "classification":
+    if task_of_card(card).name != "classification":
         return {}
     predictor = load_predictor(run_dir)
     return {split: class_probabilities(predictor, items) for split, items in evaluation.items() if items}

@@ -25,6 +25,7 @@ from .data.video import model_clips, read_video
 from .errors import BadInputError
 from .io import atomic_write_bytes, atomic_write_text
 from .predictor import Predictor
+from .tasks import task_of_card
 
 Progress = Callable[[str], None]
 DICOM = ".dcm"
@@ -40,19 +41,20 @@ class Prediction:
     bad: dict[str, str] = field(default_factory=dict)
 
 
-def collect_inputs(path: str | Path, task: str) -> list[Path]:
-    """The files under `path` that a model of `task` takes: images (and DICOM) for image models, videos (and
-    DICOM cine) for video models. A file is taken as given, whatever its name says."""
+def collect_inputs(path: str | Path, card: dict) -> list[Path]:
+    """The files under `path` that the model of `card` takes (its task's `inputs`): images (and DICOM) for image
+    models, videos (and DICOM cine) for video models. A file is taken as given, whatever its name says."""
+    inputs = task_of_card(card).inputs
     path = Path(path)
     if not path.exists():
         raise BadInputError(f"input not found: {path}", "give an image, a video, a DICOM file or a folder of them")
     if path.is_file():
         return [path]
-    wanted = (*VIDEO_EXTENSIONS, DICOM) if task == "video" else (*IMAGE_EXTENSIONS, DICOM)
+    wanted = (*VIDEO_EXTENSIONS, DICOM) if inputs == "video" else (*IMAGE_EXTENSIONS, DICOM)
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in wanted
                    and not p.name.startswith("."))
     if not files:
-        raise BadInputError(f"{path} holds no {'video' if task == 'video' else 'image'} file "
+        raise BadInputError(f"{path} holds no {inputs} file "
                             f"({', '.join(sorted(set(wanted)))})", "give a folder that holds the scans, or a file")
     return files
 
@@ -88,7 +90,10 @@ def predict_inputs(predictor: Predictor, files: Sequence[Path], on_bad_input: st
                    pixel_mm: float | None = None, pixel_csv: dict[str, float] | None = None,
                    overlays: Path | None = None, progress: Progress = print) -> Prediction:
     """Every file through the model; unreadable ones stop the run (`error`) or are listed (`skip`)."""
-    if predictor.task == "segmentation":
+    task = task_of_card(predictor.card)
+    if task.name == "clip_segmentation":
+        raise BadInputError(f"{predictor.path} segments clips (probe sweeps)", "predict with a frame segmenter")
+    if task.postprocessing:  # a frame segmenter: masks, ellipses, HC in mm
         measure = _segmenter(predictor, pixel_mm, pixel_csv or {}, overlays)
         prediction = Prediction(["file", "hc_mm", "pixel_mm", "cx", "cy", "semi_axis_a", "semi_axis_b",
                                  "angle_deg"])
@@ -129,7 +134,7 @@ def _classifier(predictor: Predictor, overlays: Path | None) -> Callable[[Path],
                 **{f"p_{label}": f"{p:.6f}" for label, p in zip(predictor.labels, probs)}}
 
     def measure(path: Path) -> list[dict]:
-        if predictor.task == "video":
+        if task_of_card(predictor.card).inputs == "video":
             frames = read_video(str(path), spec.size, spec.channels, spec.resize).astype(np.float32)
             return [row(str(path), predictor.predict(model_clips(frames, clip_length, clips)).mean(axis=0))]
         rows = []

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         predictor = Predictor(args.model, card, TFLiteModel(args.model, args.threads))
         pixel_csv = read_pixel_csv(args.pixel_csv) if args.pixel_csv else None
         everything = Prediction([])
-        for path in (p for source in args.inputs for p in collect_inputs(source, card["task"])):
+        for path in (p for source in args.inputs for p in collect_inputs(source, card)):
             start = time.perf_counter()
             done = predict_inputs(predictor, [path], "error", args.pixel_mm, pixel_csv, progress=lambda _: None)
             everything.columns = done.columns

@@ -11,6 +11,7 @@ import numpy as np
 from ..errors import BadInputError
 from ..io import read_json
 from ..metrics import macro_f1, with_ci
+from ..tasks import task_of_card
 from . import check_one_split
 
 def quantisation_fold(run_dir: str | Path, fold: int, folds: int, variants: Sequence[str], flip: bool = False) -> dict:
@@ -23,7 +24,7 @@ def quantisation_fold(run_dir: str | Path, fold: int, folds: int, variants: Sequ
 
     run_dir = Path(run_dir)
     card = read_json(run_dir / "model_card.json")
-    if card["task"] != "classification":
+    if task_of_card(card).name != "classification":
         raise BadInputError(f"{run_dir} is a {card['task']} model", "pool quantisation folds of image classifiers")
     records = [r for r in train_records(run_dir) if r.split == "test"]
     if not records:

@@ -22,9 +22,6 @@ KINDS = {
     "hc18": "HC18 layout: training_set/ + training_set_pixel_size_and_HC.csv",
     "videos": "video files, class by sub-folder (one per class) or else by file-name prefix",
 }
-TASK_OF_KIND = {"fetal_planes": "classification", "folder": "classification", "prefix": "classification",
-                "csv": "classification",
-                "hc18": "segmentation", "videos": "video"}
 
 
 def parse_data_spec(spec: str) -> tuple[str, str]:

@@ -15,18 +15,16 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .. import postprocess
 from ..card import card_path_for, provenance, read_card, write_card
-from ..data.datasets import TASK_OF_KIND, parse_data_spec, read_dataset, split_records
+from ..data.datasets import parse_data_spec, read_dataset, split_records
 from ..data.duplicates import RULE_BEFORE_DUPLICATES
 from ..data.records import Record, in_split, keep_classes
 from ..errors import BadInputError
 from ..io import atomic_write_json, read_json
-from ..metrics import classification_metrics
+from ..postprocess import choose_postprocessing, settings
 from ..predictor import PredictFn, Predictor, keras_predict_fn
-from .images import check_labels, predict_images
-from .segmentation import choose_postprocessing, segmentation_metrics, sweep_metrics
-from .video import video_metrics
+from ..tasks import task_of_card, task_of_kind
+from .images import predict_images
 
 __all__ = ["Predictor", "choose_postprocessing", "class_probabilities", "evaluate", "evaluate_path", "fidelity",
            "keras_predict_fn", "load_predictor", "rechoose_postprocessing", "summary_line"]
@@ -65,17 +63,8 @@ def evaluate(predictor: Predictor, records: Sequence[Record], data: str, split: 
     classifier's results also carry `probabilities` (a numpy array, one row per item kept, in the records' order;
     not JSON), so that a caller comparing it with another model does not run it twice."""
     start = time.perf_counter()
-    items = probs = None
-    if predictor.task == "classification":
-        metrics, n, skipped, probs = _classification(predictor, records, on_bad_input, batch_size, progress)
-    elif predictor.task == "segmentation" and int(predictor.card["preprocessing"].get("clip_length", 1)) > 1:
-        metrics, n, skipped = sweep_metrics(predictor, records, progress)
-    elif predictor.task == "segmentation":
-        metrics, n, skipped, items = segmentation_metrics(predictor, records, on_bad_input, batch_size, progress)
-    elif predictor.task == "video":
-        metrics, n, skipped = video_metrics(predictor, records, on_bad_input, progress)
-    else:
-        raise BadInputError(f"model card task {predictor.task!r} unknown", "re-export the model")
+    measured = task_of_card(predictor.card).load("metrics")(predictor, records, on_bad_input, batch_size, progress)
+    metrics, n, skipped, items, probs = measured
     seconds = time.perf_counter() - start
     results = {"model": predictor.path, "model_name": predictor.card.get("name"), "data": data, "split": split,
                "task": predictor.task, "n": n, "n_skipped": len(skipped), "skipped": skipped, "metrics": metrics,
@@ -86,15 +75,6 @@ def evaluate(predictor: Predictor, records: Sequence[Record], data: str, split: 
     if keep_probabilities and probs is not None:
         results["probabilities"] = probs
     return results
-
-
-def _classification(predictor: Predictor, records: Sequence[Record], on_bad_input: str, batch_size: int,
-                    progress: Callable[[str], None]):
-    check_labels(records, predictor.labels)
-    probs, kept, skipped = predict_images(predictor, records, on_bad_input, batch_size, progress)
-    index = {label: i for i, label in enumerate(predictor.labels)}
-    y_true = np.array([index[records[i].label] for i in kept])
-    return classification_metrics(y_true, probs, predictor.labels), len(kept), skipped, probs
 
 
 def class_probabilities(predictor: Predictor, records: Sequence[Record], batch_size: int = 16) -> np.ndarray:
@@ -168,7 +148,7 @@ def _model_records(predictor: Predictor, model: str, data: str, aliases: dict[st
                    progress: Callable[[str], None]) -> list[Record]:
     """`KIND:PATH`'s items that `model` can be measured on: data of its task, its label rule and classes."""
     kind, path = parse_data_spec(data)
-    expected = TASK_OF_KIND[kind]
+    expected = task_of_kind(kind).name
     if expected != predictor.task:
         raise BadInputError(f"{model} is a {predictor.task} model but {kind} data is for {expected}",
                             "evaluate it on data of its own task")
@@ -184,14 +164,14 @@ def rechoose_postprocessing(model: str, data: str, threads: int = 2, progress: C
     beside the model (the previous settings kept in `postprocessing.previous`; `metrics.keras_test`, taken under
     them, dropped) and a run folder's results.json. Returns the new test results."""
     predictor = load_predictor(model, threads)
-    if predictor.task != "segmentation" or int(predictor.card["preprocessing"].get("clip_length", 1)) > 1:
+    if task_of_card(predictor.card).postprocessing is None:
         raise BadInputError(f"{model} is a {predictor.task} model of clips or classes: only frame segmenters have "
                             "post-processing", "give a frame segmentation run folder or exported frame segmenter")
     records = _model_records(predictor, model, data, None, progress)
     if not any(r.split for r in records):
         records = _split_as_trained(records, predictor.card)
     card = predictor.card  # the evaluator reads the post-processing from it
-    previous = postprocess.settings(card)
+    previous = settings(card)
     card["postprocessing"] = {**choose_postprocessing(predictor, in_split(records, "val"), progress=progress),
                               "previous": previous}
     results = evaluate(predictor, in_split(records, "test"), data, "test", progress=progress)

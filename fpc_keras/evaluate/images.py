@@ -2,13 +2,24 @@
 are computed from."""
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
 from ..data.records import Record
 from ..errors import BadInputError
+from ..metrics import classification_metrics
 from ..predictor import Predictor
+
+
+class Measured(NamedTuple):
+    """What a task's evaluator returns (`tasks.Task.metrics`): metrics, items measured, files skipped, and per
+    item either measures (`items`: segmenters) or class probabilities (`probabilities`: image classifiers)."""
+    metrics: dict
+    n: int
+    skipped: dict
+    items: list | None = None
+    probabilities: np.ndarray | None = None
 
 
 def predict_images(predictor: Predictor, records: Sequence[Record], on_bad_input: str, batch_size: int,
@@ -38,3 +49,14 @@ def check_labels(records: Sequence[Record], labels: Sequence[str]) -> None:
         example = next(r.source for r in records if str(r.label) == unknown[0])
         raise BadInputError(f"class(es) {unknown} (e.g. {example}) are not among the model's classes {list(labels)}",
                             "map them with --alias OLD=NEW, or evaluate only data of the model's classes")
+
+
+def classification_metrics_of(predictor: Predictor, records: Sequence[Record], on_bad_input: str, batch_size: int,
+                              progress: Callable[[str], None]) -> Measured:
+    """Top-1, top-2, macro-F1, per-class figures and the confusion matrix of an image classifier."""
+    check_labels(records, predictor.labels)
+    probs, kept, skipped = predict_images(predictor, records, on_bad_input, batch_size, progress)
+    index = {label: i for i, label in enumerate(predictor.labels)}
+    y_true = np.array([index[records[i].label] for i in kept])
+    return Measured(classification_metrics(y_true, probs, predictor.labels), len(kept), skipped,
+                    probabilities=probs)

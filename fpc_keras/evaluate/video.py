@@ -11,10 +11,11 @@ from ..data.video import model_clips, read_video
 from ..errors import BadInputError
 from ..metrics import classification_metrics
 from ..predictor import Predictor
-from .images import check_labels
+from .images import Measured, check_labels
 
 
-def video_metrics(predictor: Predictor, records: Sequence[Record], on_bad_input: str, progress: Callable[[str], None]):
+def video_metrics(predictor: Predictor, records: Sequence[Record], on_bad_input: str, batch_size: int,
+                  progress: Callable[[str], None]) -> Measured:
     """Mean of the softmax outputs over evenly spaced clips (clip models) or frames (frame models)."""
     check_labels(records, predictor.labels)
     pre = predictor.card["preprocessing"]
@@ -44,7 +45,7 @@ def video_metrics(predictor: Predictor, records: Sequence[Record], on_bad_input:
     metrics = classification_metrics(np.array(y_true), np.stack(probs), predictor.labels)
     metrics["video_top1"] = metrics["top1"]
     metrics["latency_ms"] = _video_latency(decode_ms, infer_ms, clips)
-    return metrics, len(y_true), skipped
+    return Measured(metrics, len(y_true), skipped)
 
 
 def _video_latency(decode_ms: list[float], infer_ms: list[float], clips: int) -> dict:

@@ -13,19 +13,17 @@ import tensorflow as tf
 
 from ..card import make_card, write_card
 from ..config import RunConfig, config_to_dict, save_config
-from ..data.datasets import TASK_OF_KIND, read_records, split_records
+from ..data.datasets import read_records, split_records
 from ..data.duplicates import resolve_mode
 from ..data.records import Record, in_split, labels_of, split_counts
-from ..data.sweeps import PLANE_LABELS
 from ..errors import BadInputError
-from ..evaluate import Predictor, choose_postprocessing, evaluate, keras_predict_fn, summary_line
+from ..evaluate import Predictor, evaluate, keras_predict_fn, summary_line
 from ..io import atomic_path, atomic_write_json, atomic_write_text
 from ..models import parameter_counts
-from .classification import ClassificationSession
+from ..tasks import task_of_card, task_of_kind
 from .phase import Progress
 from .resume import check_resumable, final_fit_epochs, final_fit_records, read_refit_source, split_rule
 from .segmentation import SegmentationSession
-from .video import VideoSession
 
 
 def train(config: RunConfig, progress: Progress = print) -> Path:
@@ -41,10 +39,10 @@ def train(config: RunConfig, progress: Progress = print) -> Path:
     records = split_records(records, config.data.val_fraction, config.data.test_fraction, config.train.seed,
                             config.data.folds, config.data.fold, config.data.duplicates,
                             config.data.duplicate_distance)
-    task = TASK_OF_KIND[config.data.kind]
+    task = task_of_kind(config.data.kind)
     if source is not None:
-        records = final_fit_records(config, records, task)
-    labels = list(PLANE_LABELS) if task == "segmentation" else labels_of(records)
+        records = final_fit_records(config, records, task.name)
+    labels = list(task.load("labels") or labels_of(records))
     if len(labels) < 2:
         raise BadInputError(f"{config.data.path} holds {len(labels)} class(es): {labels}", "give at least two classes")
     config.model.num_classes = len(labels)
@@ -55,8 +53,7 @@ def train(config: RunConfig, progress: Progress = print) -> Path:
     if source is not None:
         session = SegmentationSession(config, records, labels, progress, final_epochs)
     else:
-        session = {"segmentation": SegmentationSession, "video": VideoSession}.get(task, ClassificationSession)(
-            config, records, labels, progress)
+        session = task.load("session")(config, records, labels, progress)
     strategy = distribution_strategy(config.train.strategy)
     if strategy.num_replicas_in_sync > 1:
         progress(f"      {config.train.strategy} strategy over {strategy.num_replicas_in_sync} replicas; a batch of "
@@ -65,7 +62,7 @@ def train(config: RunConfig, progress: Progress = print) -> Path:
         model = session.run()
     with atomic_path(run_dir / "model.keras", suffix=".keras") as tmp:
         model.save(tmp)
-    card = make_card(config.name, task, labels, config.data.image_size,
+    card = make_card(config.name, task.name, labels, config.data.image_size,
                      config.data.channels, config.data.resize,
                      {"kind": config.data.kind, "aliases": dict(config.data.aliases),
                       **({"classes": list(config.data.classes)} if config.data.classes else {})},
@@ -82,9 +79,9 @@ def train(config: RunConfig, progress: Progress = print) -> Path:
     predictor = Predictor(str(run_dir / "model.keras"), card, keras_predict_fn(model))
     if source is not None:
         card["postprocessing"] = {**source["postprocessing"], "source": config.train.refit_from}
-    elif task == "segmentation" and "clip_length" not in card["preprocessing"]:
-        card["postprocessing"] = choose_postprocessing(predictor, in_split(records, "val"), config.train.batch_size,
-                                                       progress)
+    elif task_of_card(card).postprocessing:  # a frame segmenter's, chosen on validation
+        card["postprocessing"] = task_of_card(card).load("postprocessing")(predictor, in_split(records, "val"),
+                                                                            config.train.batch_size, progress)
     write_card(run_dir, card)
     progress("[4/4] evaluating the selected model on the test split")
     test = in_split(records, "test")
