@@ -1,5 +1,8 @@
 """The model card: everything evaluation, export and the edge runner need to use a model, in one JSON file
-beside it (`model_card.json`): labels, label rule, input spec and preprocessing, task, metrics, provenance."""
+beside it (`model_card.json`): labels, label rule, typed inputs and outputs, preprocessing, task, metrics,
+provenance; and, shaped after MONAI bundles' metadata, the schema version, the model's version with a changelog,
+its intended use, the paper it reproduces and its training data's source and licence. `card_schema.json` beside
+this module is the schema every shipped card is checked against (tests/test_cards.py)."""
 from __future__ import annotations
 
 import datetime
@@ -8,21 +11,37 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
+from .data.sources import data_source
 from .errors import BadInputError
 from .io import atomic_write_json, read_json
-from .tasks import TASKS
 
 CARD_NAME = "model_card.json"
+SCHEMA = Path(__file__).resolve().parent / "card_schema.json"
+SCHEMA_VERSION = "1.0"
+INTENDED_USE = "research; not for diagnosis"
+ORDER = ("schema_version", "name", "version", "changelog", "task", "intended_use", "references", "labels", "label_rule",
+         "input", "preprocessing", "outputs", "model", "params", "training", "metrics", "provenance",
+         "postprocessing", "export")  # the order of a card's sections, as make_card writes them
 PACKAGES = ("tensorflow", "keras", "numpy", "pillow", "ai-edge-litert", "tensorflow-model-optimization",
             "tf-keras-vis", "pandas")
 
 
 def make_card(name: str, task: str, labels: list[str], image_size: tuple[int, int], channels: int, resize: str,
-              label_rule: dict, model: dict, params: dict, training: dict) -> dict:
+              label_rule: dict, model: dict, params: dict, training: dict, outputs: list[dict] | None = None) -> dict:
+    """A new model's card (version 1.0.0). `training["data"]` (KIND:PATH) is recorded relative to its root, with
+    the dataset's source and licence; `outputs` (typed, `typed_outputs`) default to one probability vector."""
     height, width = image_size
+    if "data" in training:
+        data = data_source(training["data"])
+        training = {**training, "data": data["path"], "data_source": data}
     return {
+        "schema_version": SCHEMA_VERSION,
         "name": name,
+        "version": "1.0.0",
+        "changelog": [{"version": "1.0.0", "change": "trained", "date": _today()}],
         "task": task,
+        "intended_use": INTENDED_USE,
+        "references": references(model.get("name", "")),
         "labels": list(labels),
         "label_rule": label_rule,
         "input": {"shape": [1, height, width, 3 if channels == 3 else channels], "dtype": "float32",
@@ -32,13 +51,44 @@ def make_card(name: str, task: str, labels: list[str], image_size: tuple[int, in
                                   "(pad: keep aspect, black bars, centred; crop: keep aspect, centre crop; stretch; "
                                   "stretch_crop: stretch to size/0.875, centre crop), float 0-255; the model "
                                   "normalises internally"},
-        "output": TASKS[task].output,
+        "outputs": outputs or [probabilities_output(len(labels), labels)],
         "model": model,
         "params": params,
         "training": training,
         "metrics": {},
         "provenance": provenance(),
     }
+
+
+def probabilities_output(classes: int, labels: list[str], leading: tuple[int, ...] = (1,)) -> dict:
+    return {"name": "probabilities", "shape": [*leading, classes], "dtype": "float32",
+            "meaning": "softmax probabilities over `labels`", "labels": list(labels)}
+
+
+def typed_outputs(shapes: list[tuple], labels: list[str], segmenter: bool) -> list[dict]:
+    """The card's `outputs` from the model's output shapes (batch first, set to 1): a segmenter's mask (one
+    channel: the head) and plane classifier, or a classifier's probabilities."""
+    shapes = [[1, *shape[1:]] for shape in shapes]
+    if not segmenter:
+        return [probabilities_output(shapes[0][-1], labels, tuple(shapes[0][:-1]))]
+    return [{"name": "mask", "shape": shapes[0], "dtype": "float32", "channels": ["head"],
+             "meaning": "per-pixel probability of the head (sigmoid); the card's `postprocessing` makes it a mask"},
+            {**probabilities_output(shapes[1][-1], labels, tuple(shapes[1][:-1])), "name": "plane",
+             "meaning": "softmax over the plane classes (`labels`)"}]
+
+
+def references(model_name: str) -> list[dict]:
+    """The paper a model reproduces (report/papers.py), as the card cites it."""
+    from .report.papers import PAPERS
+
+    paper = PAPERS.get(model_name)
+    if not paper:
+        return []
+    return [{"citation": paper["title"], **{k: paper[k] for k in ("doi", "arxiv") if k in paper}}]
+
+
+def _today() -> str:
+    return datetime.date.today().isoformat()
 
 
 def provenance() -> dict:
@@ -81,3 +131,52 @@ def write_card(folder: str | Path, card: dict) -> Path:
     path = Path(folder) / CARD_NAME
     atomic_write_json(path, card)
     return path
+
+
+def upgrade_card(card: dict, output_shapes: list[tuple]) -> tuple[dict, list | None]:
+    """A card written before schema 1.0, in schema 1.0, the model and its figures unchanged: version 1.0.0 with a
+    changelog, intended use, references, typed outputs (`output_shapes`: the model's, primary first), training
+    data relative to its root with source and licence. Returns the card and the post-processing candidates it
+    carried (None if none), which belong in a file beside it."""
+    if card.get("schema_version") == SCHEMA_VERSION:
+        return card, None
+    trained = str(card.get("provenance", {}).get("date", ""))[:10] or _today()
+    upgraded = {"schema_version": SCHEMA_VERSION, "name": card["name"], "version": "1.0.0",
+                "changelog": [{"version": "1.0.0", "change": "trained", "date": trained},
+                              {"version": "1.0.0", "change": "card upgraded to schema 1.0 (model and figures "
+                                                              "unchanged)", "date": _today()}],
+                "task": card["task"], "intended_use": INTENDED_USE,
+                "references": references(card["model"]["name"])}
+    upgraded.update({k: v for k, v in card.items() if k not in upgraded and k != "output"})
+    upgraded["outputs"] = typed_outputs(output_shapes, card["labels"], card["task"] == "segmentation")
+    data = data_source(card["training"]["data"])
+    upgraded["training"] = {**card["training"], "data": data["path"], "data_source": data}
+    upgraded = {key: upgraded[key] for key in sorted(upgraded, key=lambda k: ORDER.index(k) if k in ORDER else 99)}
+    candidates = None
+    if "postprocessing" in card:
+        post = dict(card["postprocessing"])
+        candidates = post.pop("candidates", None)
+        if candidates is not None:
+            post["candidates_file"] = "postprocessing_candidates.json"
+        upgraded["postprocessing"] = post
+    return upgraded, candidates
+
+
+def upgrade_beside(model_file: str | Path) -> Path:
+    """Upgrade the card beside a `.tflite` (its output shapes read from the file), in place; candidates to a file."""
+    from .litert import interpreter_class
+
+    model_file = Path(model_file)
+    details = interpreter_class()(model_path=str(model_file)).get_output_details()
+    shapes = [tuple(int(n) for n in d["shape"]) for d in sorted(details, key=lambda d: -len(d["shape"]))]
+    card, candidates = upgrade_card(read_card(model_file), shapes)
+    if candidates is not None:
+        atomic_write_json(model_file.parent / "postprocessing_candidates.json", candidates)
+    return write_card(model_file.parent, card)
+
+
+if __name__ == "__main__":  # python -m fpc_keras.card tflite/models/*/model.tflite
+    import sys
+
+    for argument in sys.argv[1:]:
+        print(upgrade_beside(argument))

@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 from . import postprocess  # noqa: E402
 from .config import load_config  # noqa: E402
 from .cv import run_folds as run_folds_of  # noqa: E402
+from .data.sources import SHARED_DATA  # noqa: E402,F401  (the experiment scripts' default data)
 from .errors import BadInputError  # noqa: E402
 from .io import atomic_write_json, atomic_write_text, read_json  # noqa: E402
 from .metrics import metrics_from_confusion  # noqa: E402
@@ -22,8 +23,6 @@ from .training import train  # noqa: E402
 
 Progress = Callable[[str], None]
 SHOWN = ("top1", "top2", "macro_f1")
-# The real datasets beside the repository (../shared/data), or wherever FPC_SHARED_DATA points.
-SHARED_DATA = Path(os.environ.get("FPC_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, defaults: dict[str, str]) -> None:

@@ -8,6 +8,7 @@ probabilities into masks the same way. TensorFlow-free: the runner imports it.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from .predictor import Predictor
 
 DEFAULT = {"threshold": 0.5, "flip": False, "shape": "mask"}
+CANDIDATES = "postprocessing_candidates.json"
 SHAPES = ("mask", "ellipse")
 
 
@@ -133,3 +135,12 @@ def _candidate(items: list[dict], flip: bool, threshold: float, shape: str, by_h
             "dice": float(np.mean([item["dice"] for item in items])),
             "hc_mad_mm": float(np.nanmean(hc)) if by_hc and len(hc) else None,
             "no_ellipse": sum(item["ellipse"] is None for item in items)}
+
+
+def keep_candidates(folder: Path, choice: dict) -> dict:
+    """The choice as the card keeps it, every candidate's validation scores written beside the card instead
+    (`postprocessing_candidates.json`): the card says what was chosen, the folder how."""
+    from .io import atomic_write_json
+
+    atomic_write_json(Path(folder) / CANDIDATES, choice.get("candidates", []))
+    return {**{k: v for k, v in choice.items() if k != "candidates"}, "candidates_file": CANDIDATES}

@@ -21,7 +21,6 @@ class Task:
     session: str  # the training session (`fpc_keras.training`)
     metrics: str  # (predictor, records, on_bad_input, batch_size, progress) -> evaluate.Measured
     inputs: str  # what one item is: "image" or "video" (what `predict` collects)
-    output: str  # the model's output, as the card states it
     postprocessing: str | None = None  # (predictor, val records, batch_size, progress) -> card["postprocessing"]
     labels: str | None = None  # fixed class list (a segmenter's plane classes); None: the data's classes
 
@@ -36,16 +35,13 @@ class Task:
 
 TASKS = {task.name: task for task in (
     Task("classification", ("fetal_planes", "folder", "prefix", "csv"),
-         ".training.classification:ClassificationSession", ".evaluate.images:classification_metrics_of", "image",
-         "softmax probabilities over `labels`"),
+         ".training.classification:ClassificationSession", ".evaluate.images:classification_metrics_of", "image"),
     Task("segmentation", ("hc18",), ".training.segmentation:SegmentationSession",
-         ".evaluate.segmentation:segmentation_metrics", "image", "per-pixel probability",
-         postprocessing=".postprocess:choose_postprocessing", labels=".data.sweeps:PLANE_LABELS"),
+         ".evaluate.segmentation:segmentation_metrics", "image", postprocessing=".postprocess:choose_postprocessing", labels=".data.sweeps:PLANE_LABELS"),
     # FetalNet's video model: a segmenter of clips (probe sweeps); its card says task "segmentation" and a clip length.
     Task("clip_segmentation", (), ".training.segmentation:SegmentationSession",
-         ".evaluate.segmentation:sweep_metrics", "video", "per-pixel probability", labels=".data.sweeps:PLANE_LABELS"),
-    Task("video", ("videos",), ".training.video:VideoSession", ".evaluate.video:video_metrics", "video",
-         "softmax probabilities over `labels`"),
+         ".evaluate.segmentation:sweep_metrics", "video", labels=".data.sweeps:PLANE_LABELS"),
+    Task("video", ("videos",), ".training.video:VideoSession", ".evaluate.video:video_metrics", "video"),
 )}
 
 

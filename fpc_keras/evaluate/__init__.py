@@ -21,7 +21,7 @@ from ..data.duplicates import RULE_BEFORE_DUPLICATES
 from ..data.records import Record, in_split, keep_classes
 from ..errors import BadInputError
 from ..io import atomic_write_json, read_json
-from ..postprocess import choose_postprocessing, settings
+from ..postprocess import choose_postprocessing, keep_candidates, settings
 from ..predictor import PredictFn, Predictor, keras_predict_fn
 from ..tasks import task_of_card, task_of_kind
 from .images import predict_images
@@ -172,8 +172,8 @@ def rechoose_postprocessing(model: str, data: str, threads: int = 2, progress: C
         records = _split_as_trained(records, predictor.card)
     card = predictor.card  # the evaluator reads the post-processing from it
     previous = settings(card)
-    card["postprocessing"] = {**choose_postprocessing(predictor, in_split(records, "val"), progress=progress),
-                              "previous": previous}
+    choice = choose_postprocessing(predictor, in_split(records, "val"), progress=progress)
+    card["postprocessing"] = {**keep_candidates(card_path_for(predictor.path).parent, choice), "previous": previous}
     results = evaluate(predictor, in_split(records, "test"), data, "test", progress=progress)
     metrics = {k: v for k, v in card.get("metrics", {}).items() if k != "keras_test"}
     card["metrics"] = {**metrics, "test": results["metrics"], "n_test": results["n"]}

@@ -10,6 +10,7 @@ PAPERS = {
     },
     "frozen_features": {
         "title": "Cheng & Malhi 2017: frozen CaffeNet / VGG16 features, retrained FC layers (J Digit Imaging 30)",
+        "doi": "10.1007/s10278-016-9929-2",
         "data": "private abdominal ultrasound, 11 classes, 4,094 train / 1,423 test images, split by study",
         "metrics": {"top1": 0.779, "top2": 0.897},
         "references": {"CaffeNet (paper)": {"top1": 0.773, "top2": 0.904}, "radiologist (paper)": {"top1": 0.717}},
@@ -18,6 +19,7 @@ PAPERS = {
     },
     "fetalnet": {
         "title": "Płotka et al.: FetalNet, multi-task U-Net for fetal biometry (arXiv 2107.06943)",
+        "arxiv": "2107.06943",
         "data": "private fetal ultrasound videos (head, abdomen, femur)",
         "metrics": {"iou": 0.905, "dice": 0.962, "plane_accuracy": 0.96, "hc_mad_mm": 2.9},
         "references": {"best published on the HC18 test set": {"dice": 0.9775, "hc_mad_mm": 1.90,

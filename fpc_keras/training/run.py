@@ -11,7 +11,7 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
-from ..card import make_card, write_card
+from ..card import make_card, typed_outputs, write_card
 from ..config import RunConfig, config_to_dict, save_config
 from ..data.datasets import read_records, split_records
 from ..data.duplicates import resolve_mode
@@ -20,6 +20,7 @@ from ..errors import BadInputError
 from ..evaluate import Predictor, evaluate, keras_predict_fn, summary_line
 from ..io import atomic_path, atomic_write_json, atomic_write_text
 from ..models import parameter_counts
+from ..postprocess import keep_candidates
 from ..tasks import task_of_card, task_of_kind
 from .phase import Progress
 from .resume import check_resumable, final_fit_epochs, final_fit_records, read_refit_source, split_rule
@@ -71,7 +72,8 @@ def train(config: RunConfig, progress: Progress = print) -> Path:
                       "split_rule": split_rule(config), "seed": config.train.seed, "phases": session.summary(),
                       **({"init_from": config.train.init_from} if config.train.init_from else {}),
                       **({"refit_from": {"source": config.train.refit_from, "name": source["name"],
-                                         "epochs": final_epochs}} if source is not None else {})})
+                                         "epochs": final_epochs}} if source is not None else {})},
+                     typed_outputs([tuple(o.shape) for o in model.outputs], labels, task.labels is not None))
     if len(model.inputs[0].shape) == 5:  # a clip model (fetalnet video, slowfast): T frames per input
         card["preprocessing"]["clip_length"] = config.data.clip_length
         card["preprocessing"]["clips_per_video"] = config.data.clips_per_video
@@ -80,8 +82,9 @@ def train(config: RunConfig, progress: Progress = print) -> Path:
     if source is not None:
         card["postprocessing"] = {**source["postprocessing"], "source": config.train.refit_from}
     elif task_of_card(card).postprocessing:  # a frame segmenter's, chosen on validation
-        card["postprocessing"] = task_of_card(card).load("postprocessing")(predictor, in_split(records, "val"),
-                                                                            config.train.batch_size, progress)
+        choice = task_of_card(card).load("postprocessing")(predictor, in_split(records, "val"),
+                                                           config.train.batch_size, progress)
+        card["postprocessing"] = keep_candidates(run_dir, choice)
     write_card(run_dir, card)
     progress("[4/4] evaluating the selected model on the test split")
     test = in_split(records, "test")
