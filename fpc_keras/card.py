@@ -138,6 +138,8 @@ def upgrade_card(card: dict, output_shapes: list[tuple]) -> tuple[dict, list | N
     changelog, intended use, references, typed outputs (`output_shapes`: the model's, primary first), training
     data relative to its root with source and licence. Returns the card and the post-processing candidates it
     carried (None if none), which belong in a file beside it."""
+    from .config import section_of
+
     if card.get("schema_version") == SCHEMA_VERSION:
         return card, None
     trained = str(card.get("provenance", {}).get("date", ""))[:10] or _today()
@@ -149,6 +151,7 @@ def upgrade_card(card: dict, output_shapes: list[tuple]) -> tuple[dict, list | N
                 "references": references(card["model"]["name"])}
     upgraded.update({k: v for k, v in card.items() if k not in upgraded and k != "output"})
     upgraded["outputs"] = typed_outputs(output_shapes, card["labels"], card["task"] == "segmentation")
+    upgraded["model"] = section_of(card["model"])
     data = data_source(card["training"]["data"])
     upgraded["training"] = {**card["training"], "data": data["path"], "data_source": data}
     upgraded = {key: upgraded[key] for key in sorted(upgraded, key=lambda k: ORDER.index(k) if k in ORDER else 99)}

@@ -102,7 +102,13 @@ class ModelConfig:
     fast_pathway: bool = True
     num_classes: int = 0
 
+    def section(self) -> Any:
+        """This architecture's own settings (`MODEL_SECTIONS[name]`): what its builder reads."""
+        cls = MODEL_SECTIONS[self.name]
+        return cls(**{f.name: getattr(self, f.name) for f in dataclasses.fields(cls)})
+
     def validate(self) -> None:
+        _one_of("model.name", self.name, tuple(MODEL_SECTIONS))
         if not 0 <= self.dropout < 1:
             raise BadInputError(f"model.dropout is {self.dropout}", "use a rate in [0, 1)")
         if any(units < 1 for units in self.head_units):
@@ -118,6 +124,62 @@ class ModelConfig:
 
 
 POOLING_MODES = ("flatten", "avg", "multiscale")
+
+
+# Each architecture's own section of the model config: what its builder reads (`ModelConfig.section()`) and all that
+# its card records of the model config. The YAML keeps one flat `model:` mapping; keys another architecture uses
+# are ignored by this one.
+@dataclass(frozen=True)
+class EfficientNetAttentionSection:
+    backbone: str
+    weights: str
+    attention: str
+    attention_heads: int
+    head_units: tuple[int, ...]
+    dropout: float
+    batch_norm: bool
+    num_classes: int
+
+
+@dataclass(frozen=True)
+class FrozenFeaturesSection:
+    backbone: str
+    weights: str
+    pooling: str
+    head_units: tuple[int, ...]
+    dropout: float
+    weight_decay: float
+    num_classes: int
+
+
+@dataclass(frozen=True)
+class FetalNetSection:
+    backbone: str
+    weights: str
+    attention: str
+    base_filters: int
+    depth: int
+    temporal: str
+    dropout: float
+    num_classes: int
+
+
+@dataclass(frozen=True)
+class SlowFastSection:
+    backbone: str
+    weights: str
+    preset: str
+    alpha: int
+    beta: float
+    fast_pathway: bool
+    pooling: str
+    weight_decay: float
+    dropout: float
+    num_classes: int
+
+
+MODEL_SECTIONS = {"efficientnet_attention": EfficientNetAttentionSection, "frozen_features": FrozenFeaturesSection,
+                  "fetalnet": FetalNetSection, "slowfast": SlowFastSection}
 
 
 @dataclass
@@ -333,14 +395,27 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 
 def config_to_dict(config: RunConfig) -> dict:
-    def plain(value: Any) -> Any:
-        if isinstance(value, tuple):
-            return [plain(v) for v in value]
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        return value
+    return {k: _plain(v) for k, v in dataclasses.asdict(config).items()}
 
-    return {k: plain(v) for k, v in dataclasses.asdict(config).items()}
+
+def model_section_dict(model: ModelConfig) -> dict:
+    """The model's name and its architecture's section, as plain data: what a card records and a resume compares."""
+    return section_of(_plain(dataclasses.asdict(model)))
+
+
+def section_of(model: dict) -> dict:
+    """A plain model config (a card's, a YAML's) cut to its name and its architecture's section."""
+    cls = MODEL_SECTIONS.get(model.get("name"))
+    used = {f.name for f in dataclasses.fields(cls)} if cls else set(model)
+    return {k: v for k, v in model.items() if k == "name" or k in used}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 def save_config(config: RunConfig, path: str | Path) -> None:

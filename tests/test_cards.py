@@ -42,6 +42,7 @@ def test_a_new_run_and_its_export_write_schema_cards(trained):
     VALIDATOR.validate(card)
     assert card["outputs"][0]["shape"] == [1, len(card["labels"])] and card["outputs"][0]["labels"] == card["labels"]
     assert card["training"]["data_source"]["licence"] == "not recorded"  # generated data: nothing to claim
+    assert "alpha" not in card["model"] and card["model"]["attention"] == "se"  # its architecture's section only
     for export in (trained["run"] / "exports").glob("*/model_card.json"):
         VALIDATOR.validate(read_json(export))
 

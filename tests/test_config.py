@@ -66,3 +66,20 @@ def test_an_overlay_changes_only_what_it_states(tmp_path):
     (tmp_path / "base.yaml").write_text("extends: variants/cbam.yaml\n")
     with pytest.raises(BadInputError, match="extends it back"):
         load_config(overlay)
+
+
+def test_each_architecture_reads_its_own_section():
+    """A builder reads `config.model.section()`; its card and a resume compare only that section, so a key another
+    architecture uses neither lands on the card nor blocks a resume."""
+    import dataclasses
+
+    from fpc_keras.config import MODEL_SECTIONS, model_section_dict
+
+    for name, cls in MODEL_SECTIONS.items():
+        config = load_config(None, [f"model.name={name}", "model.alpha=8"])
+        assert isinstance(config.model.section(), cls)
+        recorded = model_section_dict(config.model)
+        assert set(recorded) == {"name", *(f.name for f in dataclasses.fields(cls))}
+        assert ("alpha" in recorded) == (name == "slowfast") and recorded["name"] == name
+    with pytest.raises(BadInputError, match="model.name is 'resnet'"):
+        load_config(None, ["model.name=resnet"])

@@ -55,10 +55,12 @@ def test_rerun_resumes_and_extends(trained, tmp_path):
 
 
 def test_rerun_of_a_finished_run_does_not_train_again(trained, tmp_path):
+    """Not even with a key changed that only another architecture reads (SlowFast's model.alpha)."""
     runs = tmp_path / "runs"
     shutil.copytree(trained["run"], runs / "tiny")
     messages = []
-    train(load_config(None, trained_overrides(trained["data"], runs)), progress=messages.append)
+    train(load_config(None, trained_overrides(trained["data"], runs, **{"model.alpha": "8"})),
+          progress=messages.append)
     assert not any(m.startswith("[3/4]") for m in messages)
     assert read_json(runs / "tiny" / "results.json")["metrics"]["top1"] == \
         read_json(trained["run"] / "results.json")["metrics"]["top1"]

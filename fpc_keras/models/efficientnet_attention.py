@@ -33,7 +33,7 @@ def build_head(feature_shape: tuple[int, int, int], num_classes: int, attention:
 
 
 def build_efficientnet_attention(config: RunConfig) -> keras.Model:
-    m = config.model
+    m = config.model.section()
     if m.num_classes < 2:
         raise ValueError("model.num_classes must be set (>= 2) before building")
     height, width = config.data.image_size

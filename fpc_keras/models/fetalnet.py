@@ -26,7 +26,7 @@ PLAIN_ENCODER = "unet"
 
 
 def build_fetalnet(config: RunConfig) -> keras.Model:
-    m, d = config.model, config.data
+    m, d = config.model.section(), config.data
     if m.num_classes < 2:
         raise ValueError("model.num_classes must be set (>= 2 plane classes) before building")
     height, width = d.image_size

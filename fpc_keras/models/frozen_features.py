@@ -47,7 +47,7 @@ def build_fc_head(feature_shape: tuple[int, ...], num_classes: int, units: tuple
 
 
 def build_frozen_feature_classifier(config: RunConfig) -> keras.Model:
-    m = config.model
+    m = config.model.section()
     if m.backbone not in BACKBONES:
         raise BadInputError(f"frozen_features uses {BACKBONES}, not {m.backbone!r}", "set model.backbone")
     if m.num_classes < 2:

@@ -49,7 +49,7 @@ LATERAL_STRIDES = (8, 16, 32)  # where the laterals join a pretrained slow encod
 
 
 def build_slowfast(config: RunConfig) -> keras.Model:
-    m, d = config.model, config.data
+    m, d = config.model.section(), config.data
     if m.num_classes < 2:
         raise ValueError("model.num_classes must be set (>= 2 classes) before building")
     if m.preset not in PRESETS:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from ..config import RunConfig, config_to_dict, load_config
+from ..config import RunConfig, config_to_dict, load_config, model_section_dict
 from ..data.duplicates import RULE_BEFORE_DUPLICATES
 from ..data.records import Record
 from ..errors import BadInputError
@@ -26,11 +26,11 @@ def check_resumable(config: RunConfig) -> None:
 
 
 def _recipe(config: RunConfig) -> dict:
-    """What a run's checkpoints and splits depend on: the data section (but not the bad-input policy), the model
-    (classes as counted when it was trained) and the seed."""
+    """What a run's checkpoints and splits depend on: the data section (but not the bad-input policy), the model's
+    own section (classes as counted when it was trained) and the seed."""
     tree = config_to_dict(config)
     data = {k: v for k, v in tree["data"].items() if k != "on_bad_input"}
-    return {"data": data, "model": tree["model"], "train": {"seed": tree["train"]["seed"]}}
+    return {"data": data, "model": model_section_dict(config.model), "train": {"seed": tree["train"]["seed"]}}
 
 
 def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:

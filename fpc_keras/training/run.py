@@ -12,7 +12,7 @@ import keras
 import tensorflow as tf
 
 from ..card import make_card, typed_outputs, write_card
-from ..config import RunConfig, config_to_dict, save_config
+from ..config import RunConfig, model_section_dict, save_config
 from ..data.datasets import read_records, split_records
 from ..data.duplicates import resolve_mode
 from ..data.records import Record, in_split, labels_of, split_counts
@@ -67,7 +67,7 @@ def train(config: RunConfig, progress: Progress = print) -> Path:
                      config.data.channels, config.data.resize,
                      {"kind": config.data.kind, "aliases": dict(config.data.aliases),
                       **({"classes": list(config.data.classes)} if config.data.classes else {})},
-                     config_to_dict(config)["model"], parameter_counts(model),
+                     model_section_dict(config.model), parameter_counts(model),
                      {"data": f"{config.data.kind}:{config.data.path}", "splits": counts,
                       "split_rule": split_rule(config), "seed": config.train.seed, "phases": session.summary(),
                       **({"init_from": config.train.init_from} if config.train.init_from else {}),
