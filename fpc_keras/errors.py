@@ -13,6 +13,12 @@ class BadInputError(ValueError):
         super().__init__(f"{MARKER} {what}" + (f"\n  Fix: {fix}" if fix else ""))
 
 
+def one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    """Refuse `value` of config key `key` unless it is one of `allowed`, listing them."""
+    if value not in allowed:
+        raise BadInputError(f"{key} is {value!r}", f"use one of: {', '.join(allowed)}")
+
+
 def user_message(exc: BaseException) -> str | None:
     """The clean message of a BadInputError, also when TensorFlow wrapped it inside a tf.data error."""
     if isinstance(exc, BadInputError):
