@@ -22,20 +22,9 @@ from fpc_keras.experiment import (SHARED_DATA, add_common_arguments, add_folds_a
 from fpc_keras.models.backbones import native_size
 
 DATASETS = {"abdominal": f"prefix:{SHARED_DATA / 'abdominal_organs'}", "busi": f"folder:{SHARED_DATA / 'BUSI'}"}
-HEADS = {
-    "paper_fc4096": ["model.pooling=flatten", "model.head_units=[4096, 4096]", "model.dropout=0.5",
-                     "train.learning_rate=0.0001"],
-    "light_fc512": ["model.pooling=avg", "model.head_units=[512]", "model.dropout=0.5", "train.learning_rate=0.001"],
-    "linear": ["model.pooling=avg", "model.head_units=[]", "model.dropout=0.2", "train.learning_rate=0.003"],
-    # Ours: pooled features of three depths (block3/4/5), aspect kept (pad) — beyond the paper's conv5-only head.
-    "multiscale_fc512": ["model.pooling=multiscale", "model.head_units=[512]", "model.dropout=0.5",
-                         "train.learning_rate=0.001", "data.resize=pad"],
-    "multiscale_linear": ["model.pooling=multiscale", "model.head_units=[]", "model.dropout=0.2",
-                          "train.learning_rate=0.003", "data.resize=pad"],
-}
-BASE = ["model.name=frozen_features", "model.weights=imagenet", "data.resize=stretch_crop",
-        "data.val_fraction=0.15", "data.test_fraction=0.2", "train.epochs=40", "train.batch_size=32",
-        "train.balance=class_weights", "train.feature_copies=2", "train.early_stopping_patience=8", "train.seed=0"]
+# The heads compared, each a recipe file (an overlay of paper2/base.yaml): `fpc-keras train --config FILE` reruns one.
+RECIPES = Path(__file__).resolve().parent / "configs" / "paper2"
+HEADS = ("paper_fc4096", "light_fc512", "linear", "multiscale_fc512", "multiscale_linear")
 FETAL_PLANES = ["data.test_fraction=0.0"]  # official Train split; validation patients carved from it
 
 
@@ -53,9 +42,9 @@ def main() -> None:
         kind, path = spec.split(":", 1)
         run = variant_runner(args.folds)
         rows = [run(f"cm_{name}_{args.backbone}_{head}",
-                    [*BASE, f"data.kind={kind}", f"data.path={path}", f"data.image_size=[{size}, {size}]",
-                     f"model.backbone={args.backbone}", f"runs_dir={args.runs}", *HEADS[head],
-                     *(FETAL_PLANES if kind == "fetal_planes" else []), *args.set])
+                    [f"data.kind={kind}", f"data.path={path}", f"data.image_size=[{size}, {size}]",
+                     f"model.backbone={args.backbone}", f"runs_dir={args.runs}",
+                     *(FETAL_PLANES if kind == "fetal_planes" else []), *args.set], RECIPES / f"{head}.yaml")
                 for head in args.heads]
         tables[name] = {"rows": rows, "chosen": choose(rows)["run"]}
     print(f"\ntable: {write_tables(Path(args.runs) / '_tables', f'frozen_features_{args.backbone}', tables)}")

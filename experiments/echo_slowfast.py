@@ -25,32 +25,17 @@ from fpc_keras.experiment import (SHARED_DATA, add_common_arguments, add_folds_a
 from fpc_keras.export import export_run, ship
 
 DATASETS = {"pocus": f"videos:{SHARED_DATA / 'POCUS_videos'}"}
-BASE = ["model.name=slowfast", "model.preset=light", "model.alpha=4", "model.dropout=0.3",
-        "data.image_size=[160, 160]", "data.clip_length=16", "data.clips_per_video=4", "data.resize=pad",
-        "data.val_fraction=0.2", "data.test_fraction=0.2", "train.epochs=30", "train.batch_size=8",
-        "train.learning_rate=0.001", "train.label_smoothing=0.1", "train.early_stopping_patience=8",
-        "train.freeze_backbone=true", "train.seed=0"]
-# Slow-only on a frozen encoder: the head is fitted on cached slow-frame features (train.cache_features), a
-# standardised, L2-regularised linear model (what a linear probe showed ~50 training videos can fit:
-# reports/echo_slowfast.md).
-SLOW_ONLY = ["model.fast_pathway=false", "model.weights=imagenet", "model.weight_decay=0.01",
-             "train.label_smoothing=0", "train.epochs=60", "train.batch_size=64", "train.early_stopping_patience=15",
-             "train.feature_copies=1"]
-SLOW_PATHWAYS = {
-    "lite0_imagenet": ["model.backbone=efficientnet_lite0", "model.weights=imagenet"],
-    "scratch": ["model.backbone=none", "model.weights=none"],
-    "lite0_slow_only": ["model.backbone=efficientnet_lite0", "data.image_size=[224, 224]", *SLOW_ONLY],
-    "vgg16_slow_only": ["model.backbone=vgg16", "model.pooling=multiscale", "data.image_size=[224, 224]",
-                        *SLOW_ONLY],
-}
+# The slow pathways compared, each a recipe file (an overlay of paper4/base.yaml): `fpc-keras train --config FILE`.
+RECIPES = Path(__file__).resolve().parent / "configs" / "paper4"
+SLOW_PATHWAYS = ("lite0_imagenet", "scratch", "lite0_slow_only", "vgg16_slow_only")
 VARIANTS = ("fp32", "fp16")
 
 
 def run_dataset(name: str, spec: str, args: argparse.Namespace) -> dict:
     kind, path = spec.split(":", 1)
     run = variant_runner(args.folds)
-    rows = [run(f"sf_{name}_{slow}", [*BASE, f"data.kind={kind}", f"data.path={path}", f"runs_dir={args.runs}",
-                                      *SLOW_PATHWAYS[slow], *args.set])
+    rows = [run(f"sf_{name}_{slow}", [f"data.kind={kind}", f"data.path={path}", f"runs_dir={args.runs}", *args.set],
+                RECIPES / f"{slow}.yaml")
             for slow in args.slow]
     return {"rows": rows, "chosen": choose(rows)["run"]}
 

@@ -21,11 +21,9 @@ from fpc_keras.models.reference import reference_counts
 DATASETS = {"busi": f"folder:{SHARED_DATA / 'BUSI'}", "abdominal": f"prefix:{SHARED_DATA / 'abdominal_organs'}"}
 BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")  # genuine ImageNet weights offline
 ATTENTIONS = ("none", "se", "cbam", "mhsa")
-BASE = ["model.name=efficientnet_attention", "model.weights=imagenet", "model.head_units=[256, 128]",
-        "model.dropout=0.3", "data.resize=pad", "data.val_fraction=0.15", "data.test_fraction=0.2",
-        "train.epochs=60", "train.batch_size=32", "train.learning_rate=0.001", "train.label_smoothing=0.1",
-        "train.balance=class_weights", "train.feature_copies=2", "train.early_stopping_patience=10", "train.seed=0"]
-FINETUNE = ["train.finetune_blocks=2", "train.finetune_epochs=12", "train.finetune_learning_rate=0.0001"]
+# The recipe files (paper1/): the grid runs base.yaml under backbone / attention / size overrides; the chosen cell is
+# fine-tuned under finetune.yaml. Each row reruns with `fpc-keras train --config FILE --set ...` (its `config`).
+RECIPES = Path(__file__).resolve().parent / "configs" / "paper1"
 FETAL_PLANES = ["data.val_fraction=0.15", "data.test_fraction=0.0"]  # official Train split; val from train patients
 
 
@@ -40,13 +38,13 @@ def run_dataset(name: str, spec: str, args: argparse.Namespace) -> dict:
     for backbone in args.backbones:
         size = native_size(backbone)
         for attention in args.attentions:
-            overrides = [*BASE, *dataset_overrides(spec), f"runs_dir={args.runs}", f"model.backbone={backbone}",
+            overrides = [*dataset_overrides(spec), f"runs_dir={args.runs}", f"model.backbone={backbone}",
                          f"model.attention={attention}", f"data.image_size=[{size}, {size}]", *args.set]
-            rows.append(run_variant(f"fpc_{name}_{backbone}_{attention}", overrides))
+            rows.append(run_variant(f"fpc_{name}_{backbone}_{attention}", overrides, recipe=RECIPES / "base.yaml"))
     chosen = choose(rows)
     table = {"rows": rows, "chosen": chosen["run"]}
     if args.finetune:
-        tuned = run_variant(chosen["run"] + "_ft", [*chosen["config"], *FINETUNE])
+        tuned = run_variant(chosen["run"] + "_ft", chosen["config"], recipe=RECIPES / "finetune.yaml")
         rows.append(tuned)
         table["chosen"] = choose([chosen, tuned])["run"]
     return table

@@ -41,11 +41,12 @@ def add_folds_argument(parser: argparse.ArgumentParser) -> None:
                              "report test pooled over the folds (default: one train/val/test split)")
 
 
-def variant_runner(folds: int) -> Callable[[str, Sequence[str]], dict]:
-    """`run_variant` on one split, or `run_folds` over K group folds (runs named NAME_cvK_fold<i>)."""
+def variant_runner(folds: int) -> Callable[..., dict]:
+    """`run_variant` on one split, or `run_folds` over K group folds (runs named NAME_cvK_fold<i>); both take
+    (name, overrides, recipe file)."""
     if not folds:
-        return run_variant
-    return lambda name, overrides: run_folds(f"{name}_cv{folds}", overrides, folds)
+        return lambda name, overrides, recipe=None: run_variant(name, overrides, recipe=recipe)
+    return lambda name, overrides, recipe=None: run_folds(f"{name}_cv{folds}", overrides, folds, recipe=recipe)
 
 
 def chosen_datasets(args: argparse.Namespace, defaults: dict[str, str]) -> dict[str, str]:
@@ -65,9 +66,11 @@ def print_chosen(tables: dict) -> None:
                   f"{chosen['params']['trainable']:,} trainable parameters")
 
 
-def run_variant(name: str, overrides: Sequence[str], progress: Progress = print) -> dict:
-    """Train (or reuse) one run and summarise it: validation score, test metrics, parameters, time."""
-    config = load_config(None, [*overrides, f"name={name}"])
+def run_variant(name: str, overrides: Sequence[str], progress: Progress = print, recipe: Path | None = None) -> dict:
+    """Train (or reuse) one run of a recipe file (or the defaults) under overrides, and summarise it: validation
+    score, test metrics, parameters, time. The row's `config` reproduces it: `fpc-keras train --config RECIPE
+    --set ...`."""
+    config = load_config(recipe, [*overrides, f"name={name}"])
     run_dir = train(config, progress)
     results = read_json(run_dir / "results.json")
     phases = results.get("phases", {})
@@ -76,18 +79,20 @@ def run_variant(name: str, overrides: Sequence[str], progress: Progress = print)
             "val_log_loss": min((p["best_loss"] for p in phases.values()), default=float("nan")),
             "test": {k: results["metrics"][k] for k in SHOWN if k in results["metrics"]},
             "params": results.get("params", {}), "train_seconds": results["timings"].get("train_seconds", 0.0),
-            "config": list(overrides)}
+            "recipe": str(recipe) if recipe else None, "config": list(overrides)}
 
 
-def run_folds(name: str, overrides: Sequence[str], folds: int, progress: Progress = print) -> dict:
+def run_folds(name: str, overrides: Sequence[str], folds: int, progress: Progress = print,
+              recipe: Path | None = None) -> dict:
     """K-fold cross-validation of one config (`fpc_keras.cv`; fold records in RUNS/_cv/NAME): run NAME_fold<i>
     tests on fold i, so every item is tested once. The row holds the mean validation macro-F1 and log-loss over
     the folds (what `choose` reads: K validation splits instead of one) and test metrics pooled over the folds
     (summed confusion matrices; top-2 as the item-weighted mean)."""
-    store = Path(load_config(None, overrides).runs_dir) / "_cv" / name
+    store = Path(load_config(recipe, overrides).runs_dir) / "_cv" / name
 
     def record(fold: int) -> dict:
-        row = run_variant(f"{name}_fold{fold}", [*overrides, f"data.folds={folds}", f"data.fold={fold}"], progress)
+        row = run_variant(f"{name}_fold{fold}", [*overrides, f"data.folds={folds}", f"data.fold={fold}"], progress,
+                          recipe)
         return {**row, "confusion": read_json(Path(row["folder"]) / "results.json")["metrics"]["confusion"]}
 
     rows = run_folds_of(store, folds, record, progress=progress)

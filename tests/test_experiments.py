@@ -106,3 +106,30 @@ def test_quantisation_cross_validation_tests_every_image_once_and_pools_the_expo
     assert "| float + flip TTA (in the graph) |" in (store / "pooled.md").read_text()
     again = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert again.returncode == 0 and "fold 1: stored" in again.stdout
+
+
+def test_every_recipe_file_loads_and_every_script_runs_recipe_files():
+    """Recipes are YAML under experiments/configs/ (a base per paper, overlays for the ablation variants): each
+    resolves to a valid config, and the names the scripts loop over are files."""
+    import importlib.util
+
+    from fpc_keras.config import load_config
+
+    recipes = sorted((REPO / "experiments" / "configs").rglob("*.yaml"))
+    assert len(recipes) >= 15
+    names = {path: load_config(path).name for path in recipes}
+    overlays = [p for p in recipes if "extends:" in p.read_text()]
+    assert len(overlays) >= 10 and all(names[p] != load_config(p.parent / "base.yaml").name for p in overlays
+                                       if p.stem not in ("finetune", "slow_only") and (p.parent / "base.yaml").is_file())
+
+    def script(name: str):
+        spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    frozen, slowfast, attention = (script(n) for n in ("abdominal_frozen_features", "echo_slowfast",
+                                                       "fpc_efficientnet_attention"))
+    assert all((frozen.RECIPES / f"{head}.yaml").is_file() for head in frozen.HEADS)
+    assert all((slowfast.RECIPES / f"{slow}.yaml").is_file() for slow in slowfast.SLOW_PATHWAYS)
+    assert {"base.yaml", "finetune.yaml"} <= {p.name for p in attention.RECIPES.glob("*.yaml")}
