@@ -8,7 +8,7 @@ and on probe sweeps built from HC18 images.
     python experiments/fetalnet_multitask.py --folds 5 --set train.ema_momentum=0.995 --set name=NAME \
         --against reports/cv/mask_only/fetalnet_hc18_lite0_256x384_cv5          # a recipe against another, per image
 
-1. the frame model (experiments/configs/fetalnet_hc18.yaml): trained, selected on validation Dice, evaluated once
+1. the frame model (experiments/configs/paper3/fetalnet_hc18.yaml): trained, selected on validation Dice, evaluated once
    on the test subjects (Dice, IoU, Hausdorff mm, HC error mm, Bland-Altman), the HC18 challenge CSV of the test
    images written beside the run;
 2. its TFLite exports (fp32, fp16, int8), each with its own Dice / HC error and latency;
@@ -37,7 +37,7 @@ from fpc_keras.export import export_run, ship, shipped_variant
 from fpc_keras.io import atomic_write_text, read_json
 from fpc_keras.training import train
 
-CONFIGS = Path(__file__).resolve().parent / "configs"
+CONFIGS = Path(__file__).resolve().parent / "configs" / "paper3"
 VARIANTS = ("fp32", "fp16", "int8")
 
 
