@@ -22,8 +22,10 @@ from pathlib import Path
 from fpc_keras.benchmark import benchmark, table
 from fpc_keras.config import load_config
 from fpc_keras import cv
-from fpc_keras.cv.classification import pooled_quantisation, pooled_quantisation_table, quantisation_fold
-from fpc_keras.export import export_as_configured
+from fpc_keras.card import read_card, write_card
+from fpc_keras.cv.classification import (cv_card_metrics, pooled_quantisation, pooled_quantisation_table,
+                                         quantisation_fold)
+from fpc_keras.export import export_as_configured, ship, shipped_variant
 from fpc_keras.io import atomic_write_json, atomic_write_text
 from fpc_keras.training import train
 
@@ -43,6 +45,9 @@ def main() -> None:
                         help="with --folds: where finished folds' predictions are kept and pooled from")
     parser.add_argument("--flip", action="store_true",
                         help="with --folds: also measure the float model with flip TTA in its graph")
+    parser.add_argument("--ship", metavar="DIR", help="with --folds: once every fold is stored, refit the recipe on "
+                        "every image, export it and copy the variant chosen on validation to DIR, with the CV figures "
+                        "on its card")
     args = parser.parse_args()
     if args.folds:
         if not args.config:
@@ -73,6 +78,26 @@ def cross_validate(args: argparse.Namespace) -> None:
     atomic_write_text(store / "pooled.md", text)
     print(f"\n{name}: test top-1 of float and quantised exports, {args.folds}-fold cross-validation ({store}):"
           f"\n\n{text}")
+    if args.ship:
+        if len(pooled["folds_done"]) < args.folds:
+            raise SystemExit(f"--ship: {len(pooled['folds_done'])} of {args.folds} folds stored; run every fold first")
+        print(f"shipped to {ship_refit(args, name, pooled, store)}")
+
+
+def ship_refit(args: argparse.Namespace, name: str, pooled: dict, store: Path) -> Path:
+    """The recipe refit on every image (no test split; its validation split still stops phase 1 and chooses the
+    quantised variant), exported, shipped with the CV figures of the shipped variant on its card."""
+    config = load_config(args.config, [*args.set, "data.test_fraction=0", "data.folds=0", f"name={name}_refit"])
+    run_dir = train(config)
+    missing = [v for v in args.variants if not (run_dir / "exports" / v / "model.tflite").is_file()]
+    if missing:
+        export_as_configured(run_dir, config.export, missing)
+    variant = shipped_variant(run_dir, args.variants)
+    destination = ship(run_dir / "exports" / variant, args.ship)
+    card = read_card(destination / "model.tflite")
+    card["metrics"] = {**card.get("metrics", {}), **cv_card_metrics(pooled, variant, store.as_posix())}
+    write_card(destination, card)
+    return destination
 
 
 if __name__ == "__main__":

@@ -83,7 +83,7 @@ def test_run_all_covers_every_experiment_script():
 def test_quantisation_cross_validation_tests_every_image_once_and_pools_the_exports(trained, tmp_path):
     """benchmark_edge.py --folds: every image is tested once, by a model that never saw it; the pooled top-1 of
     float and int8 agree with the folds' own results; flip TTA is pooled as a variant of its own; a second call
-    reuses the stored folds."""
+    reuses the stored folds and, with --ship, refits the recipe on every image and ships it with the CV figures."""
     command = [sys.executable, str(REPO / "experiments" / "benchmark_edge.py"), "--folds", "2", "--config",
                str(trained["run"] / "config.yaml"), "--variants", "int8", "--set", f"runs_dir={tmp_path / 'runs'}",
                "--cv-store", str(tmp_path / "cv"), "--flip"]
@@ -104,8 +104,18 @@ def test_quantisation_cross_validation_tests_every_image_once_and_pools_the_expo
     labels = read_json(runs[0] / "model_card.json")["labels"]
     assert all(item["flip"] in labels for fold in folds for item in fold["items"])
     assert "| float + flip TTA (in the graph) |" in (store / "pooled.md").read_text()
-    again = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert again.returncode == 0 and "fold 1: stored" in again.stdout
+    shipped = tmp_path / "shipped"
+    again = subprocess.run([*command, "--ship", str(shipped)], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert again.returncode == 0 and "fold 1: stored" in again.stdout, again.stderr[-3000:]
+    refit = read_json(tmp_path / "runs" / "tiny_refit" / "model_card.json")
+    assert "test" not in refit["training"]["splits"] and sum(refit["training"]["splits"]["train"].values()) > max(
+        sum(read_json(r / "model_card.json")["training"]["splits"]["train"].values()) for r in runs)
+    card = read_json(shipped / "model_card.json")
+    assert (shipped / "model.tflite").is_file() and card["export"]["variant"] == card["metrics"]["cv"]["variant"]
+    assert card["metrics"]["cv"]["top1"] == pooled["variants"]["int8"]["top1"] and card["metrics"]["cv"]["n"] == len(files)
+    from fpc_keras.report.status import shipped_cell
+
+    assert f"2-fold CV of its recipe (int8), n={len(files)}: top1" in shipped_cell(shipped)
 
 
 def test_every_recipe_file_loads_and_every_script_runs_recipe_files():

@@ -90,9 +90,12 @@ def shipped_rows(shipped: list[dict], paper: str, names: list[str]) -> list[dict
         card = model["card"]
         if card["model"]["name"] == paper:
             data = str(card["training"]["data"]).split(":", 1)
+            cv = card["metrics"].get("cv")  # refit on every image after a CV: the CV figures are its estimate
+            where = f"{cv['folds']}-fold CV of its recipe" if cv else "test"
             rows.append({"who": f"shipped tflite/models/{model['name']} ({card['export'].get('precision', '')})",
-                         "data": f"{data[0]}:{Path(data[-1]).name} (test)", "n": card["metrics"].get("n_test", ""),
-                         "cells": [fmt((card["metrics"].get("test") or {}).get(m)) for m in names]})
+                         "data": f"{data[0]}:{Path(data[-1]).name} ({where})",
+                         "n": cv["n"] if cv else card["metrics"].get("n_test", ""),
+                         "cells": [fmt((cv or card["metrics"].get("test") or {}).get(m)) for m in names]})
     return rows
 
 

@@ -44,9 +44,14 @@ def shipped_cell(folder: Path) -> str:
     shown = SEGMENTATION_SHOWN if task_of_card(card).name == "segmentation" else (headline_metric(test), "macro_f1")
     latency = next(iter(export["latency"].items()))
     data = Path(str(card["training"]["data"]).split(":", 1)[-1]).name
-    return (f"`tflite/models/{folder.name}` ({export.get('precision', export['variant'])}, "
-            f"{export['size_bytes'] / 1e6:.1f} MB, {latency[1]['median_ms']:.1f} ms at {latency[0].replace('_', ' ')}): "
-            f"{data} test split, n={metrics.get('n_test')}: " + ", ".join(figure(m, test.get(m)) for m in dict.fromkeys(shown)))
+    head = (f"`tflite/models/{folder.name}` ({export.get('precision', export['variant'])}, "
+            f"{export['size_bytes'] / 1e6:.1f} MB, {latency[1]['median_ms']:.1f} ms at {latency[0].replace('_', ' ')}): ")
+    if "cv" in metrics:  # refit on every image after a cross-validation: the CV is its estimate
+        cv = metrics["cv"]
+        return (head + f"{data} {cv['folds']}-fold CV of its recipe ({cv['variant']}), n={cv['n']}: "
+                + ", ".join(figure(m, cv.get(m)) for m in ("top1", "macro_f1")))
+    return head + f"{data} test split, n={metrics.get('n_test')}: " + ", ".join(figure(m, test.get(m))
+                                                                              for m in dict.fromkeys(shown))
 
 
 def cv_cell(store: Path, root: Path) -> str:
@@ -56,9 +61,11 @@ def cv_cell(store: Path, root: Path) -> str:
     folds = [read_json(path) for path in sorted(store.glob("fold*.json"))]
     name = store.relative_to(root).as_posix()
     pooled_path = store / "pooled.json"
-    if pooled_path.is_file():  # a classifier's quantisation CV: the float model's pooled top-1
+    if pooled_path.is_file():  # a classifier's quantisation CV: the float model's pooled top-1 and macro-F1
         pooled = read_json(pooled_path)
-        done, k, body = len(pooled["folds_done"]), pooled["folds"], figure("top1", pooled["float"])
+        done, k = len(pooled["folds_done"]), pooled["folds"]
+        body = ", ".join([figure("top1", pooled["float"]),
+                          *([figure("macro_f1", pooled["float_macro_f1"])] if "float_macro_f1" in pooled else [])])
     else:
         pooled = pooled_segmentation(folds)
         done, k = len(pooled["folds_done"]), pooled["folds"]

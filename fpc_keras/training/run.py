@@ -86,16 +86,22 @@ def train(config: RunConfig, progress: Progress = print) -> Path:
                                                            config.train.batch_size, progress)
         card["postprocessing"] = keep_candidates(run_dir, choice)
     write_card(run_dir, card)
-    progress("[4/4] evaluating the selected model on the test split")
-    test = in_split(records, "test")
-    results = evaluate(predictor, test, f"{config.data.kind}:{config.data.path}", "test",
-                       config.data.on_bad_input, config.train.batch_size, progress)
+    test = [r for r in records if r.split == "test"]
+    data = f"{config.data.kind}:{config.data.path}"
+    if test:
+        progress("[4/4] evaluating the selected model on the test split")
+        results = evaluate(predictor, test, data, "test", config.data.on_bad_input, config.train.batch_size, progress)
+        card["metrics"] = {"test": results["metrics"], "n_test": results["n"]}
+    else:  # every item trained or selected on (a final fit after cross-validation): nothing left to measure
+        progress("[4/4] no test split (data.test_fraction=0): the model is not measured here")
+        results = {"model": str(run_dir / "model.keras"), "data": data, "split": "test", "task": task.name, "n": 0,
+                   "metrics": {}, "timings": {}}
     results["timings"]["train_seconds"] = sum(p["seconds"] for p in session.summary().values())
     results["phases"] = session.summary()
     atomic_write_json(run_dir / "results.json", results)
-    card["metrics"] = {"test": results["metrics"], "n_test": results["n"]}
     write_card(run_dir, card)
-    progress("      " + summary_line(results))
+    if test:
+        progress("      " + summary_line(results))
     return run_dir
 
 
