@@ -3,6 +3,7 @@ own section (`MODEL_SECTIONS`), which is what its builder reads and its card rec
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,60 +67,21 @@ class ModelConfig:
 POOLING_MODES = ("flatten", "avg", "multiscale")
 
 
-# Each architecture's own section of the model config: what its builder reads (`ModelConfig.section()`) and all that
-# its card records of the model config. The YAML keeps one flat `model:` mapping; keys another architecture uses
-# are ignored by this one.
-@dataclass(frozen=True)
-class EfficientNetAttentionSection:
-    backbone: str
-    weights: str
-    attention: str
-    attention_heads: int
-    head_units: tuple[int, ...]
-    dropout: float
-    batch_norm: bool
-    num_classes: int
-
-
-@dataclass(frozen=True)
-class FrozenFeaturesSection:
-    backbone: str
-    weights: str
-    pooling: str
-    head_units: tuple[int, ...]
-    dropout: float
-    weight_decay: float
-    num_classes: int
-
-
-@dataclass(frozen=True)
-class FetalNetSection:
-    backbone: str
-    weights: str
-    attention: str
-    base_filters: int
-    depth: int
-    temporal: str
-    dropout: float
-    num_classes: int
-
-
-@dataclass(frozen=True)
-class SlowFastSection:
-    backbone: str
-    weights: str
-    preset: str
-    alpha: int
-    beta: float
-    fast_pathway: bool
-    pooling: str
-    weight_decay: float
-    dropout: float
-    num_classes: int
-
-
-MODEL_SECTIONS = {"efficientnet_attention": EfficientNetAttentionSection, "frozen_features": FrozenFeaturesSection,
-                  "fetalnet": FetalNetSection, "slowfast": SlowFastSection}
+# Each architecture's own section of the model config: the keys its builder reads (`ModelConfig.section()`, a frozen
+# dataclass typed as ModelConfig types them) and all that its card records of the model config. The YAML keeps one
+# flat `model:` mapping; keys another architecture uses are ignored by this one.
+SECTION_KEYS = {
+    "efficientnet_attention": ("backbone", "weights", "attention", "attention_heads", "head_units", "dropout",
+                               "batch_norm", "num_classes"),
+    "frozen_features": ("backbone", "weights", "pooling", "head_units", "dropout", "weight_decay", "num_classes"),
+    "fetalnet": ("backbone", "weights", "attention", "base_filters", "depth", "temporal", "dropout", "num_classes"),
+    "slowfast": ("backbone", "weights", "preset", "alpha", "beta", "fast_pathway", "pooling", "weight_decay",
+                 "dropout", "num_classes"),
+}
+_TYPES = typing.get_type_hints(ModelConfig)
+MODEL_SECTIONS = {name: dataclasses.make_dataclass("".join(w.title() for w in name.split("_")) + "Section",
+                                                   [(key, _TYPES[key]) for key in keys], frozen=True)
+                  for name, keys in SECTION_KEYS.items()}
 
 
 def section_of(model: dict) -> dict:
