@@ -81,3 +81,27 @@ def test_shipped_card_says_what_its_tflite_computes_in(name):
     described = precision_fields(card["export"]["variant"], (SHIPPED / name / "model.tflite").read_bytes())
     assert {key: card["export"].get(key) for key in described} == described
     assert card["name"].endswith("_" + described["precision"])
+
+
+@pytest.mark.realdata
+def test_busi_efficientnet_attention_states_its_cv_and_maps_labels_by_name(shared_data, tmp_path):
+    """The shipped BUSI classifier (paper 1's recipe refit on every image) carries the 5-fold CV of its recipe, as
+    committed in reports/cv, not a figure of its own; and a folder tree holding only some of its classes, in
+    another order, is scored by class name (the model saw these images: a smoke test of the label mapping, not a
+    measurement)."""
+    import shutil
+
+    model = SHIPPED / "busi_efficientnet_attention" / "model.tflite"
+    card = read_json(model.parent / "model_card.json")
+    assert card["labels"] == ["benign", "malignant", "normal"] and card["export"]["precision"] == "int8"
+    cv = card["metrics"]["cv"]
+    pooled = read_json(REPO / cv["store"] / "pooled.json")
+    assert cv["top1"] == pooled["variants"][cv["variant"]]["top1"] and cv["n"] == pooled["n"] == 613
+    assert "test" not in card["training"]["splits"]  # refit on every image: nothing of its own left to test on
+    tree = tmp_path / "scans"
+    for label in ("normal", "malignant"):  # benign absent: class indices differ from the model's
+        (tree / label).mkdir(parents=True)
+        for image in sorted((shared_data / "BUSI" / label).glob("*.png"))[:12]:
+            shutil.copy(image, tree / label / image.name)
+    result = _evaluate(model, f"folder:{tree}", tmp_path)
+    assert result["n"] == 24 and result["metrics"]["top1"]["value"] >= 0.8, result["metrics"]["top1"]
