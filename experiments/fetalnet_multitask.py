@@ -92,7 +92,7 @@ def cross_validate(args: argparse.Namespace) -> None:
     store = Path(args.cv_store) / f"{name}_cv{args.folds}"
 
     def record(fold: int) -> dict:
-        overrides = [*args.set, f"data.folds={args.folds}", f"data.fold={fold}", f"name={store.name}_fold{fold}"]
+        overrides = [*args.set, *cv.fold_overrides(fold, args.folds, store.name)]
         return segmentation_fold(run("fetalnet_hc18.yaml", args.data, args.runs, overrides), fold, args.folds)
 
     folds = cv.run_folds(store, args.folds, record, args.fold)

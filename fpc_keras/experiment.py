@@ -14,6 +14,7 @@ import numpy as np  # noqa: E402
 
 from . import postprocess  # noqa: E402
 from .config import load_config  # noqa: E402
+from .cv import fold_overrides  # noqa: E402
 from .cv import run_folds as run_folds_of  # noqa: E402
 from .data.sources import SHARED_DATA  # noqa: E402,F401  (the experiment scripts' default data)
 from .errors import BadInputError  # noqa: E402
@@ -91,8 +92,7 @@ def run_folds(name: str, overrides: Sequence[str], folds: int, progress: Progres
     store = Path(load_config(recipe, overrides).runs_dir) / "_cv" / name
 
     def record(fold: int) -> dict:
-        row = run_variant(f"{name}_fold{fold}", [*overrides, f"data.folds={folds}", f"data.fold={fold}"], progress,
-                          recipe)
+        row = run_variant(f"{name}_fold{fold}", [*overrides, *fold_overrides(fold, folds, name)], progress, recipe)
         return {**row, "confusion": read_json(Path(row["folder"]) / "results.json")["metrics"]["confusion"]}
 
     rows = run_folds_of(store, folds, record, progress=progress)

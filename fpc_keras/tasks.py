@@ -37,7 +37,8 @@ TASKS = {task.name: task for task in (
     Task("classification", ("fetal_planes", "folder", "prefix", "csv"),
          ".training.classification:ClassificationSession", ".evaluate.images:classification_metrics_of", "image"),
     Task("segmentation", ("hc18",), ".training.segmentation:SegmentationSession",
-         ".evaluate.segmentation:segmentation_metrics", "image", postprocessing=".postprocess:choose_postprocessing", labels=".data.sweeps:PLANE_LABELS"),
+         ".evaluate.segmentation:segmentation_metrics", "image", postprocessing=".postprocess:choose_postprocessing",
+         labels=".data.sweeps:PLANE_LABELS"),
     # FetalNet's video model: a segmenter of clips (probe sweeps); its card says task "segmentation" and a clip length.
     Task("clip_segmentation", (), ".training.segmentation:SegmentationSession",
          ".evaluate.segmentation:sweep_metrics", "video", labels=".data.sweeps:PLANE_LABELS"),

@@ -21,9 +21,14 @@ from ..io import atomic_write_json, read_json
 Progress = Callable[[str], None]
 
 
+def fold_overrides(fold: int, folds: int, name: str) -> list[str]:
+    """The overrides that make a recipe fold `fold` of a `folds`-fold CV, as its own run `NAME_fold<i>`."""
+    return [f"data.folds={folds}", f"data.fold={fold}", f"name={name}_fold{fold}"]
+
+
 def fold_config(config: str | Path | None, overrides: Sequence[str], fold: int, folds: int, name: str) -> RunConfig:
-    """The run config of fold `fold` of a `folds`-fold CV of a recipe: its own run name, `NAME_fold<i>`."""
-    return load_config(config, [*overrides, f"data.folds={folds}", f"data.fold={fold}", f"name={name}_fold{fold}"])
+    """The run config of fold `fold` of a `folds`-fold CV of a recipe (`fold_overrides` after `overrides`)."""
+    return load_config(config, [*overrides, *fold_overrides(fold, folds, name)])
 
 
 def run_folds(store: str | Path, folds: int, record: Callable[[int], dict], which: Iterable[int] | None = None,
