@@ -8,7 +8,7 @@ from typing import Sequence
 import keras
 import numpy as np
 
-from ..config import RunConfig
+from ..config import RunConfig, model_section_dict
 from ..data.augment import build_augmenter
 from ..data.feature_cache import FeatureCache, StackedRows
 from ..data.images import ImageSpec
@@ -37,7 +37,8 @@ class ClassificationSession(TaskSession):
 
     def run(self) -> keras.Model:
         t, m = self.config.train, self.config.model
-        self.progress(f"[2/4] building {m.name} ({m.backbone}, attention {m.attention}, weights {m.weights})")
+        shown = {k: v for k, v in model_section_dict(m).items() if k in ("backbone", "attention", "pooling", "weights")}
+        self.progress(f"[2/4] building {m.name} ({', '.join(f'{k} {v}' for k, v in shown.items())})")
         model = fresh_model(self.config, self.progress)
         set_backbone_trainable(model, 0 if t.freeze_backbone else None)
         if t.freeze_backbone and t.cache_features:
