@@ -20,7 +20,7 @@ import argparse
 from pathlib import Path
 
 from fpc_keras.benchmark import benchmark, table
-from fpc_keras.config import load_config
+from fpc_keras.config import RunConfig, load_config
 from fpc_keras import cv
 from fpc_keras.card import read_card, write_card
 from fpc_keras.cv.classification import (cv_card_metrics, pooled_quantisation, pooled_quantisation_table,
@@ -66,11 +66,8 @@ def cross_validate(args: argparse.Namespace) -> None:
 
     def record(fold: int) -> dict:
         config = cv.fold_config(args.config, args.set, fold, args.folds, f"{name}_cv{args.folds}")
-        run_dir = train(config)
-        missing = [v for v in args.variants if not (run_dir / "exports" / v / "model.tflite").is_file()]
-        if missing:
-            export_as_configured(run_dir, config.export, missing)
-        return quantisation_fold(run_dir, fold, args.folds, args.variants, flip=args.flip)
+        return quantisation_fold(trained_and_exported(config, args.variants), fold, args.folds, args.variants,
+                                 flip=args.flip)
 
     pooled = pooled_quantisation(cv.run_folds(store, args.folds, record))
     text = pooled_quantisation_table(pooled)
@@ -84,14 +81,20 @@ def cross_validate(args: argparse.Namespace) -> None:
         print(f"shipped to {ship_refit(args, name, pooled, store)}")
 
 
+def trained_and_exported(config: RunConfig, variants: list[str]) -> Path:
+    """The run of `config` (trained, or resumed), with each of `variants` exported as the config says."""
+    run_dir = train(config)
+    missing = [v for v in variants if not (run_dir / "exports" / v / "model.tflite").is_file()]
+    if missing:
+        export_as_configured(run_dir, config.export, missing)
+    return run_dir
+
+
 def ship_refit(args: argparse.Namespace, name: str, pooled: dict, store: Path) -> Path:
     """The recipe refit on every image (no test split; its validation split still stops phase 1 and chooses the
     quantised variant), exported, shipped with the CV figures of the shipped variant on its card."""
     config = load_config(args.config, [*args.set, "data.test_fraction=0", "data.folds=0", f"name={name}_refit"])
-    run_dir = train(config)
-    missing = [v for v in args.variants if not (run_dir / "exports" / v / "model.tflite").is_file()]
-    if missing:
-        export_as_configured(run_dir, config.export, missing)
+    run_dir = trained_and_exported(config, args.variants)
     variant = shipped_variant(run_dir, args.variants)
     destination = ship(run_dir / "exports" / variant, args.ship)
     card = read_card(destination / "model.tflite")
