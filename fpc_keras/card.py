@@ -12,6 +12,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .data.sources import data_source
+from .postprocess import CANDIDATES
 from .errors import BadInputError
 from .io import atomic_write_json, read_json
 
@@ -32,8 +33,7 @@ def make_card(name: str, task: str, labels: list[str], image_size: tuple[int, in
     the dataset's source and licence; `outputs` (typed, `typed_outputs`) default to one probability vector."""
     height, width = image_size
     if "data" in training:
-        data = data_source(training["data"])
-        training = {**training, "data": data["path"], "data_source": data}
+        training = with_data_source(training)
     return {
         "schema_version": SCHEMA_VERSION,
         "name": name,
@@ -85,6 +85,12 @@ def references(model_name: str) -> list[dict]:
     if not paper:
         return []
     return [{"citation": paper["title"], **{k: paper[k] for k in ("doi", "arxiv") if k in paper}}]
+
+
+def with_data_source(training: dict) -> dict:
+    """The card's training section with `data` (KIND:PATH) relative to its root and `data_source` beside it."""
+    data = data_source(training["data"])
+    return {**training, "data": data["path"], "data_source": data}
 
 
 def _today() -> str:
@@ -152,15 +158,14 @@ def upgrade_card(card: dict, output_shapes: list[tuple]) -> tuple[dict, list | N
     upgraded.update({k: v for k, v in card.items() if k not in upgraded and k != "output"})
     upgraded["outputs"] = typed_outputs(output_shapes, card["labels"], card["task"] == "segmentation")
     upgraded["model"] = section_of(card["model"])
-    data = data_source(card["training"]["data"])
-    upgraded["training"] = {**card["training"], "data": data["path"], "data_source": data}
+    upgraded["training"] = with_data_source(card["training"])
     upgraded = {key: upgraded[key] for key in sorted(upgraded, key=lambda k: ORDER.index(k) if k in ORDER else 99)}
     candidates = None
     if "postprocessing" in card:
         post = dict(card["postprocessing"])
         candidates = post.pop("candidates", None)
         if candidates is not None:
-            post["candidates_file"] = "postprocessing_candidates.json"
+            post["candidates_file"] = CANDIDATES
         upgraded["postprocessing"] = post
     return upgraded, candidates
 
@@ -174,7 +179,7 @@ def upgrade_beside(model_file: str | Path) -> Path:
     shapes = [tuple(int(n) for n in d["shape"]) for d in sorted(details, key=lambda d: -len(d["shape"]))]
     card, candidates = upgrade_card(read_card(model_file), shapes)
     if candidates is not None:
-        atomic_write_json(model_file.parent / "postprocessing_candidates.json", candidates)
+        atomic_write_json(model_file.parent / CANDIDATES, candidates)
     return write_card(model_file.parent, card)
 
 
