@@ -127,6 +127,7 @@ def _classifier(predictor: Predictor, overlays: Path | None) -> Callable[[Path],
     spec = predictor.image_spec()
     clip_length = int(predictor.card["preprocessing"].get("clip_length", 1))
     clips = int(predictor.card["preprocessing"].get("clips_per_video", 4))
+    videos = task_of_card(predictor.card).inputs == "video"
     explain = _gradcam(predictor, overlays)
 
     def row(name: str, probs: np.ndarray) -> dict:
@@ -134,7 +135,7 @@ def _classifier(predictor: Predictor, overlays: Path | None) -> Callable[[Path],
                 **{f"p_{label}": f"{p:.6f}" for label, p in zip(predictor.labels, probs)}}
 
     def measure(path: Path) -> list[dict]:
-        if task_of_card(predictor.card).inputs == "video":
+        if videos:
             frames = read_video(str(path), spec.size, spec.channels, spec.resize).astype(np.float32)
             return [row(str(path), predictor.predict(model_clips(frames, clip_length, clips)).mean(axis=0))]
         rows = []

@@ -81,9 +81,8 @@ def train(config: RunConfig, progress: Progress = print) -> Path:
     predictor = Predictor(str(run_dir / "model.keras"), card, keras_predict_fn(model))
     if source is not None:
         card["postprocessing"] = {**source["postprocessing"], "source": config.train.refit_from}
-    elif task_of_card(card).postprocessing:  # a frame segmenter's, chosen on validation
-        choice = task_of_card(card).load("postprocessing")(predictor, in_split(records, "val"),
-                                                           config.train.batch_size, progress)
+    elif chooser := task_of_card(card).load("postprocessing"):  # a frame segmenter's, chosen on validation
+        choice = chooser(predictor, in_split(records, "val"), config.train.batch_size, progress)
         card["postprocessing"] = keep_candidates(run_dir, choice)
     write_card(run_dir, card)
     test = [r for r in records if r.split == "test"]
