@@ -27,7 +27,7 @@ from fpc_keras.export import export_run, ship
 DATASETS = {"pocus": f"videos:{SHARED_DATA / 'POCUS_videos'}"}
 # The slow pathways compared, each a recipe file (an overlay of paper4/base.yaml): `fpc-keras train --config FILE`.
 RECIPES = Path(__file__).resolve().parent / "configs" / "paper4"
-SLOW_PATHWAYS = ("lite0_imagenet", "scratch", "lite0_slow_only", "vgg16_slow_only")
+SLOW_PATHWAYS = ("lite0_imagenet", "scratch", "lite0_slow_only", "vgg16_slow_only", "lite0_finetune")
 VARIANTS = ("fp32", "fp16")
 
 

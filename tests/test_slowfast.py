@@ -233,6 +233,58 @@ def test_slow_only_head_fits_on_frame_features_and_is_chosen_on_whole_videos(tmp
     assert "frame features" not in capsys.readouterr().out
 
 
+def test_slow_only_encoder_fine_tunes_on_clips_in_phase_two(tmp_path, capsys):
+    """`train.finetune_blocks` on a Slow-only video model: phase 1 fits the head on frame features, phase 2
+    fine-tunes the encoder on clips at its own batch size; batch norm (the head's standardisation included) keeps
+    phase 1's statistics, and with `finetune_keep: last` the run ships phase 2's last epoch."""
+    import keras
+
+    from fpc_keras.cli import main
+    from fpc_keras.io import read_json
+
+    data = _video_folder(tmp_path / "videos")
+    config = tmp_path / "empty.yaml"
+    config.write_text("{}\n")
+    values = [f"runs_dir={tmp_path / 'runs'}", "name=tuned", "data.kind=videos", f"data.path={data}",
+              "data.image_size=[32, 32]", "data.clip_length=4", "data.clips_per_video=2", "data.val_fraction=0.25",
+              "data.test_fraction=0.25", "model.name=slowfast", "model.backbone=efficientnet_lite0",
+              "model.fast_pathway=false", "model.alpha=2", "model.weights=imagenet", "train.epochs=2",
+              "train.batch_size=16", "train.finetune_blocks=16", "train.finetune_epochs=2",
+              "train.finetune_batch_size=4", "train.finetune_keep=last", "train.finetune_schedule=cosine",
+              "export.latency_runs=2"]
+    assert main(["train", "--config", str(config), *[a for v in values for a in ("--set", v)]]) == 0
+    out = capsys.readouterr().out
+    assert "phase2: 6 train videos x 2 clips per epoch (balanced by class and source)" in out
+    run = tmp_path / "runs" / "tuned"
+    imagenet = build_model(load_config(run / "config.yaml", ["model.num_classes=3"]))
+    head1 = keras.saving.load_model(run / "checkpoints" / "phase1" / "best.keras")
+    shipped = keras.saving.load_model(run / "model.keras")
+    assert read_json(run / "checkpoints" / "phase2" / "state.json")["best_epoch"] == 1  # the last of 2
+    changed = {layer.name for layer in shipped.layers if layer.weights and not isinstance(layer, keras.Model)
+               and not all(np.array_equal(a, b) for a, b in zip(layer.get_weights(),
+                                                                imagenet.get_layer(layer.name).get_weights()))}
+    assert {"block1a_dwconv", "top_conv"} <= changed, changed  # the first and the last block trained
+    assert not any(name.endswith("_bn") for name in changed) and "stem_conv" not in changed  # not a block
+    for old, new in zip(head1.get_layer("feature_norm").weights,
+                        shipped.get_layer("head").get_layer("feature_norm").weights):
+        np.testing.assert_array_equal(old.numpy(), new.numpy())
+
+
+def test_balanced_draws_weigh_sources_not_videos():
+    """With groups, a class's draws are spread over its sources: a source of 8 videos is drawn no more often than
+    a source of one video of the same class."""
+    from fpc_keras.data.pipeline import balanced_order
+
+    class_ids = np.array([0] * 9 + [1] * 3)
+    groups = ["big"] * 8 + ["lone"] + ["b1", "b2", "b3"]
+    drawn = np.concatenate([balanced_order(class_ids, 0, groups)(epoch) for epoch in range(400)])
+    per_source = {g: np.isin(drawn, [i for i, x in enumerate(groups) if x == g]).mean() for g in set(groups)}
+    assert per_source["big"] == pytest.approx(0.25, abs=0.02) and per_source["lone"] == pytest.approx(0.25, abs=0.02)
+    assert all(per_source[g] == pytest.approx(1 / 6, abs=0.02) for g in ("b1", "b2", "b3"))
+    unbalanced = np.concatenate([balanced_order(class_ids, 0)(epoch) for epoch in range(400)])
+    assert np.isin(unbalanced, range(8)).mean() == pytest.approx(0.5 * 8 / 9, abs=0.02)
+
+
 def _runner_matches_keras_on_videos(run, videos, tmp_path):
     """tflite/run.py, with TensorFlow unimportable, labels videos as the Keras model does: mean of the card's
     evenly spaced clips, same preprocessing."""

@@ -79,13 +79,15 @@ class TrainConfig:
     early_stopping_patience: int = 5
     # Warm start: a run folder or .keras file whose layers (same name and shape) initialise the model, e.g. the
     # same network trained at a smaller input size (progressive resizing). Empty: start from `model.weights`.
+    # `{fold}` is replaced by data.fold (cross-validation: each fold from its own fold's run).
     init_from: str = ""
     # Final fit: a finished run (its folder or model card) whose validation split chose the epochs and the
     # post-processing; this run trains on its train + validation items for those epochs, keeps the last epoch and
     # applies that post-processing. Same split rule, so the test split is the source run's. Segmentation frame models.
     refit_from: str = ""
-    # Phase 2: fine-tune the top N backbone blocks (0: no phase 2) from images, with augmentation. Segmentation
-    # (fetalnet, trained end to end): any N > 0 refines the whole network at finetune_learning_rate.
+    # Phase 2: fine-tune the top N backbone blocks (0: no phase 2) from images (video models: from clips), with
+    # augmentation. Segmentation (fetalnet, trained end to end): any N > 0 refines the whole network at
+    # finetune_learning_rate.
     finetune_blocks: int = 0
     finetune_epochs: int = 10
     finetune_learning_rate: float = 1e-4
@@ -97,6 +99,9 @@ class TrainConfig:
     # its last epoch whatever validation says (fixed in the recipe: a validation split of ~75 images chooses on
     # noise, and a cosine schedule ends where the weights have settled).
     finetune_keep: str = "best"
+    # Phase 2's batch size (0: train.batch_size): a head on cached features takes batches of 64 rows, a network
+    # fine-tuned on 4-frame clips far fewer.
+    finetune_batch_size: int = 0
     # Multi-task models (fetalnet): loss weights of the mask (Dice + cross-entropy) and of the plane classifier.
     mask_weight: float = 1.0
     plane_weight: float = 0.2
@@ -104,6 +109,10 @@ class TrainConfig:
     # (MultiWorkerMirroredStrategy; the cluster comes from the TF_CONFIG environment variable on each node).
     strategy: str = "default"
     seed: int = 0
+
+    @property
+    def phase2_batch_size(self) -> int:
+        return self.finetune_batch_size or self.batch_size
 
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -120,8 +129,8 @@ class TrainConfig:
         one_of("train.finetune_keep", self.finetune_keep, ("best", "last"))
         if self.finetune_weight_decay < 0:
             raise BadInputError(f"train.finetune_weight_decay is {self.finetune_weight_decay}", "use 0 (Adam) or more")
-        if self.finetune_blocks < 0 or self.feature_copies < 0:
-            raise BadInputError("train.finetune_blocks and train.feature_copies must be >= 0", "use 0 to turn off")
+        if self.finetune_blocks < 0 or self.feature_copies < 0 or self.finetune_batch_size < 0:
+            raise BadInputError("train.finetune_blocks, finetune_batch_size and feature_copies must be >= 0", "use 0 to turn off")
 
 
 @dataclass

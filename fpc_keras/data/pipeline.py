@@ -58,14 +58,23 @@ def shuffled_order(n: int, seed: int) -> Callable[[int], np.ndarray]:
     return lambda epoch: np.random.default_rng((seed, epoch)).permutation(n)
 
 
-def balanced_order(class_ids: np.ndarray, seed: int) -> Callable[[int], np.ndarray]:
-    """len(class_ids) draws per epoch with every class equally likely (class-balanced sampling)."""
-    members = [np.flatnonzero(class_ids == c) for c in np.unique(class_ids)]
+def balanced_order(class_ids: np.ndarray, seed: int, groups: Sequence[str] | None = None) -> Callable[[int], np.ndarray]:
+    """len(class_ids) draws per epoch with every class equally likely (class-balanced sampling). With `groups`
+    (sources, patients), a class's draw then picks one of its groups uniformly and an item of that group: a source
+    with 20 videos weighs no more than one with a single video."""
+    class_ids = np.asarray(class_ids)
+    group_ids = np.unique(np.asarray(groups), return_inverse=True)[1] if groups is not None else np.arange(len(class_ids))
+    members = [[np.flatnonzero((class_ids == c) & (group_ids == g)) for g in np.unique(group_ids[class_ids == c])]
+               for c in np.unique(class_ids)]
 
     def order(epoch: int) -> np.ndarray:
         rng = np.random.default_rng((seed, epoch))
         classes = rng.integers(0, len(members), len(class_ids))
-        return np.array([members[c][rng.integers(len(members[c]))] for c in classes], np.int64)
+        picked = []
+        for c in classes:
+            items = members[c][rng.integers(len(members[c]))]
+            picked.append(items[rng.integers(len(items))])
+        return np.array(picked, np.int64)
     return order
 
 
@@ -228,16 +237,18 @@ def sweep_arrays(images: np.ndarray, masks: np.ndarray, frames: int,
 
 def clip_dataset(videos: Sequence[np.ndarray], class_ids: np.ndarray, classes: int, clip_length: int,
                  batch_size: int, draws_per_video: int, first_epoch: int, epochs: int, seed: int = 0,
-                 augment: Callable | None = None) -> tf.data.Dataset:
+                 augment: Callable | None = None, groups: Sequence[str] | None = None) -> tf.data.Dataset:
     """Training clips of decoded videos (uint8 T x H x W x C each): per epoch `draws_per_video` x len(videos)
-    draws with every class equally likely (`balanced_order`), each a random stretch at a random speed
+    draws with every class equally likely, and within a class every source `groups` names (`balanced_order`),
+    each a random stretch at a random speed
     (`video.sample_clip`), augmented as whole clips. Batch b of epoch e is a function of (seed, e, b) alone, so a
     run resumed at epoch e sees what an uninterrupted one would (fit with steps_per_epoch)."""
     from .video import sample_clip
 
     draws = np.tile(np.asarray(class_ids), draws_per_video)
+    draw_groups = None if groups is None else np.tile(np.asarray(groups), draws_per_video)
     steps = -(-len(draws) // batch_size)
-    indices = epoch_batches(balanced_order(draws, seed), first_epoch, epochs, batch_size)
+    indices = epoch_batches(balanced_order(draws, seed, draw_groups), first_epoch, epochs, batch_size)
     keys = tf.data.Dataset.range(first_epoch * steps, epochs * steps)
     eye = np.eye(classes, dtype=np.float32)
     shape = (clip_length, *videos[0].shape[1:])

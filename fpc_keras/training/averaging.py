@@ -23,7 +23,7 @@ def finetune_rate(t: TrainConfig, train_items: int) -> float | keras.optimizers.
     """Phase 2's learning rate: constant, or cosine decay to zero over its steps."""
     if t.finetune_schedule == "constant":
         return t.finetune_learning_rate
-    steps = t.finetune_epochs * -(-train_items // t.batch_size)
+    steps = t.finetune_epochs * -(-train_items // t.phase2_batch_size)
     return keras.optimizers.schedules.CosineDecay(t.finetune_learning_rate, decay_steps=max(steps, 1))
 
 

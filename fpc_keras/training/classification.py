@@ -18,7 +18,7 @@ from ..errors import BadInputError
 from ..evaluate import keras_predict_fn
 from ..models import parameter_counts
 from ..models.backbones import set_backbone_trainable
-from .averaging import compile_classifier, finetune_rate
+from .averaging import compile_classifier
 from .phase import Phase, Progress
 from .session import (TaskSession, class_weights, classification_score, fit_head_on_features, fresh_model,
                       head_input)
@@ -52,10 +52,12 @@ class ClassificationSession(TaskSession):
             fitted = self.phase1.resume() or compile_classifier(model, t.learning_rate, t.label_smoothing,
                                                                 t.ema_momentum)
             if not self.phase1.state["done"]:
-                self._fit_on_images(fitted, t.epochs, self.phase1)
+                self._fit_on_images(fitted, t.epochs, self.phase1, t.batch_size)
             model = self.phase1.best()
         if t.finetune_blocks:
-            model = self._finetune(model)
+            model = self.finetune(model, self.phase2, len(self.train_records),
+                                  lambda fitted: self._fit_on_images(fitted, t.finetune_epochs, self.phase2,
+                                                                     t.phase2_batch_size))
         if self.skip_log is not None and self.skip_log.skipped:
             self.progress("      " + self.skip_log.summary())
         return model
@@ -82,36 +84,15 @@ class ClassificationSession(TaskSession):
         fit_head_on_features(head, self.phase1, x_train, y_train, classification_score(predict_val, self.y_val),
                              t, len(self.labels))
 
-    def _fit_on_images(self, model: keras.Model, epochs: int, phase: "Phase") -> None:
+    def _fit_on_images(self, model: keras.Model, epochs: int, phase: "Phase", batch_size: int) -> None:
         t = self.config.train
         augment = build_augmenter(seed=t.seed) if t.augment else None
-        data = image_dataset(self.train_records, self.spec, self.labels, t.batch_size, shuffle=True, seed=t.seed,
+        data = image_dataset(self.train_records, self.spec, self.labels, batch_size, shuffle=True, seed=t.seed,
                              augment=augment, skip_log=self.skip_log, balanced=t.balance == "sampling")
-        val = image_dataset(self.val_records, self.spec, None, t.batch_size, skip_log=self.skip_log)
+        val = image_dataset(self.val_records, self.spec, None, batch_size, skip_log=self.skip_log)
         predict = keras_predict_fn(model)
         predict_val = lambda: np.concatenate([predict(x.numpy()) for x, _ in val])  # noqa: E731
         self.progress(f"[3/4] {phase.name}: the model on images ({len(self.train_records)} train, "
                       f"{len(self.val_records)} val, {parameter_counts(model)['trainable']:,} trainable parameters)")
         phase.fit(model, data, epochs, classification_score(predict_val, self.y_val),
                   class_weights(self.y_train, len(self.labels), t.balance))
-
-    def _finetune(self, model: keras.Model) -> keras.Model:
-        """Phase 2: unfreeze the top blocks; keep phase 1's model unless validation macro-F1 improves, or (with
-        `train.finetune_keep: last`) keep phase 2's last epoch."""
-        t = self.config.train
-        if t.finetune_keep == "last":
-            self.phase2.keep_last = True
-        else:
-            self.phase2.floor = (self.phase1.state["best_score"], -self.phase1.state["best_loss"])
-        fitted = self.phase2.resume()
-        if fitted is None:
-            # A copy trains, so that `model` keeps phase 1's best weights should phase 2 never beat them.
-            fitted = keras.models.clone_model(model)
-            fitted.set_weights(model.get_weights())
-            unfrozen = set_backbone_trainable(fitted, t.finetune_blocks)
-            self.progress(f"      phase 2: fine-tuning the top {t.finetune_blocks} blocks ({unfrozen} layers)")
-            fitted = compile_classifier(fitted, finetune_rate(t, len(self.train_records)), t.label_smoothing,
-                                        t.ema_momentum, t.finetune_weight_decay)
-        if not self.phase2.state["done"]:
-            self._fit_on_images(fitted, t.finetune_epochs, self.phase2)
-        return self.phase2.best() or model

@@ -16,6 +16,8 @@ from ..data.records import Record, in_split
 from ..errors import BadInputError
 from ..metrics import macro_f1
 from ..models import build_model
+from ..models.backbones import set_backbone_trainable
+from .averaging import compile_classifier, finetune_rate
 from .phase import Phase, Progress, Validate, phase_summary
 
 
@@ -43,12 +45,37 @@ class TaskSession:
     def summary(self) -> dict:
         return phase_summary(*self.phases)
 
+    def finetune(self, model: keras.Model, phase: Phase, train_items: int,
+                 fit: Callable[[keras.Model], None]) -> keras.Model:
+        """Phase 2: unfreeze the top `train.finetune_blocks` blocks of the backbone and `fit` a copy; keep the
+        phase-1 `model` unless validation macro-F1 improves, or (with `train.finetune_keep: last`) keep phase 2's
+        last epoch. `train_items`: the items an epoch draws (the cosine schedule's steps)."""
+        t = self.config.train
+        if t.finetune_keep == "last":
+            phase.keep_last = True
+        else:
+            first = self.phases[0].state
+            phase.floor = (first["best_score"], -first["best_loss"])
+        fitted = phase.resume()
+        if fitted is None:
+            # A copy trains, so that `model` keeps phase 1's best weights should phase 2 never beat them.
+            fitted = keras.models.clone_model(model)
+            fitted.set_weights(model.get_weights())
+            unfrozen = set_backbone_trainable(fitted, t.finetune_blocks)
+            self.progress(f"      {phase.name}: fine-tuning the top {t.finetune_blocks} blocks ({unfrozen} layers)")
+            fitted = compile_classifier(fitted, finetune_rate(t, train_items), t.label_smoothing, t.ema_momentum,
+                                        t.finetune_weight_decay)
+        if not phase.state["done"]:
+            fit(fitted)
+        return phase.best() or model
+
 
 def fresh_model(config: RunConfig, progress: Progress) -> keras.Model:
-    """The configured model, warm-started from `train.init_from` when one is given."""
+    """The configured model, warm-started from `train.init_from` when one is given (`{fold}` in it is replaced by
+    `data.fold`: in cross-validation each fold starts from its own fold's run)."""
     model = build_model(config)
     if config.train.init_from:
-        warm_start(model, config.train.init_from, progress)
+        warm_start(model, config.train.init_from.replace("{fold}", str(config.data.fold)), progress)
     return model
 
 

@@ -13,55 +13,71 @@ from ..data.augment import build_augmenter
 from ..data.pipeline import clip_dataset, label_ids
 from ..data.records import Record
 from ..data.video import model_clips, read_video, sample_clip
-from ..errors import BadInputError
 from ..evaluate import keras_predict_fn
 from ..models import parameter_counts
 from ..models.backbones import set_backbone_trainable
 from .averaging import compile_classifier
-from .phase import Progress
+from .phase import Phase, Progress
 from .session import TaskSession, classification_score, fit_head_on_features, fresh_model
 
 
 class VideoSession(TaskSession):
-    """Video classifiers (slowfast): clips drawn anew every epoch, class-balanced, `data.clips_per_video` draws
-    per training video, each a random stretch at a random speed, augmented as whole clips
-    (`pipeline.clip_dataset`); selection on the validation videos' macro-F1, each video scored by the mean of
-    `data.clips_per_video` evenly spaced clips, as the evaluator does. An ImageNet slow pathway is frozen
-    (`train.freeze_backbone`); the fast pathway, laterals and classifier train."""
+    """Video classifiers (slowfast): clips drawn anew every epoch, balanced by class and, within a class, by source
+    (`Record.group`), `data.clips_per_video` draws per training video, each a random stretch at a random speed,
+    augmented as whole clips (`pipeline.clip_dataset`); selection on the validation videos' macro-F1, each video
+    scored by the mean of `data.clips_per_video` evenly spaced clips, as the evaluator does. An ImageNet slow
+    pathway is frozen in phase 1 (`train.freeze_backbone`; Slow-only then fits its head on cached frame
+    features); with `train.finetune_blocks` phase 2 fine-tunes its top blocks on clips (`TaskSession.finetune`).
+    The videos are decoded once per run, at the model's size, and kept in memory for every phase and epoch."""
 
     def __init__(self, config: RunConfig, records: Sequence[Record], labels: list[str], progress: Progress):
-        if config.train.finetune_blocks:
-            raise BadInputError("train.finetune_blocks is not supported for video models yet",
-                                "set train.finetune_blocks=0")
         super().__init__(config, records, labels, progress)
         self.y_train, self.y_val = label_ids(self.train_records, labels), label_ids(self.val_records, labels)
-        self.phase = self.new_phase("phase1")
+        self.phase1, self.phase2 = self.new_phase("phase1"), self.new_phase("phase2")
+        self._videos: dict[str, list[np.ndarray]] = {}
 
     def run(self) -> keras.Model:
         t, m, d = self.config.train, self.config.model, self.config.data
         self.progress(f"[2/4] building {m.name} (slow pathway {m.backbone}, preset {m.preset}, weights {m.weights})")
         if not m.fast_pathway and t.freeze_backbone and t.cache_features:
-            return self._fit_head_on_frames()
-        fitted = self.phase.resume()
+            model = self._fit_head_on_frames()
+        else:
+            model = self._fit_model_on_clips()
+        if t.finetune_blocks:
+            frozen_norms(model)
+            model = self.finetune(model, self.phase2, len(self.train_records) * d.clips_per_video,
+                                  lambda fitted: self._fit_clips(fitted, t.finetune_epochs, self.phase2,
+                                                                 t.phase2_batch_size))
+        return model
+
+    def _fit_model_on_clips(self) -> keras.Model:
+        t, m = self.config.train, self.config.model
+        fitted = self.phase1.resume()
         if fitted is None:
             fitted = fresh_model(self.config, self.progress)
             if m.backbone != "none":
                 set_backbone_trainable(fitted, 0 if t.freeze_backbone else None)
             fitted = compile_classifier(fitted, t.learning_rate, t.label_smoothing, t.ema_momentum)
-        if not self.phase.state["done"]:
-            videos, val_videos = self._decoded(self.train_records), self._decoded(self.val_records)
-            data = clip_dataset(videos, self.y_train, len(self.labels), d.clip_length, t.batch_size,
-                                d.clips_per_video, self.phase.state["epoch"] + 1, t.epochs, t.seed,
-                                build_augmenter(seed=t.seed, horizontal_flip=False) if t.augment else None)
-            predict = keras_predict_fn(fitted)
-            predict_val = lambda: np.stack([  # noqa: E731
-                predict(model_clips(v, d.clip_length, d.clips_per_video)).mean(axis=0) for v in val_videos])
-            self.progress(f"[3/4] phase1: {len(videos)} train videos x {d.clips_per_video} balanced clips per "
-                          f"epoch, {len(val_videos)} val videos, {parameter_counts(fitted)['trainable']:,} "
-                          "trainable parameters")
-            self.phase.fit(fitted, data, t.epochs, classification_score(predict_val, self.y_val),
-                           steps_per_epoch=-(-len(videos) * d.clips_per_video // t.batch_size))
-        return self.phase.best()
+        if not self.phase1.state["done"]:
+            self._fit_clips(fitted, t.epochs, self.phase1, t.batch_size)
+        return self.phase1.best()
+
+    def _fit_clips(self, fitted: keras.Model, epochs: int, phase: Phase, batch_size: int) -> None:
+        """`phase` of `fitted` on balanced, augmented training clips, validated on whole videos."""
+        t, d = self.config.train, self.config.data
+        videos, val_videos = self.decoded("train"), self.decoded("val")
+        data = clip_dataset(videos, self.y_train, len(self.labels), d.clip_length, batch_size,
+                            d.clips_per_video, phase.state["epoch"] + 1, epochs, t.seed,
+                            build_augmenter(seed=t.seed, horizontal_flip=False) if t.augment else None,
+                            groups=[r.group for r in self.train_records])
+        predict = keras_predict_fn(fitted)
+        predict_val = lambda: np.stack([  # noqa: E731
+            predict(model_clips(v, d.clip_length, d.clips_per_video)).mean(axis=0) for v in val_videos])
+        self.progress(f"[3/4] {phase.name}: {len(videos)} train videos x {d.clips_per_video} clips per epoch "
+                      f"(balanced by class and source), {len(val_videos)} val videos, "
+                      f"{parameter_counts(fitted)['trainable']:,} trainable parameters")
+        phase.fit(fitted, data, epochs, classification_score(predict_val, self.y_val),
+                  steps_per_epoch=-(-len(videos) * d.clips_per_video // batch_size))
 
     def _fit_head_on_frames(self) -> keras.Model:
         """Slow-only on a frozen encoder: each slow frame's features are computed once (the evaluator's evenly
@@ -72,21 +88,21 @@ class VideoSession(TaskSession):
         model = fresh_model(self.config, self.progress)
         set_backbone_trainable(model, 0)
         head = model.get_layer("head")
-        fitted = self.phase.resume() or compile_classifier(head, t.learning_rate, t.label_smoothing, t.ema_momentum)
-        if not self.phase.state["done"]:
+        fitted = self.phase1.resume() or compile_classifier(head, t.learning_rate, t.label_smoothing, t.ema_momentum)
+        if not self.phase1.state["done"]:
             frames = keras.Model(model.input, model.get_layer("unfold_slow").output)
-            with self.phase.timed():
-                x_train, y_train = self._frame_features(frames, self._decoded(self.train_records))
+            with self.phase1.timed():
+                x_train, y_train = self._frame_features(frames, self.decoded("train"))
                 val = [frames.predict(model_clips(v, d.clip_length, d.clips_per_video).astype(np.float32),
-                                      verbose=0) for v in self._decoded(self.val_records)]
+                                      verbose=0) for v in self.decoded("val")]
             clip_means, ends = np.concatenate([x.mean(axis=1) for x in val]), np.cumsum([len(x) for x in val])
             predict_val = lambda: np.stack([p.mean(axis=0) for p in np.split(  # noqa: E731
                 fitted.predict(clip_means, verbose=0, batch_size=256), ends[:-1])])
             self.progress(f"[3/4] phase1: the head on frame features ({len(x_train)} training frames of "
                           f"{len(self.train_records)} videos, {len(val)} val videos)")
-            fit_head_on_features(fitted, self.phase, x_train, y_train,
+            fit_head_on_features(fitted, self.phase1, x_train, y_train,
                                  classification_score(predict_val, self.y_val), t, len(self.labels))
-        head.set_weights(self.phase.best().get_weights())
+        head.set_weights(self.phase1.best().get_weights())
         return model
 
     def _frame_features(self, frames: keras.Model, videos: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -108,8 +124,21 @@ class VideoSession(TaskSession):
                 labels.append(np.full(len(features[-1]), label))
         return np.concatenate(features), np.concatenate(labels)
 
-    def _decoded(self, records: Sequence[Record]) -> list[np.ndarray]:
-        """Every video decoded once at the model's size (uint8), kept in memory for all epochs."""
-        d = self.config.data
-        self.progress(f"      decoding {len(records)} videos")
-        return [read_video(r.source, tuple(d.image_size), d.channels, d.resize) for r in records]
+    def decoded(self, split: str) -> list[np.ndarray]:
+        """The split's videos decoded at the model's size (uint8), once per run: every phase and epoch reuse them."""
+        if split not in self._videos:
+            d = self.config.data
+            records = self.train_records if split == "train" else self.val_records
+            self.progress(f"      decoding {len(records)} {split} videos")
+            self._videos[split] = [read_video(r.source, tuple(d.image_size), d.channels, d.resize) for r in records]
+        return self._videos[split]
+
+
+def frozen_norms(model: keras.Model) -> None:
+    """Freeze every BatchNormalization, nested heads' included, before fine-tuning on a few videos' clips: batch
+    statistics of 8 clips from a handful of sources would replace the statistics phase 1 settled."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            frozen_norms(layer)
+        elif isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
