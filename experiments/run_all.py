@@ -23,7 +23,7 @@ EXPERIMENTS = {
     "efficientnet_attention": ["fpc_efficientnet_attention.py"],
     "frozen_features": ["abdominal_frozen_features.py"],
     "fetalnet": ["fetalnet_multitask.py", "--ship", "tflite/models/hc18_fetalnet"],
-    "slowfast": ["echo_slowfast.py", "--ship", "tflite/models/pocus_slowfast"],
+    "slowfast": ["video_classification.py", "--ship", "tflite/models/pocus_slowfast"],
     "benchmark_edge": ["benchmark_edge.py", "--model", "runs/fpc_abdominal_efficientnet_lite0_mhsa"],
     "benchmark_pipeline": ["benchmark_pipeline.py"],
 }

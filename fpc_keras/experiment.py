@@ -19,7 +19,7 @@ from .cv import run_folds as run_folds_of  # noqa: E402
 from .data.sources import SHARED_DATA  # noqa: E402,F401  (the experiment scripts' default data)
 from .errors import BadInputError  # noqa: E402
 from .io import atomic_write_json, atomic_write_text, read_json  # noqa: E402
-from .metrics import metrics_from_confusion  # noqa: E402
+from .metrics import metrics_from_confusion, per_class  # noqa: E402
 from .training import train  # noqa: E402
 
 Progress = Callable[[str], None]
@@ -101,12 +101,17 @@ def run_folds(name: str, overrides: Sequence[str], folds: int, progress: Progres
         raise BadInputError(f"the folds of {name} hold different classes: {[c['labels'] for c in confusions]}",
                             "use fewer folds, so that every class appears in every fold")
     n = sum(r["n_test"] for r in rows)
-    test = metrics_from_confusion(np.sum([c["matrix"] for c in confusions], axis=0))
+    matrix = np.sum([c["matrix"] for c in confusions], axis=0)
+    test = metrics_from_confusion(matrix)
     test["top2"] = {"value": sum(r["test"]["top2"]["value"] * r["n_test"] for r in rows) / n, "ci95": [nan, nan]}
     return {**rows[0], "run": name, "folder": str(Path(rows[0]["folder"]).parent), "n_test": n, "folds": folds,
             "val_macro_f1": float(np.mean([r["val_macro_f1"] for r in rows])),
             "val_log_loss": float(np.mean([r["val_log_loss"] for r in rows])), "test": test,
-            "train_seconds": sum(r["train_seconds"] for r in rows), "config": list(overrides)}
+            "train_seconds": sum(r["train_seconds"] for r in rows), "config": list(overrides),
+            "confusion": {"labels": confusions[0]["labels"], "matrix": matrix.tolist()},
+            "recall": {k: v["recall"] for k, v in per_class(matrix, confusions[0]["labels"]).items()},
+            "right_per_fold": [int(np.trace(c["matrix"])) for c in confusions],
+            "n_per_fold": [r["n_test"] for r in rows]}
 
 
 def choose(rows: Sequence[dict]) -> dict:
@@ -132,10 +137,25 @@ def write_tables(folder: str | Path, experiment: str, tables: dict) -> Path:
     """`tables`: name -> {"rows": [...], "chosen": run name, ...}; JSON for the report, markdown for people."""
     folder = Path(folder)
     atomic_write_json(folder / f"{experiment}.json", tables)
-    text = "".join(f"## {name}\n\n{markdown_table(t['rows'], t.get('chosen'))}\n" for name, t in tables.items()
-                   if t.get("rows"))
+    text = "".join(f"## {name}\n\n{markdown_table(t['rows'], t.get('chosen'))}\n{pooled_details(t['rows'])}"
+                   for name, t in tables.items() if t.get("rows"))
     atomic_write_text(folder / f"{experiment}.md", text)
     return folder / f"{experiment}.md"
+
+
+def pooled_details(rows: Sequence[dict]) -> str:
+    """Under a table of cross-validated rows: each row's pooled recall per class, confusion matrix (rows true,
+    columns predicted) and items right per fold."""
+    lines = []
+    for r in rows:
+        if "recall" not in r:
+            continue
+        labels = r["confusion"]["labels"]
+        recall = ", ".join(f"{label} {r['recall'][label]:.3f}" for label in labels)
+        folds = ", ".join(f"{right}/{n}" for right, n in zip(r["right_per_fold"], r["n_per_fold"]))
+        lines.append(f"- {r['run']}: recall {recall}; confusion (rows true {' / '.join(labels)}): "
+                     f"{r['confusion']['matrix']}; right per fold {folds}")
+    return "\n".join(lines) + "\n\n" if lines else ""
 
 
 def segmentation_table(rows: Sequence[dict]) -> str:

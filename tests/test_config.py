@@ -35,6 +35,7 @@ def test_saved_config_loads_back(tmp_path):
     (["data.val_fraction=1.5"], "fraction in [0, 1)"),
     (["train.epochs"], "has no '='"),
     (["export.quant=[fp32, int4]"], "export.quant is 'int4'"),
+    (["data.duplicates=off"], "quote the word, e.g. data.duplicates='off'"),
 ])
 def test_bad_configs_name_the_key_and_fix(override, words):
     with pytest.raises(BadInputError) as info:

@@ -138,7 +138,7 @@ def test_every_recipe_file_loads_and_every_script_runs_recipe_files():
         spec.loader.exec_module(module)
         return module
 
-    frozen, slowfast, attention = (script(n) for n in ("abdominal_frozen_features", "echo_slowfast",
+    frozen, slowfast, attention = (script(n) for n in ("abdominal_frozen_features", "video_classification",
                                                        "fpc_efficientnet_attention"))
     assert all((frozen.RECIPES / f"{head}.yaml").is_file() for head in frozen.HEADS)
     assert all((slowfast.RECIPES / f"{slow}.yaml").is_file() for slow in slowfast.SLOW_PATHWAYS)

@@ -1,5 +1,7 @@
 """SlowFast (models/slowfast.py): pathways, lateral connections, presets, the ImageNet frame-encoder slow pathway,
 and Keras-versus-TFLite parity (float: TFLite has no int8 CONV_3D)."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -343,3 +345,138 @@ def test_int8_export_of_the_3d_slowfast_names_its_float_conv3d_ops():
     described = precision_fields("int8", convert(model, "int8", _clip(2)))
     conv3d = [op for op in described["float_ops"] if op.startswith("CONV_3D ")]
     assert described["precision"] == "int8+float" and conv3d, described
+
+
+def _echo_cines(shared_data, root, views=("a4c", "plax", "psax-av"), patients: int = 4):
+    """Short cine loops made from the real echocardiography frames (one per view): each patient's loop is its view's
+    frame shifted by a patient-specific offset and pulsing in zoom, as a beating heart does; a CSV lists them with
+    their view and patient id, and with a second loop per patient so that patients must stay on one side."""
+    import csv
+
+    from PIL import Image
+
+    from test_video import write_gif
+
+    root.mkdir(parents=True)
+    rows = []
+    for view in views:
+        base = np.asarray(Image.open(shared_data / "echo_views" / f"{view}.png").convert("RGB").resize((48, 48)))
+        for patient in range(patients):
+            for loop in range(2):
+                frames = []
+                for t in range(8):
+                    zoom = 1 + 0.06 * np.sin(2 * np.pi * t / 8 + loop)
+                    size = int(48 * zoom)
+                    frame = np.asarray(Image.fromarray(base).resize((size, size)))
+                    top = (size - 40) // 2 + patient - 2
+                    frames.append(frame[max(top, 0):max(top, 0) + 40, max(top, 0):max(top, 0) + 40])
+                name = f"{view}_p{patient}_loop{loop}.gif"
+                write_gif(root / name, np.stack(frames))
+                rows.append({"path": name, "label": view, "patient_id": f"{view}-{patient}"})
+    with open(root / "labels.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["path", "label", "patient_id"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return root / "labels.csv"
+
+
+@pytest.mark.realdata
+def test_echo_view_videos_listed_in_a_csv_run_through_the_video_script(shared_data, tmp_path):
+    """The echo path of experiments/video_classification.py: view videos listed in a CSV with patient ids
+    (`videos:labels.csv`), made from real echo frames; patients never straddle splits, and the run trains,
+    evaluates whole test videos and reports them in the ablation table."""
+    import argparse
+    import csv
+    import importlib.util
+
+    from conftest import REPO
+
+    labels = _echo_cines(shared_data, tmp_path / "echo")
+    spec = importlib.util.spec_from_file_location("video_classification",
+                                                  REPO / "experiments" / "video_classification.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    args = argparse.Namespace(folds=0, runs=str(tmp_path / "runs"), slow=["scratch"], set=[
+        "data.image_size=[32, 32]", "data.clip_length=4", "data.clips_per_video=2", "model.alpha=2",
+        "train.epochs=1", "train.batch_size=4", "export.latency_runs=2"])
+    table = script.run_dataset("echo", f"videos:{labels}", args)
+    row = table["rows"][0]
+    assert table["chosen"] == "sf_echo_scratch" and row["n_test"] >= 3
+    assert set(row["test"]) == {"top1", "top2", "macro_f1"}
+    with open(Path(row["folder"]) / "splits.csv") as f:
+        splits = list(csv.DictReader(f))
+    assert len(splits) == 24
+    sides = {}
+    for r in splits:
+        sides.setdefault(Path(r["source"]).name.rsplit("_loop", 1)[0], set()).add(r["split"])
+    assert all(len(s) == 1 for s in sides.values()), sides
+
+
+def test_a_csv_of_videos_must_list_videos(tmp_path):
+    from fpc_keras.data.datasets import read_dataset
+
+    (tmp_path / "a.png").write_bytes(b"not read")
+    (tmp_path / "labels.csv").write_text("path,label,patient\na.png,a4c,p1\n")
+    with pytest.raises(BadInputError, match=r"not videos, e.g. .*a\.png"):
+        read_dataset("videos", tmp_path / "labels.csv")
+
+
+def test_a_cross_validated_video_fold_pools_per_video_predictions_of_float_and_int8(tmp_path):
+    """`cv.classification.quantisation_fold` on a video classifier's fold (what `benchmark_edge.py --folds` pools):
+    one item per test video, the float model's classes those of its own evaluation, and the int8 export's beside."""
+    from fpc_keras.cli import main
+    from fpc_keras.cv.classification import pooled_quantisation, quantisation_fold
+    from fpc_keras.io import read_json
+
+    data = _video_folder(tmp_path / "videos")
+    config = tmp_path / "empty.yaml"
+    config.write_text("{}\n")
+    values = [f"runs_dir={tmp_path / 'runs'}", "name=fold", "data.kind=videos", f"data.path={data}",
+              "data.image_size=[32, 32]", "data.clip_length=4", "data.clips_per_video=2", "data.folds=3",
+              "data.fold=1", "model.name=slowfast", "model.backbone=efficientnet_lite0", "model.fast_pathway=false",
+              "model.alpha=2", "model.weights=imagenet", "train.epochs=2", "train.batch_size=8",
+              "export.latency_runs=2", "export.representative_samples=4"]
+    assert main(["train", "--config", str(config), *[a for v in values for a in ("--set", v)]]) == 0
+    run = tmp_path / "runs" / "fold"
+    assert main(["export", "--model", str(run), "--quant", "int8"]) == 0
+    record = quantisation_fold(run, 1, 3, ["int8"])
+    results = read_json(run / "results.json")
+    assert len(record["items"]) == results["n"] == 4 and all(i["file"].endswith(".gif") for i in record["items"])
+    labels = results["metrics"]["confusion"]["labels"]
+    right = sum(item["float"] == item["label"] for item in record["items"])
+    assert right == np.trace(results["metrics"]["confusion"]["matrix"])
+    assert all(item["int8"] in labels and item["float"] in labels for item in record["items"])
+    assert pooled_quantisation([record])["n"] == 4
+
+
+def test_slowfast_starts_from_its_own_folds_fine_tuned_encoder_and_refuses_another_split(tmp_path):
+    """`train.init_from: RUNS/NAME{cv}`: fold i of a SlowFast CV takes its slow pathway from fold i's run of the
+    frame model (encoder layers copied by name); a run of the same data split otherwise is refused, since its
+    training videos may be this run's test videos."""
+    from fpc_keras.cli import main
+    from fpc_keras.training.session import fresh_model
+
+    data = _video_folder(tmp_path / "videos")
+    config = tmp_path / "empty.yaml"
+    config.write_text("{}\n")
+    shared = [f"runs_dir={tmp_path / 'runs'}", "data.kind=videos", f"data.path={data}", "data.image_size=[32, 32]",
+              "data.clip_length=4", "data.clips_per_video=2", "data.folds=3", "data.duplicates='off'",
+              "model.name=slowfast",
+              "model.backbone=efficientnet_lite0", "model.alpha=2", "model.weights=imagenet"]
+    frame_run = [*shared, "name=frames_cv3_fold1", "data.fold=1", "model.fast_pathway=false", "train.epochs=1",
+                 "train.batch_size=8", "export.latency_runs=2"]
+    assert main(["train", "--config", str(config), *[a for v in frame_run for a in ("--set", v)]]) == 0
+    source = tmp_path / "runs" / "frames_cv3_fold1"
+    import keras
+
+    encoder = keras.saving.load_model(source / "model.keras").get_layer("top_conv").get_weights()[0]
+    messages = []
+    slowfast = load_config(None, [*shared, "data.fold=1", f"train.init_from={tmp_path / 'runs' / 'frames{cv}'}"])
+    slowfast.model.num_classes = 3
+    model = fresh_model(slowfast, messages.append)
+    np.testing.assert_array_equal(model.get_layer("top_conv").get_weights()[0], encoder)
+    assert f"warm start from {source / 'model.keras'}" in messages[0]
+    other = load_config(None, [*shared, "data.fold=2", f"train.init_from={source}"])
+    other.model.num_classes = 3
+    with pytest.raises(BadInputError, match="was split by"):
+        fresh_model(other, print)

@@ -207,7 +207,7 @@ def _csv_rows(path):
 
 
 def test_cross_validation_tests_every_item_once_and_chooses_on_mean_validation(folder_dataset, tmp_path):
-    from fpc_keras.experiment import run_folds
+    from fpc_keras.experiment import pooled_details, run_folds
 
     row = run_folds("cv", tiny_overrides(folder_dataset, tmp_path / "runs", **{"train.epochs": "1"}), folds=3,
                     progress=lambda _: None)
@@ -218,6 +218,12 @@ def test_cross_validation_tests_every_item_once_and_chooses_on_mean_validation(f
     scores = [read_json(tmp_path / "runs" / f"cv_fold{i}" / "model_card.json")["training"]["phases"]["phase1"]
               ["best_score"] for i in range(3)]
     assert row["val_macro_f1"] == pytest.approx(np.mean(scores))
+    assert row["confusion"]["matrix"] == matrix.tolist() and row["n_per_fold"] == [f["n"] for f in folds]
+    labels = row["confusion"]["labels"]
+    assert [row["recall"][k] for k in labels] == pytest.approx(list(np.diag(matrix) / matrix.sum(axis=1)))
+
+    rights = [f"{int(np.trace(f['metrics']['confusion']['matrix']))}/{f['n']}" for f in folds]
+    assert f"right per fold {', '.join(rights)}" in pooled_details([row])
 
 
 def test_averaged_weights_swap_in_the_moving_average_and_back():

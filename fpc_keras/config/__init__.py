@@ -82,6 +82,9 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         return value
     if hint is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
         return str(value)
+    if hint is str and isinstance(value, bool):
+        raise BadInputError(f"{key} must be a word, got {value!r}",
+                            f"YAML reads off / no / on / yes as false / true: quote the word, e.g. {key}='off'")
     raise BadInputError(f"{key} must be {getattr(hint, '__name__', hint)}, got {value!r}", f"fix the value of {key}")
 
 

@@ -79,7 +79,7 @@ class TrainConfig:
     early_stopping_patience: int = 5
     # Warm start: a run folder or .keras file whose layers (same name and shape) initialise the model, e.g. the
     # same network trained at a smaller input size (progressive resizing). Empty: start from `model.weights`.
-    # `{fold}` is replaced by data.fold (cross-validation: each fold from its own fold's run).
+    # `{cv}` becomes `_cv<K>_fold<i>` in fold i of a K-fold CV (each fold from its own fold's run), else nothing.
     init_from: str = ""
     # Final fit: a finished run (its folder or model card) whose validation split chose the epochs and the
     # post-processing; this run trains on its train + validation items for those epochs, keeps the last epoch and

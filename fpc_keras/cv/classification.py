@@ -1,4 +1,4 @@
-"""Cross-validated classifiers: each fold's per-image predictions of the float model, of its exports and of its
+"""Cross-validated classifiers (of images or whole videos): each fold's per-item predictions of the float model, of its exports and of its
 flip-TTA twin, pooled over the folds with paired changes against float (what quantisation or TTA costs or gains,
 image by image)."""
 from __future__ import annotations
@@ -20,12 +20,15 @@ def quantisation_fold(run_dir: str | Path, fold: int, folds: int, variants: Sequ
     (`exports/choice.json`). Predicted afresh from the model files, so a stale card cannot leak in. `flip`: also
     the float model with flip TTA in its graph (`models.tta`), as the `flip` variant."""
     from ..evaluate import class_probabilities, load_predictor
+    from ..evaluate.video import video_probabilities
     from ..export import train_records
 
     run_dir = Path(run_dir)
     card = read_json(run_dir / "model_card.json")
-    if task_of_card(card).name != "classification":
-        raise BadInputError(f"{run_dir} is a {card['task']} model", "pool quantisation folds of image classifiers")
+    probabilities = {"classification": class_probabilities, "video": video_probabilities}.get(task_of_card(card).name)
+    if probabilities is None:
+        raise BadInputError(f"{run_dir} is a {card['task']} model",
+                            "pool quantisation folds of image or video classifiers")
     records = [r for r in train_records(run_dir) if r.split == "test"]
     if not records:
         raise BadInputError(f"{run_dir} has no test split", "cross-validate with data.folds >= 2")
@@ -39,7 +42,7 @@ def quantisation_fold(run_dir: str | Path, fold: int, folds: int, variants: Sequ
     if flip:
         predictors["flip"] = _flip_predictor(predictors["float"], run_dir / "model.keras")
     labels = card["labels"]
-    predicted = {name: class_probabilities(predictor, records).argmax(axis=1) for name, predictor in predictors.items()}
+    predicted = {name: probabilities(predictor, records).argmax(axis=1) for name, predictor in predictors.items()}
     choice = run_dir / "exports" / "choice.json"
     return {"run": run_dir.name, "fold": fold, "folds": folds,
             "chosen": read_json(choice)["chosen"] if choice.is_file() else None,
@@ -102,8 +105,8 @@ def pooled_quantisation_table(pooled: dict) -> str:
     def f1(entry: dict, key: str) -> str:  # stores pooled before macro-F1 was pooled have none
         return cell(entry[key], 100) if key in entry else "-"
 
-    lines = [f"| model ({len(pooled['folds_done'])} of {pooled['folds']} folds, {pooled['n']} test images) "
-             "| top-1 % [95 % CI] | macro-F1 % [95 % CI] | change vs float, points [95 % CI] | lost / gained images "
+    lines = [f"| model ({len(pooled['folds_done'])} of {pooled['folds']} folds, {pooled['n']} test items) "
+             "| top-1 % [95 % CI] | macro-F1 % [95 % CI] | change vs float, points [95 % CI] | lost / gained items "
              "| agreement with float |", "|---|---|---|---|---|---|",
              f"| float (Keras) | {cell(pooled['float'], 100)} | {f1(pooled, 'float_macro_f1')} | - | - | - |"]
     for name, v in pooled["variants"].items():

@@ -20,7 +20,8 @@ KINDS = {
     "prefix": "class = file-name prefix before the first '-' or '_' (case-insensitive, aliases allowed)",
     "csv": "a CSV listing path,label[,group][,split] (group = study/patient id; paths relative to the CSV)",
     "hc18": "HC18 layout: training_set/ + training_set_pixel_size_and_HC.csv",
-    "videos": "video files, class by sub-folder (one per class) or else by file-name prefix",
+    "videos": "video files, class by sub-folder (one per class) or else by file-name prefix; or a CSV of them "
+              "(path,label[,group][,split], group = patient / source)",
 }
 
 
@@ -51,7 +52,15 @@ def read_dataset(kind: str, path: str | Path, aliases: dict[str, str] | None = N
 
 
 def _read_videos(root: Path, aliases: dict[str, str] | None) -> list[Record]:
-    """Class folders where the top-level sub-folders name classes with prefix-less files, else prefixes."""
+    """A CSV of videos (labels and patient / source ids), else class folders where the top-level sub-folders name
+    classes with prefix-less files, else file-name prefixes."""
+    if root.suffix.lower() == ".csv":
+        records = read_csv_dataset(root)
+        odd = [r.source for r in records if not r.source.lower().endswith(VIDEO_EXTENSIONS)]
+        if odd:
+            raise BadInputError(f"{root} lists {len(odd)} file(s) that are not videos, e.g. {odd[0]}",
+                                f"list video files ({', '.join(VIDEO_EXTENSIONS)}), or use csv:{root} for images")
+        return records
     try:
         return read_prefix(root, VIDEO_EXTENSIONS, group_rule="stem", aliases=aliases)
     except BadInputError:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -18,12 +18,40 @@ def video_metrics(predictor: Predictor, records: Sequence[Record], on_bad_input:
                   progress: Callable[[str], None]) -> Measured:
     """Mean of the softmax outputs over evenly spaced clips (clip models) or frames (frame models)."""
     check_labels(records, predictor.labels)
-    pre = predictor.card["preprocessing"]
-    clip_length = int(pre.get("clip_length", 1))
-    clips = int(pre.get("clips_per_video", 4))
-    spec = predictor.image_spec()
-    probs, y_true, skipped, decode_ms, infer_ms = [], [], {}, [], []
     index = {label: i for i, label in enumerate(predictor.labels)}
+    probs, y_true, skipped, decode_ms, infer_ms = [], [], {}, [], []
+    for record, scored in _scored(predictor, records, on_bad_input, progress):
+        if isinstance(scored, str):
+            skipped[record.source] = scored
+            continue
+        probs.append(scored[0])
+        decode_ms.append(scored[1])
+        infer_ms.append(scored[2])
+        y_true.append(index[record.label])
+    if not probs:
+        raise BadInputError("no readable video to evaluate", "check the data; every file was skipped")
+    metrics = classification_metrics(np.array(y_true), np.stack(probs), predictor.labels)
+    metrics["video_top1"] = metrics["top1"]
+    metrics["latency_ms"] = _video_latency(decode_ms, infer_ms, _clips(predictor)[1])
+    return Measured(metrics, len(y_true), skipped)
+
+
+def video_probabilities(predictor: Predictor, records: Sequence[Record]) -> np.ndarray:
+    """A video classifier's probabilities for every record (every video must decode), in the records' order."""
+    return np.stack([scored[0] for _, scored in _scored(predictor, records, "error", lambda message: None)])
+
+
+def _clips(predictor: Predictor) -> tuple[int, int]:
+    pre = predictor.card["preprocessing"]
+    return int(pre.get("clip_length", 1)), int(pre.get("clips_per_video", 4))
+
+
+def _scored(predictor: Predictor, records: Sequence[Record], on_bad_input: str,
+            progress: Callable[[str], None]) -> Iterator[tuple[Record, tuple[np.ndarray, float, float] | str]]:
+    """Each record with (mean probabilities of its clips, decoding ms, inference ms), or, where it will not decode
+    and `on_bad_input` is skip, the reason."""
+    clip_length, clips = _clips(predictor)
+    spec = predictor.image_spec()
     for n, record in enumerate(records, start=1):
         start = time.perf_counter()
         try:
@@ -31,21 +59,13 @@ def video_metrics(predictor: Predictor, records: Sequence[Record], on_bad_input:
         except BadInputError as exc:
             if on_bad_input != "skip":
                 raise
-            skipped[record.source] = exc.what
+            yield record, exc.what
             continue
         decoded = time.perf_counter()
-        probs.append(predictor.predict(model_clips(frames, clip_length, clips)).mean(axis=0))
-        decode_ms.append(1000 * (decoded - start))
-        infer_ms.append(1000 * (time.perf_counter() - decoded))
-        y_true.append(index[record.label])
+        probs = predictor.predict(model_clips(frames, clip_length, clips)).mean(axis=0)
+        yield record, (probs, 1000 * (decoded - start), 1000 * (time.perf_counter() - decoded))
         if n % 10 == 0:
             progress(f"  videos: {n}/{len(records)}")
-    if not probs:
-        raise BadInputError("no readable video to evaluate", "check the data; every file was skipped")
-    metrics = classification_metrics(np.array(y_true), np.stack(probs), predictor.labels)
-    metrics["video_top1"] = metrics["top1"]
-    metrics["latency_ms"] = _video_latency(decode_ms, infer_ms, clips)
-    return Measured(metrics, len(y_true), skipped)
 
 
 def _video_latency(decode_ms: list[float], infer_ms: list[float], clips: int) -> dict:

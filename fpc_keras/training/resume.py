@@ -1,5 +1,5 @@
 """What lets a run continue or build on another: the recipe a run folder may resume under, the split rule a card
-records, and a final fit's source run (its epochs per phase, its test split kept apart)."""
+records, a final fit's source run (its epochs per phase, its test split kept apart) and a warm start's source."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -8,6 +8,7 @@ from pathlib import Path
 from ..config import RunConfig, config_to_dict, load_config, model_section_dict
 from ..data.duplicates import RULE_BEFORE_DUPLICATES
 from ..data.records import Record
+from ..data.sources import data_source
 from ..errors import BadInputError
 from ..io import read_json
 
@@ -64,12 +65,32 @@ def read_refit_source(config: RunConfig) -> dict:
     if "phase1" not in training.get("phases", {}) or "postprocessing" not in card:
         raise BadInputError(f"train.refit_from: {path} records no training phases or post-processing",
                             "give the card of a segmentation run that finished training and its validation choice")
-    if {**RULE_BEFORE_DUPLICATES, **training.get("split_rule", {})} != split_rule(config):
-        raise BadInputError(f"train.refit_from: {path} was split by {training.get('split_rule')}, this run by "
-                            f"{split_rule(config)}",
+    check_split_as(config, card, f"train.refit_from: {path}")
+    return card
+
+
+def check_split_as(config: RunConfig, card: dict, what: str) -> None:
+    """Refuse to build on a run (`card`) that split the data by another rule: its training items may be this run's
+    test items."""
+    recorded = card.get("training", {}).get("split_rule", {})
+    if {**RULE_BEFORE_DUPLICATES, **recorded} != split_rule(config):
+        raise BadInputError(f"{what} was split by {recorded}, this run by {split_rule(config)}",
                             "use the source run's data.val_fraction, data.test_fraction, data.folds, data.fold and "
                             "train.seed, so that its test split stays apart")
-    return card
+
+
+def init_source(config: RunConfig) -> Path:
+    """`train.init_from` with `{cv}` replaced by this fold's run-name suffix (`_cv<K>_fold<i>`; nothing outside
+    cross-validation), checked, where it is a run of the same data, to have been split as this run is: a model
+    warm-started from a run that trained on this run's test items would be measured on what it saw."""
+    d = config.data
+    path = Path(config.train.init_from.replace("{cv}", f"_cv{d.folds}_fold{d.fold}" if d.folds else ""))
+    card_file = path / "model_card.json" if path.is_dir() else path.parent / "model_card.json"
+    if card_file.is_file():
+        card = read_json(card_file)
+        if card.get("training", {}).get("data") == data_source(f"{d.kind}:{d.path}")["path"]:
+            check_split_as(config, card, f"train.init_from: {path}")
+    return path
 
 
 def final_fit_epochs(card: dict) -> dict[str, int]:

@@ -19,6 +19,7 @@ from ..models import build_model
 from ..models.backbones import set_backbone_trainable
 from .averaging import compile_classifier, finetune_rate
 from .phase import Phase, Progress, Validate, phase_summary
+from .resume import init_source
 
 
 class TaskSession:
@@ -71,11 +72,11 @@ class TaskSession:
 
 
 def fresh_model(config: RunConfig, progress: Progress) -> keras.Model:
-    """The configured model, warm-started from `train.init_from` when one is given (`{fold}` in it is replaced by
-    `data.fold`: in cross-validation each fold starts from its own fold's run)."""
+    """The configured model, warm-started from `train.init_from` when one is given (`resume.init_source`: in
+    cross-validation each fold starts from its own fold's run)."""
     model = build_model(config)
     if config.train.init_from:
-        warm_start(model, config.train.init_from.replace("{fold}", str(config.data.fold)), progress)
+        warm_start(model, init_source(config), progress)
     return model
 
 

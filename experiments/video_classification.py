@@ -1,18 +1,20 @@
-"""TTESlowFast (Cheng et al. 2025) reproduced: video-level view classification with SlowFast, class-balanced clip
-sampling and clip-consistent video augmentation.
+"""Video-level classification with SlowFast (TTESlowFast, Cheng et al. 2025): class- and source-balanced clip
+sampling, clip-consistent video augmentation, an ImageNet frame encoder (frozen, or fine-tuned on the training
+videos' clips) as the slow pathway.
 
-Protocol: videos split by source group (no group in two splits); per epoch every class is equally likely among the
-clips drawn (each a random stretch at a random speed, augmented as a whole); an ablation of the slow pathway
-(an ImageNet EfficientNet-Lite0 frame encoder against a 3-D ResNet from scratch: what the initialisation is worth;
-and the paper's Slow-only, a frozen encoder without a fast pathway, EfficientNet-Lite0 or VGG16 at three depths, its
-linear head fitted on cached frame features) is chosen on validation macro-F1 over whole videos; the test videos
-are used once. The chosen model is exported to TFLite (fp32, fp16; int8 is attempted and its outcome recorded:
-TFLite has no int8 CONV_3D, Slow-only has none).
+Default data: the POCUS lung videos of ../shared/data/POCUS_videos (COVID-19 / bacterial pneumonia / healthy /
+viral pneumonia, by file-name prefix; not echocardiography). The paper's echo view videos run the same way, in
+class folders or listed in a CSV (path, label, patient id): `--data echo=videos:/data/echo/labels.csv`.
 
-    python experiments/echo_slowfast.py                                    # ../shared/data/POCUS_videos
-    python experiments/echo_slowfast.py --ship tflite/models/pocus_slowfast --ship-quant int8
-    python experiments/echo_slowfast.py --slow vgg16_slow_only --folds 5      # group 5-fold cross-validation
-    python experiments/echo_slowfast.py --data echo=videos:/data/echo_views_cine --set data.clip_length=32
+Protocol: videos split by source group (no group in two splits; `--folds K`: grouped K-fold CV, the selection and
+reporting protocol); the slow pathways compared (recipe files in experiments/configs/paper4/) are chosen on
+validation macro-F1 over whole videos; test videos are used once. The chosen model is exported to TFLite (fp32,
+fp16; int8 attempted and its outcome recorded: TFLite has no int8 CONV_3D, Slow-only has none).
+
+    python experiments/video_classification.py                                # ../shared/data/POCUS_videos
+    python experiments/video_classification.py --slow lite0_finetune --folds 5  # grouped 5-fold CV by source
+    python experiments/video_classification.py --ship tflite/models/pocus_slowfast --ship-quant int8
+    python experiments/video_classification.py --data echo=videos:/data/echo_views/labels.csv --set data.clip_length=32
 """
 from __future__ import annotations
 
@@ -27,7 +29,8 @@ from fpc_keras.export import export_run, ship
 DATASETS = {"pocus": f"videos:{SHARED_DATA / 'POCUS_videos'}"}
 # The slow pathways compared, each a recipe file (an overlay of paper4/base.yaml): `fpc-keras train --config FILE`.
 RECIPES = Path(__file__).resolve().parent / "configs" / "paper4"
-SLOW_PATHWAYS = ("lite0_imagenet", "scratch", "lite0_slow_only", "vgg16_slow_only", "lite0_finetune")
+SLOW_PATHWAYS = ("lite0_imagenet", "scratch", "lite0_slow_only", "vgg16_slow_only", "lite0_finetune",
+                 "lite0_finetune_slowfast")  # the last starts from lite0_finetune's run on the same split
 VARIANTS = ("fp32", "fp16")
 
 
@@ -63,7 +66,7 @@ def main() -> None:
     if args.folds and args.ship:
         parser.error("--ship takes a model trained on one split: run without --folds to ship")
     tables = {name: run_dataset(name, spec, args) for name, spec in chosen_datasets(args, DATASETS).items()}
-    table_name = "echo_slowfast" + (f"_cv{args.folds}" if args.folds else "")
+    table_name = "video_classification" + (f"_cv{args.folds}" if args.folds else "")
     print(f"\nablation table: {write_tables(Path(args.runs) / '_tables', table_name, tables)}")
     print_chosen(tables)
     if args.folds:
