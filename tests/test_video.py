@@ -120,3 +120,22 @@ def test_training_clips_jitter_in_time_and_speed():
     assert len(short) == 16 and short.max() == 4  # a short video repeats its last frame
     np.testing.assert_array_equal(sample_clip(100, 16, np.random.default_rng(3)),
                                   sample_clip(100, 16, np.random.default_rng(3)))
+
+
+def test_cached_video_decodes_once_and_redecodes_a_changed_file(tmp_path, monkeypatch):
+    from fpc_keras.data import video
+
+    path = tmp_path / "clip.gif"
+    write_gif(path, _frames())
+    calls = []
+    real = video.read_video
+    monkeypatch.setattr(video, "read_video", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    first = video.cached_video(str(path), (16, 16), 3, "pad", tmp_path / "cache")
+    again = video.cached_video(str(path), (16, 16), 3, "pad", tmp_path / "cache")
+    np.testing.assert_array_equal(first, again)
+    assert first.shape == (12, 16, 16, 3) and len(calls) == 1 and len(list((tmp_path / "cache").glob("*.npy"))) == 1
+    video.cached_video(str(path), (24, 24), 3, "pad", tmp_path / "cache")  # another size: decoded anew
+    write_gif(path, _frames(n=5))
+    assert len(video.cached_video(str(path), (16, 16), 3, "pad", tmp_path / "cache")) == 5 and len(calls) == 3
+    with pytest.raises(BadInputError, match="not found"):
+        video.cached_video(str(tmp_path / "gone.mp4"), (16, 16), 3, "pad", tmp_path / "cache")

@@ -1,5 +1,6 @@
-"""Video decoding (mp4/avi/mov/mpeg/gif through imageio + its bundled ffmpeg, DICOM cine through pydicom) and
-fixed-length clip sampling. Frames are resized while decoding, so a long cine never sits in memory at full size.
+"""Video decoding (mp4/avi/mov/mpeg/gif through imageio + its bundled ffmpeg, DICOM cine through pydicom), a disk
+cache of decoded frames for training, and fixed-length clip sampling. Frames are resized while decoding, so a long
+cine never sits in memory at full size.
 """
 from __future__ import annotations
 
@@ -38,6 +39,26 @@ def read_video(source: str, size: tuple[int, int], channels: int = 3, mode: str 
     if not out:
         raise BadInputError(f"{source} has no frames", DECODE_HINT)
     return np.stack(out)
+
+
+def cached_video(source: str, size: tuple[int, int], channels: int, mode: str, cache_dir: Path) -> np.ndarray:
+    """`read_video` through a cache of decoded, resized frames (`.npy`, one per video and size, keyed by the file's
+    path, size and modification time): the folds and recipes of a cross-validation decode each video once."""
+    import hashlib
+
+    from ..io import atomic_path
+
+    stat = Path(source).stat() if Path(source).is_file() else None
+    if stat is None:
+        return read_video(source, size, channels, mode)  # names the missing file
+    key = f"{Path(source).resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{tuple(size)}|{channels}|{mode}"
+    path = Path(cache_dir) / f"{hashlib.sha1(key.encode()).hexdigest()}.npy"
+    if path.is_file():
+        return np.load(path)
+    frames = read_video(source, size, channels, mode)
+    with atomic_path(path, suffix=".npy") as tmp:
+        np.save(tmp, frames)
+    return frames
 
 
 def _imageio_frames(path: Path):

@@ -2,6 +2,7 @@
 features; selection on whole validation videos."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import keras
@@ -12,7 +13,7 @@ from ..config import RunConfig
 from ..data.augment import build_augmenter
 from ..data.pipeline import clip_dataset, label_ids
 from ..data.records import Record
-from ..data.video import model_clips, read_video, sample_clip
+from ..data.video import cached_video, model_clips, sample_clip
 from ..evaluate import keras_predict_fn
 from ..models import parameter_counts
 from ..models.backbones import set_backbone_trainable
@@ -125,12 +126,15 @@ class VideoSession(TaskSession):
         return np.concatenate(features), np.concatenate(labels)
 
     def decoded(self, split: str) -> list[np.ndarray]:
-        """The split's videos decoded at the model's size (uint8), once per run: every phase and epoch reuse them."""
+        """The split's videos decoded at the model's size (uint8), once per run (and once for all runs, through
+        RUNS/_frame_cache): every phase and epoch reuse them."""
         if split not in self._videos:
             d = self.config.data
             records = self.train_records if split == "train" else self.val_records
             self.progress(f"      decoding {len(records)} {split} videos")
-            self._videos[split] = [read_video(r.source, tuple(d.image_size), d.channels, d.resize) for r in records]
+            cache = Path(self.config.runs_dir) / "_frame_cache"
+            self._videos[split] = [cached_video(r.source, tuple(d.image_size), d.channels, d.resize, cache)
+                                   for r in records]
         return self._videos[split]
 
 
