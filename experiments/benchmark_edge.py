@@ -47,7 +47,8 @@ def main() -> None:
                         "of the classifier --config trains, over K folds (no latency)")
     parser.add_argument("--config", nargs="+", help="with --folds: the run config to cross-validate (e.g. a run's "
                         "config.yaml); several: their ensemble")
-    parser.add_argument("--name", help="with several --config: the ensemble's name (default: ens_ + the recipes' names)")
+    parser.add_argument("--name", help="with --folds: the CV's name (default: the recipe's; an ensemble's: its "
+                        "recipes' names joined by __)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="with --folds: overrides")
     parser.add_argument("--cv-store", default="reports/cv", metavar="DIR",
                         help="with --folds: where finished folds' predictions are kept and pooled from")
@@ -70,7 +71,7 @@ def main() -> None:
 def cross_validate(args: argparse.Namespace) -> None:
     """Train and export every fold not yet stored, store its test predictions, pool every stored fold."""
     names = [load_config(config, args.set).name for config in args.config]
-    name = names[0] if len(names) == 1 else args.name or "ens_" + "_".join(names)
+    name = args.name or "__".join(names)  # an ensemble's default starts as its first recipe's (the report's paper)
     store = Path(args.cv_store) / f"{name}_cv{args.folds}_quantisation"
 
     def record(fold: int) -> dict:

@@ -1,4 +1,5 @@
-"""`fpc-keras train|evaluate|predict|postprocess|export|ensemble|report|gradcam|datasets`: argument parsing; the work is in the library.
+"""`fpc-keras train|evaluate|predict|postprocess|export|ensemble|report|gradcam|datasets`: argument parsing; the
+work is in the library.
 
 Errors in the user's data, config or files print one message naming the file and the fix (exit code 2),
 never a TensorFlow traceback. Heavy modules are imported inside the commands, so `--help` is instant.

@@ -74,7 +74,8 @@ def _check_members(runs: list[Path], cards: list[dict]) -> None:
         raise BadInputError(f"an ensemble needs 2 or more runs, got {len(runs)}", "name two runs or more")
     for run, card in zip(runs, cards):
         if card["task"] not in ENSEMBLE_TASKS:
-            raise BadInputError(f"{run} is a {card['task']} model", f"ensemble classifiers ({', '.join(ENSEMBLE_TASKS)})")
+            raise BadInputError(f"{run} is a {card['task']} model",
+                                f"ensemble classifiers ({', '.join(ENSEMBLE_TASKS)})")
         if card["labels"] != cards[0]["labels"]:
             raise BadInputError(f"{run} has classes {card['labels']}, {runs[0]} {cards[0]['labels']}",
                                 "ensemble runs trained on the same classes")

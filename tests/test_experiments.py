@@ -155,9 +155,9 @@ def test_quantisation_cross_validation_of_an_ensemble_of_two_recipes(trained, tm
                f"runs_dir={tmp_path / 'runs'}", "--cv-store", str(tmp_path / "cv")]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
-    store = tmp_path / "cv" / "ens_tiny_tiny_b_cv2_quantisation"
+    store = tmp_path / "cv" / "tiny__tiny_b_cv2_quantisation"
     files = [item["file"] for i in range(2) for item in read_json(store / f"fold{i}.json")["items"]]
     assert len(files) == len(set(files)) == len(list(trained["data"].rglob("*.png")))
-    card = read_json(tmp_path / "runs" / "ens_tiny_tiny_b_cv2_fold1" / "model_card.json")
+    card = read_json(tmp_path / "runs" / "tiny__tiny_b_cv2_fold1" / "model_card.json")
     assert [m["run"] for m in card["ensemble"]["members"]] == ["tiny_cv2_fold1", "tiny_b_cv2_fold1"]
     assert "int8" in read_json(store / "pooled.json")["variants"]

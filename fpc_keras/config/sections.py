@@ -130,7 +130,8 @@ class TrainConfig:
         if self.finetune_weight_decay < 0:
             raise BadInputError(f"train.finetune_weight_decay is {self.finetune_weight_decay}", "use 0 (Adam) or more")
         if self.finetune_blocks < 0 or self.feature_copies < 0 or self.finetune_batch_size < 0:
-            raise BadInputError("train.finetune_blocks, finetune_batch_size and feature_copies must be >= 0", "use 0 to turn off")
+            raise BadInputError("train.finetune_blocks, finetune_batch_size and feature_copies must be >= 0",
+                                "use 0 to turn off")
 
 
 @dataclass

@@ -1,6 +1,6 @@
-"""Cross-validated classifiers (of images or whole videos): each fold's per-item predictions of the float model, of its exports and of its
-flip-TTA twin, pooled over the folds with paired changes against float (what quantisation or TTA costs or gains,
-image by image)."""
+"""Cross-validated classifiers (of images or whole videos): each fold's per-item predictions of the float model, of
+its exports and of its flip-TTA twin, pooled over the folds with paired changes against float (what quantisation or
+TTA costs or gains, item by item)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -106,8 +106,8 @@ def pooled_quantisation_table(pooled: dict) -> str:
         return cell(entry[key], 100) if key in entry else "-"
 
     lines = [f"| model ({len(pooled['folds_done'])} of {pooled['folds']} folds, {pooled['n']} test items) "
-             "| top-1 % [95 % CI] | macro-F1 % [95 % CI] | change vs float, points [95 % CI] | lost / gained items "
-             "| agreement with float |", "|---|---|---|---|---|---|",
+             "| top-1 % [95 % CI] | macro-F1 % [95 % CI] | change vs float, points [95 % CI] "
+             "| lost / gained items | agreement with float |", "|---|---|---|---|---|---|",
              f"| float (Keras) | {cell(pooled['float'], 100)} | {f1(pooled, 'float_macro_f1')} | - | - | - |"]
     for name, v in pooled["variants"].items():
         label = {"chosen": "chosen on each fold's validation", "flip": "float + flip TTA (in the graph)"}.get(name, name)
