@@ -44,14 +44,14 @@ def ensemble_run(run_dirs: Sequence[str | Path], out: str | Path, progress: Prog
     card = {**cards[0], "name": out.name, "params": parameter_counts(model), "metrics": {},
             "ensemble": {"members": [{"run": r.name, "model": c["model"], "params": c["params"],
                                       "image_size": c["preprocessing"]["image_size"]} for r, c in zip(runs, cards)]}}
-    card["training"] = {**cards[0]["training"], "phases": {}}
+    predictor = Predictor(str(out / "model.keras"), card, keras_predict_fn(model))
+    card["training"] = {**cards[0]["training"], "phases": _validated(predictor, train_records(out), progress)}
     write_card(out, card)
     test = [r for r in train_records(out) if r.split == "test"]
     results = {"model": str(out / "model.keras"), "data": card["training"]["data"], "split": "test",
                "task": card["task"], "n": 0, "metrics": {}, "timings": {}}
     if test:
         progress(f"[2/2] evaluating the ensemble on the members' test split ({len(test)} items)")
-        predictor = Predictor(str(out / "model.keras"), card, keras_predict_fn(model))
         results = evaluate(predictor, test, card["training"]["data"], "test", progress=progress)
         card["metrics"] = {"test": results["metrics"], "n_test": results["n"]}
         progress("      " + summary_line(results))
@@ -59,6 +59,25 @@ def ensemble_run(run_dirs: Sequence[str | Path], out: str | Path, progress: Prog
     atomic_write_json(out / "results.json", results)
     write_card(out, card)
     return out
+
+
+def _validated(predictor, records: list, progress: Progress) -> dict:
+    """The card's `phases` of an ensemble: nothing trains, but its validation macro-F1 and log-loss on the members'
+    validation split are recorded as a phase's best, so that it can be chosen among recipes as they are."""
+    import numpy as np
+
+    from .evaluate import class_probabilities
+    from .metrics import macro_f1
+
+    val = [r for r in records if r.split == "val"]
+    if not val:
+        return {}
+    progress(f"      validating the ensemble on the members' validation split ({len(val)} items)")
+    probs = class_probabilities(predictor, val)
+    truth = np.array([predictor.labels.index(r.label) for r in val])
+    loss = float(-np.log(np.clip(probs[np.arange(len(truth)), truth], 1e-7, 1.0)).mean())
+    score = float(macro_f1(truth, probs.argmax(axis=1), probs.shape[1]))
+    return {"ensemble": {"epoch": 0, "best_epoch": 0, "best_score": score, "best_loss": loss, "seconds": 0.0}}
 
 
 def member_card(run: Path) -> dict:

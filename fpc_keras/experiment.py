@@ -21,6 +21,7 @@ from .errors import BadInputError  # noqa: E402
 from .io import atomic_write_json, atomic_write_text, read_json  # noqa: E402
 from .metrics import metrics_from_confusion, per_class  # noqa: E402
 from .training import train  # noqa: E402
+from .training.phase import kept_validation  # noqa: E402
 
 Progress = Callable[[str], None]
 SHOWN = ("top1", "top2", "macro_f1")
@@ -76,8 +77,7 @@ def run_variant(name: str, overrides: Sequence[str], progress: Progress = print,
     results = read_json(run_dir / "results.json")
     phases = results.get("phases", {})
     return {"run": name, "folder": str(run_dir), "data": results["data"], "n_test": results["n"],
-            "val_macro_f1": max((p["best_score"] for p in phases.values()), default=float("nan")),
-            "val_log_loss": min((p["best_loss"] for p in phases.values()), default=float("nan")),
+            "val_macro_f1": kept_validation(phases)[0], "val_log_loss": kept_validation(phases)[1],
             "test": {k: results["metrics"][k] for k in SHOWN if k in results["metrics"]},
             "params": results.get("params", {}), "train_seconds": results["timings"].get("train_seconds", 0.0),
             "recipe": str(recipe) if recipe else None, "config": list(overrides)}

@@ -10,9 +10,10 @@ from fpc_keras.models import build_model
 from parity import assert_parity
 
 
-def _member(backbone: str, size: int, images: np.ndarray):
+def _member(backbone: str, size: int, images: np.ndarray, seed: int = 0):
     import keras
 
+    keras.utils.set_random_seed(seed)
     config = load_config(None, ["model.name=efficientnet_attention", "model.weights=none",
                                 f"model.backbone={backbone}", f"data.image_size=[{size}, {size}]"])
     config.model.num_classes = 3
@@ -29,7 +30,7 @@ def test_ensemble_averages_its_members_and_resizes_for_a_member_of_another_size(
     from fpc_keras.models.ensemble import build_ensemble
 
     images = family_inputs(8)
-    small, large = _member("efficientnet_lite0", 32, images), _member("efficientnet_lite1", 48, images)
+    small, large = _member("efficientnet_lite0", 32, images, seed=2), _member("efficientnet_lite1", 48, images, seed=3)
     ensemble = build_ensemble([small, large])
     expected = (np.asarray(small(images)) + np.asarray(large(keras.layers.Resizing(48, 48)(images)))) / 2
     # training=False as every caller (keras_predict_fn, export) passes: with training left None, Keras 3 runs the
@@ -72,6 +73,7 @@ def test_ensemble_run_of_two_runs_on_one_split_is_measured_and_exported(folder_d
     card, results = read_json(runs / "ab" / "model_card.json"), read_json(runs / "ab" / "results.json")
     assert [m["run"] for m in card["ensemble"]["members"]] == ["a", "b"]
     assert results["n"] == read_json(runs / "a" / "results.json")["n"] and "top1" in card["metrics"]["test"]
+    assert 0 <= card["training"]["phases"]["ensemble"]["best_score"] <= 1  # its validation macro-F1, as a phase's
     assert main(["export", "--model", str(runs / "ab"), "--quant", "int8"]) == 0
     assert read_json(runs / "ab" / "exports" / "int8" / "model_card.json")["metrics"]["n_test"] == results["n"]
     train("c", "train.seed=5")

@@ -20,13 +20,12 @@ def quantisation_fold(run_dir: str | Path, fold: int, folds: int, variants: Sequ
     (`exports/choice.json`). Predicted afresh from the model files, so a stale card cannot leak in. `flip`: also
     the float model with flip TTA in its graph (`models.tta`), as the `flip` variant."""
     from ..evaluate import class_probabilities, load_predictor
-    from ..evaluate.video import video_probabilities
     from ..export import train_records
+    from ..training.phase import kept_validation
 
     run_dir = Path(run_dir)
     card = read_json(run_dir / "model_card.json")
-    probabilities = {"classification": class_probabilities, "video": video_probabilities}.get(task_of_card(card).name)
-    if probabilities is None:
+    if task_of_card(card).name not in ("classification", "video"):
         raise BadInputError(f"{run_dir} is a {card['task']} model",
                             "pool quantisation folds of image or video classifiers")
     records = [r for r in train_records(run_dir) if r.split == "test"]
@@ -42,10 +41,12 @@ def quantisation_fold(run_dir: str | Path, fold: int, folds: int, variants: Sequ
     if flip:
         predictors["flip"] = _flip_predictor(predictors["float"], run_dir / "model.keras")
     labels = card["labels"]
-    predicted = {name: probabilities(predictor, records).argmax(axis=1) for name, predictor in predictors.items()}
+    predicted = {name: class_probabilities(predictor, records).argmax(axis=1) for name, predictor in predictors.items()}
     choice = run_dir / "exports" / "choice.json"
+    val_macro_f1 = kept_validation(card["training"].get("phases", {}))[0]
     return {"run": run_dir.name, "fold": fold, "folds": folds,
             "chosen": read_json(choice)["chosen"] if choice.is_file() else None,
+            "val_macro_f1": None if np.isnan(val_macro_f1) else val_macro_f1,
             "items": [{"file": Path(r.source).name, "label": r.label,
                        **{name: labels[int(p[i])] for name, p in predicted.items()}} for i, r in enumerate(records)]}
 
@@ -74,7 +75,9 @@ def pooled_quantisation(folds: Sequence[dict]) -> dict:
     right = {name: np.array([item.get(name) == item["label"] for item in items], np.float64)
              for name in ("float", *variants)}
     n = len(items)
+    val = [f.get("val_macro_f1") for f in folds]
     out = {"folds_done": sorted(f["fold"] for f in folds), "folds": folds[0]["folds"], "n": n,
+           "val_macro_f1": float(np.mean(val)) if None not in val else None,
            "float": with_ci(lambda idx: right["float"][idx].mean(), n),
            "float_macro_f1": _pooled_macro_f1(items, "float"), "variants": {}}
     for name in variants:
@@ -113,6 +116,8 @@ def pooled_quantisation_table(pooled: dict) -> str:
         label = {"chosen": "chosen on each fold's validation", "flip": "float + flip TTA (in the graph)"}.get(name, name)
         lines.append(f"| {label} | {cell(v['top1'], 100)} | {f1(v, 'macro_f1')} | {cell(v['change'], 100, '+')} | "
                      f"{v['lost']} / {v['gained']} | {v['agreement']:.3f} |")
+    if pooled.get("val_macro_f1") is not None:  # what a choice among recipes reads (stores before it: none)
+        lines.append(f"\nMean validation macro-F1 of the float models over the folds: {pooled['val_macro_f1']:.4f}")
     return "\n".join(lines) + "\n"
 
 

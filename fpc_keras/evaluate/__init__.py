@@ -78,7 +78,12 @@ def evaluate(predictor: Predictor, records: Sequence[Record], data: str, split: 
 
 
 def class_probabilities(predictor: Predictor, records: Sequence[Record], batch_size: int = 16) -> np.ndarray:
-    """An image classifier's probabilities for every record (every image must read), in the records' order."""
+    """A classifier's probabilities for every record (every image or video must read), in the records' order: an
+    image classifier's per image, a video classifier's per video (the mean of its clips)."""
+    if task_of_card(predictor.card).name == "video":
+        from .video import video_probabilities
+
+        return video_probabilities(predictor, records)
     probs, _, _ = predict_images(predictor, records, "error", batch_size, lambda message: None)
     return probs
 

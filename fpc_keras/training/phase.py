@@ -129,6 +129,13 @@ def phase_summary(*phases: Phase) -> dict:
             for p in phases if p.state["epoch"] >= 0}
 
 
+def kept_validation(phases: dict) -> tuple[float, float]:
+    """(validation macro-F1, log-loss) of the model a run kept, from its card's `phases`: the last phase that kept
+    an epoch (a phase 2 that never beat phase 1 kept none). (nan, nan) where no phase validated."""
+    kept = [p for p in phases.values() if p.get("best_epoch", -1) >= 0]
+    return (kept[-1]["best_score"], kept[-1]["best_loss"]) if kept else (float("nan"), float("nan"))
+
+
 class EpochCallback(keras.callbacks.Callback):
     """Validates and checkpoints each epoch; with no validation (`validate` None: a final fit) every epoch is
     recorded as the best so far, so the phase keeps its last epoch."""
