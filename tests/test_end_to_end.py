@@ -17,6 +17,7 @@ from fpc_keras.config import load_config
 from fpc_keras.errors import BadInputError
 from fpc_keras.io import read_json
 from fpc_keras.litert import TFLiteModel
+from fpc_keras.report.papers import ABDOMINAL_TEST
 from fpc_keras.training import train
 from parity import assert_parity
 
@@ -191,7 +192,7 @@ def test_edge_benchmark_table(trained, exported, capsys):
 
 
 def test_cli_help_for_every_command(capsys):
-    for command in ("train", "evaluate", "export", "report", "gradcam", "datasets"):
+    for command in ("train", "evaluate", "export", "ensemble", "report", "gradcam", "datasets"):
         with pytest.raises(SystemExit) as info:
             main([command, "--help"])
         assert info.value.code == 0
@@ -299,6 +300,8 @@ def test_report_has_every_paper_table_and_a_page_per_run(trained, exported, tmp_
     for shipped in ("abdominal_vgg16_frozen (int8)", "hc18_fetalnet (int8)", "pocus_slowfast (int8)"):
         assert f"shipped tflite/models/{shipped}" in page, shipped  # beside the papers with no local run
     assert "No run of this model yet" not in page  # the tiny run is paper 1's; the shipped models cover 2-4
+    assert "floor: EfficientNet-Lite0 fine-tuned, 18 epochs (issue 27)" in page  # beside paper 1
+    assert "floor: Li et al. 2021, frozen ImageNet CNN + PCA + kNN" in page and ABDOMINAL_TEST in page
     assert "latency against dice" in page  # the shipped segmenter's point
     assert "<h3>tiny_cv5_quantisation: pooled</h3>" in page
     assert "<tr><th>model</th><th>top-1 %</th></tr>" in page and "<td>73.90 [70.47, 77.49]</td>" in page
