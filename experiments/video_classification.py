@@ -13,7 +13,9 @@ fp16; int8 attempted and its outcome recorded: TFLite has no int8 CONV_3D, Slow-
 
     python experiments/video_classification.py                                # ../shared/data/POCUS_videos
     python experiments/video_classification.py --slow lite0_finetune --folds 5  # grouped 5-fold CV by source
-    python experiments/video_classification.py --ship tflite/models/pocus_slowfast --ship-quant int8
+    python experiments/video_classification.py --ship DIR --ship-quant int8     # the single split's chosen model
+    python experiments/benchmark_edge.py --folds 5 --config experiments/configs/paper4/vgg16_slow_only.yaml \
+        --variants int8 --ship tflite/models/pocus_slowfast      # a CV'd recipe refit on every video, CV on its card
     python experiments/video_classification.py --data echo=videos:/data/echo_views/labels.csv --set data.clip_length=32
 """
 from __future__ import annotations
@@ -64,7 +66,8 @@ def main() -> None:
     add_folds_argument(parser)
     args = parser.parse_args()
     if args.folds and args.ship:
-        parser.error("--ship takes a model trained on one split: run without --folds to ship")
+        parser.error("--ship takes a model trained on one split; to ship a cross-validated recipe refit on every "
+                     "video: benchmark_edge.py --folds K --config RECIPE --variants int8 --ship DIR")
     tables = {name: run_dataset(name, spec, args) for name, spec in chosen_datasets(args, DATASETS).items()}
     table_name = "video_classification" + (f"_cv{args.folds}" if args.folds else "")
     print(f"\nablation table: {write_tables(Path(args.runs) / '_tables', table_name, tables)}")
