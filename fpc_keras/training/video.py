@@ -29,7 +29,8 @@ class VideoSession(TaskSession):
     scored by the mean of `data.clips_per_video` evenly spaced clips, as the evaluator does. An ImageNet slow
     pathway is frozen in phase 1 (`train.freeze_backbone`; Slow-only then fits its head on cached frame
     features); with `train.finetune_blocks` phase 2 fine-tunes its top blocks on clips (`TaskSession.finetune`).
-    The videos are decoded once per run, at the model's size, and kept in memory for every phase and epoch."""
+    The videos are decoded at the model's size once (`RUNS/_frame_cache`) and kept in memory for every phase and
+    epoch."""
 
     def __init__(self, config: RunConfig, records: Sequence[Record], labels: list[str], progress: Progress):
         super().__init__(config, records, labels, progress)
