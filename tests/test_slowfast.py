@@ -472,3 +472,17 @@ def test_slowfast_starts_from_its_own_folds_fine_tuned_encoder_and_refuses_anoth
     other.model.num_classes = 3
     with pytest.raises(BadInputError, match="was split by"):
         fresh_model(other, print)
+
+
+def test_balanced_draws_without_groups_are_the_class_balanced_stream_of_before():
+    """Runs started before source balancing resume with the same batches: without groups, the draws are exactly the
+    former class-balanced ones (one class draw, then one item draw, per item)."""
+    from fpc_keras.data.pipeline import balanced_order
+
+    class_ids = np.array([0, 0, 0, 1, 2, 2, 1, 0])
+    members = [np.flatnonzero(class_ids == c) for c in np.unique(class_ids)]
+    for epoch in range(3):
+        rng = np.random.default_rng((7, epoch))
+        classes = rng.integers(0, len(members), len(class_ids))
+        before = [members[c][rng.integers(len(members[c]))] for c in classes]
+        assert balanced_order(class_ids, 7)(epoch).tolist() == before

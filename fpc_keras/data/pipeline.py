@@ -58,12 +58,14 @@ def shuffled_order(n: int, seed: int) -> Callable[[int], np.ndarray]:
     return lambda epoch: np.random.default_rng((seed, epoch)).permutation(n)
 
 
-def balanced_order(class_ids: np.ndarray, seed: int, groups: Sequence[str] | None = None) -> Callable[[int], np.ndarray]:
+def balanced_order(class_ids: np.ndarray, seed: int,
+                   groups: Sequence[str] | None = None) -> Callable[[int], np.ndarray]:
     """len(class_ids) draws per epoch with every class equally likely (class-balanced sampling). With `groups`
     (sources, patients), a class's draw then picks one of its groups uniformly and an item of that group: a source
     with 20 videos weighs no more than one with a single video."""
     class_ids = np.asarray(class_ids)
-    group_ids = np.unique(np.asarray(groups), return_inverse=True)[1] if groups is not None else np.arange(len(class_ids))
+    group_ids = (np.unique(np.asarray(groups), return_inverse=True)[1] if groups is not None
+                 else np.arange(len(class_ids)))
     members = [[np.flatnonzero((class_ids == c) & (group_ids == g)) for g in np.unique(group_ids[class_ids == c])]
                for c in np.unique(class_ids)]
 
@@ -73,7 +75,8 @@ def balanced_order(class_ids: np.ndarray, seed: int, groups: Sequence[str] | Non
         picked = []
         for c in classes:
             items = members[c][rng.integers(len(members[c]))]
-            picked.append(items[rng.integers(len(items))])
+            # A group of one takes no second draw: without `groups` the stream is the class-balanced one of before.
+            picked.append(items[0] if len(items) == 1 else items[rng.integers(len(items))])
         return np.array(picked, np.int64)
     return order
 
