@@ -244,6 +244,17 @@ def test_slow_only_head_fits_on_frame_features_and_is_chosen_on_whole_videos(tmp
     assert state["best_loss"] == pytest.approx(log_loss, abs=1e-4)
     _train_slow_only(tmp_path, "slow", *extra)  # finished: nothing trains again
     assert "frame features" not in capsys.readouterr().out
+    # Frame features are cached per video and clip set: another split of the same videos encodes only the clip sets
+    # the first run did not need (train videos: evenly spaced + 1 augmented copy; validation: evenly spaced).
+    other = _train_slow_only(tmp_path, "slow_other_split", *extra, split=("data.folds=3", "data.fold=1"))
+    needed = set()
+    for folder in (run, other):
+        with open(folder / "splits.csv") as f:
+            for r in csv.DictReader(f):
+                needed |= {(r["source"], c) for c in ((0, 1) if r["split"] == "train" else (0,) if r["split"] == "val"
+                                                     else ())}
+    cached = list((tmp_path / "runs" / "_feature_cache" / "videos").rglob("*.npy"))
+    assert len({p.parent for p in cached}) == 1 and len(cached) == len(needed), (len(cached), len(needed))
 
 
 def test_slow_only_encoder_fine_tunes_on_clips_in_phase_two(tmp_path, capsys):

@@ -43,6 +43,23 @@ class StackedRows:
         return out
 
 
+def extractor_key(extractor: keras.Model, settings: str) -> str:
+    """A key of what a feature extractor computes: its architecture (its layers, not the model's auto-numbered name:
+    same weights, other layers, other features), its weights and the input `settings` (preprocessing)."""
+    digest = hashlib.sha256(settings.encode())
+    digest.update(json.dumps(extractor.get_config()["layers"], sort_keys=True, default=str).encode())
+    for weight in extractor.weights:
+        digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def file_key(source: str, variant: str = "") -> str:
+    """A key of a file (path, size, modification time) and of what is computed from it (`variant`)."""
+    stat = os.stat(source) if os.path.exists(source) else None
+    text = f"{source}|{stat.st_size if stat else 0}|{stat.st_mtime_ns if stat else 0}|{variant}"
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
 def _images(count: int, variant: str) -> str:
     return f"{count} images" + (f" ({variant})" if variant else "")
 
@@ -58,20 +75,12 @@ class FeatureCache:
 
     def __init__(self, folder: Path, extractor: keras.Model, spec: ImageSpec, progress: Progress):
         self.extractor, self.spec, self.progress = extractor, spec, progress
-        digest = hashlib.sha256(repr(spec).encode())
-        # The architecture (its layers, not the model's own auto-numbered name): same weights, other layers, other
-        # features.
-        digest.update(json.dumps(extractor.get_config()["layers"], sort_keys=True, default=str).encode())
-        for weight in extractor.weights:
-            digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
-        self.model_key = digest.hexdigest()[:16]
+        self.model_key = extractor_key(extractor, repr(spec))
         self.store = Path(folder) / self.model_key
 
     @staticmethod
     def image_key(record: Record, variant: str = "") -> str:
-        stat = os.stat(record.source) if os.path.exists(record.source) else None
-        text = f"{record.source}|{stat.st_size if stat else 0}|{stat.st_mtime_ns if stat else 0}|{variant}"
-        return hashlib.sha256(text.encode()).hexdigest()[:24]
+        return file_key(record.source, variant)
 
     def features(self, records: Sequence[Record], augment: Callable | None = None, variant: str = "") -> np.ndarray:
         """Features of `records` (optionally of an augmented copy; `variant` names it in the keys), one row each."""

@@ -11,10 +11,12 @@ import tensorflow as tf
 
 from ..config import RunConfig
 from ..data.augment import build_augmenter
+from ..data.feature_cache import extractor_key, file_key
 from ..data.pipeline import clip_dataset, label_ids
 from ..data.records import Record
 from ..data.video import cached_video, model_clips, sample_clip
 from ..evaluate import keras_predict_fn
+from ..io import atomic_path
 from ..models import parameter_counts
 from ..models.backbones import set_backbone_trainable
 from .averaging import compile_classifier
@@ -37,6 +39,7 @@ class VideoSession(TaskSession):
         self.y_train, self.y_val = label_ids(self.train_records, labels), label_ids(self.val_records, labels)
         self.phase1, self.phase2 = self.new_phase("phase1"), self.new_phase("phase2")
         self._videos: dict[str, list[np.ndarray]] = {}
+        self._store: Path | None = None  # the frame features' cache folder of this run's encoder
 
     def run(self) -> keras.Model:
         t, m, d = self.config.train, self.config.model, self.config.data
@@ -86,7 +89,7 @@ class VideoSession(TaskSession):
         spaced clips of every training video, and `train.feature_copies` sets of as many random, augmented clips),
         the head is fitted on single frames (class-weighted or class-balanced), and validation scores whole videos
         as the evaluator does (the head on each clip's mean features, clips' probabilities averaged)."""
-        t, d = self.config.train, self.config.data
+        t = self.config.train
         model = fresh_model(self.config, self.progress)
         set_backbone_trainable(model, 0)
         head = model.get_layer("head")
@@ -95,8 +98,7 @@ class VideoSession(TaskSession):
             frames = keras.Model(model.input, model.get_layer("unfold_slow").output)
             with self.phase1.timed():
                 x_train, y_train = self._frame_features(frames, self.decoded("train"))
-                val = [frames.predict(model_clips(v, d.clip_length, d.clips_per_video).astype(np.float32),
-                                      verbose=0) for v in self.decoded("val")]
+                val = [self._encoded(frames, r, v, 0) for r, v in zip(self.val_records, self.decoded("val"))]
             clip_means, ends = np.concatenate([x.mean(axis=1) for x in val]), np.cumsum([len(x) for x in val])
             predict_val = lambda: np.stack([p.mean(axis=0) for p in np.split(  # noqa: E731
                 fitted.predict(clip_means, verbose=0, batch_size=256), ends[:-1])])
@@ -108,23 +110,46 @@ class VideoSession(TaskSession):
         return model
 
     def _frame_features(self, frames: keras.Model, videos: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Rows of slow-frame features of the training videos, and their class ids."""
-        t, d = self.config.train, self.config.data
-        augment = build_augmenter(seed=t.seed, horizontal_flip=False)
+        """Rows of slow-frame features of the training videos (every slow frame of each clip set), and their
+        class ids."""
+        t = self.config.train
+        self.progress(f"      encoding the slow frames of {len(videos)} videos x {1 + t.feature_copies} clip sets "
+                      f"(cached per video in {self._feature_store(frames)})")
         features, labels = [], []
-        self.progress(f"      encoding the slow frames of {len(videos)} videos x {1 + t.feature_copies} clip sets")
-        for index, (video, label) in enumerate(zip(videos, self.y_train)):
-            clip_sets = [model_clips(video, d.clip_length, d.clips_per_video)]
-            for copy in range(1, t.feature_copies + 1):
-                rng = np.random.default_rng((t.seed, index, copy))
-                clips = np.stack([video[sample_clip(len(video), d.clip_length, rng)]
-                                  for _ in range(d.clips_per_video)]).astype(np.float32)
-                clip_sets.append(augment.clips(tf.constant(clips), tf.constant(index * 1000 + copy, tf.int64)))
-            for clips in clip_sets:
-                encoded = frames.predict(np.asarray(clips, np.float32), verbose=0)
+        for record, video, label in zip(self.train_records, videos, self.y_train):
+            for copy in range(t.feature_copies + 1):
+                encoded = self._encoded(frames, record, video, copy)
                 features.append(encoded.reshape(-1, encoded.shape[-1]))
                 labels.append(np.full(len(features[-1]), label))
         return np.concatenate(features), np.concatenate(labels)
+
+    def _encoded(self, frames: keras.Model, record: Record, video: np.ndarray, copy: int) -> np.ndarray:
+        """(clips, slow frames, features) of one video's clip set: copy 0 the evaluator's evenly spaced clips, copy
+        k > 0 random clips augmented with a key drawn from the video file's own key, so that every fold and run
+        of the same encoder finds the same copy in RUNS/_feature_cache."""
+        t, d = self.config.train, self.config.data
+        key = file_key(record.source, f"clips{copy}")
+        path = self._feature_store(frames) / f"{key}.npy"
+        if path.is_file():
+            return np.load(path)
+        clips = model_clips(video, d.clip_length, d.clips_per_video)
+        if copy:
+            rng = np.random.default_rng(int(key[:15], 16))
+            clips = np.stack([video[sample_clip(len(video), d.clip_length, rng)] for _ in range(d.clips_per_video)])
+            augment = build_augmenter(seed=t.seed, horizontal_flip=False)
+            clips = augment.clips(tf.constant(clips, tf.float32), tf.constant(int(key[:15], 16), tf.int64))
+        encoded = frames.predict(np.asarray(clips, np.float32), verbose=0)
+        with atomic_path(path, suffix=".npy") as tmp:
+            np.save(tmp, encoded)
+        return encoded
+
+    def _feature_store(self, frames: keras.Model) -> Path:
+        if self._store is None:
+            t, d = self.config.train, self.config.data
+            settings = (f"{d.image_size}|{d.channels}|{d.resize}|{d.clip_length}|{d.clips_per_video}|{t.seed}|"
+                        f"{build_augmenter(seed=t.seed, horizontal_flip=False).fingerprint}")
+            self._store = Path(self.config.runs_dir) / "_feature_cache" / "videos" / extractor_key(frames, settings)
+        return self._store
 
     def decoded(self, split: str) -> list[np.ndarray]:
         """The split's videos decoded at the model's size (uint8), once per run (and once for all runs, through
