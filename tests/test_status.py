@@ -27,3 +27,12 @@ def test_the_table_follows_a_changed_card_and_a_new_cv_fold(tmp_path):
     assert "dice 0.9123 [0.9000, 0.9200]" in table
     assert "`reports/cv/fetalnet_x_cv2` (1 of 2 folds, n=2): dice 0.8500" in table
     assert "hc_mad_mm 2.50" in table and "none shipped" in table  # the other papers have no model here
+
+
+def test_a_classifier_cv_still_running_shows_the_folds_stored_so_far(tmp_path):
+    """A quantisation CV store without pooled.json (its last folds not run yet) is pooled from its fold records."""
+    store = tmp_path / "repo" / "reports" / "cv" / "sf_x_cv5_quantisation"
+    store.mkdir(parents=True)
+    items = [{"file": f"{i}.mp4", "label": "a" if i % 2 else "b", "float": "a", "int8": "a"} for i in range(4)]
+    (store / "fold0.json").write_text(json.dumps({"fold": 0, "folds": 5, "chosen": "int8", "items": items}))
+    assert "`reports/cv/sf_x_cv5_quantisation` (1 of 5 folds, n=4): top1 50.00 %" in status_table(tmp_path / "repo")

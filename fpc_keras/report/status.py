@@ -56,13 +56,16 @@ def shipped_cell(folder: Path) -> str:
 
 def cv_cell(store: Path, root: Path) -> str:
     """One cross-validation store, pooled over the folds it holds (every image tested once)."""
+    from ..cv.classification import pooled_quantisation
     from ..cv.segmentation import pooled_segmentation
 
     folds = [read_json(path) for path in sorted(store.glob("fold*.json"))]
     name = store.relative_to(root).as_posix()
     pooled_path = store / "pooled.json"
-    if pooled_path.is_file():  # a classifier's quantisation CV: the float model's pooled top-1 and macro-F1
-        pooled = read_json(pooled_path)
+    classifier = any("float" in item for fold in folds for item in fold.get("items", []))
+    if pooled_path.is_file() or classifier:  # a classifier's quantisation CV: the float model's pooled
+        # top-1 and macro-F1; a CV still running has no pooled.json yet: the folds stored so far
+        pooled = read_json(pooled_path) if pooled_path.is_file() else pooled_quantisation(folds)
         done, k = len(pooled["folds_done"]), pooled["folds"]
         body = ", ".join([figure("top1", pooled["float"]),
                           *([figure("macro_f1", pooled["float_macro_f1"])] if "float_macro_f1" in pooled else [])])
