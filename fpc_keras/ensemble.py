@@ -44,10 +44,10 @@ def ensemble_run(run_dirs: Sequence[str | Path], out: str | Path, progress: Prog
     card = {**cards[0], "name": out.name, "params": parameter_counts(model), "metrics": {},
             "ensemble": {"members": [{"run": r.name, "model": c["model"], "params": c["params"],
                                       "image_size": c["preprocessing"]["image_size"]} for r, c in zip(runs, cards)]}}
-    predictor = Predictor(str(out / "model.keras"), card, keras_predict_fn(model))
-    card["training"] = {**cards[0]["training"], "phases": _validated(predictor, train_records(out), progress)}
+    predictor, records = Predictor(str(out / "model.keras"), card, keras_predict_fn(model)), train_records(out)
+    card["training"] = {**cards[0]["training"], "phases": _validated(predictor, records, progress)}
     write_card(out, card)
-    test = [r for r in train_records(out) if r.split == "test"]
+    test = [r for r in records if r.split == "test"]
     results = {"model": str(out / "model.keras"), "data": card["training"]["data"], "split": "test",
                "task": card["task"], "n": 0, "metrics": {}, "timings": {}}
     if test:
@@ -64,20 +64,17 @@ def ensemble_run(run_dirs: Sequence[str | Path], out: str | Path, progress: Prog
 def _validated(predictor, records: list, progress: Progress) -> dict:
     """The card's `phases` of an ensemble: nothing trains, but its validation macro-F1 and log-loss on the members'
     validation split are recorded as a phase's best, so that it can be chosen among recipes as they are."""
-    import numpy as np
-
+    from .data.pipeline import label_ids
     from .evaluate import class_probabilities
-    from .metrics import macro_f1
+    from .training.session import classification_score
 
     val = [r for r in records if r.split == "val"]
     if not val:
         return {}
     progress(f"      validating the ensemble on the members' validation split ({len(val)} items)")
-    probs = class_probabilities(predictor, val)
-    truth = np.array([predictor.labels.index(r.label) for r in val])
-    loss = float(-np.log(np.clip(probs[np.arange(len(truth)), truth], 1e-7, 1.0)).mean())
-    score = float(macro_f1(truth, probs.argmax(axis=1), probs.shape[1]))
-    return {"ensemble": {"epoch": 0, "best_epoch": 0, "best_score": score, "best_loss": loss, "seconds": 0.0}}
+    score, loss, _ = classification_score(lambda: class_probabilities(predictor, val),
+                                          label_ids(val, predictor.labels))()
+    return {"ensemble": {"epoch": 0, "best_epoch": 0, "best_score": float(score), "best_loss": loss, "seconds": 0.0}}
 
 
 def member_card(run: Path) -> dict:
@@ -91,6 +88,7 @@ def _check_members(runs: list[Path], cards: list[dict]) -> None:
     """Same task (a classifier), same classes in the same order, same input kind, same split item by item."""
     if len(runs) < 2:
         raise BadInputError(f"an ensemble needs 2 or more runs, got {len(runs)}", "name two runs or more")
+    split = _split_of(runs[0])
     for run, card in zip(runs, cards):
         if card["task"] not in ENSEMBLE_TASKS:
             raise BadInputError(f"{run} is a {card['task']} model",
@@ -103,7 +101,7 @@ def _check_members(runs: list[Path], cards: list[dict]) -> None:
                                                         cards[0]["preprocessing"].get("clips_per_video")):
             raise BadInputError(f"{run} takes other inputs ({card['task']}, clips {clip}) than {runs[0]}",
                                 "ensemble models of one task and one clip shape")
-        if _split_of(run) != _split_of(runs[0]):
+        if _split_of(run) != split:
             raise BadInputError(f"{run} was trained on another split than {runs[0]} (their splits.csv differ)",
                                 "ensemble runs of one split (same data, data.folds / data.fold and train.seed), "
                                 "so that no member saw the ensemble's test items")

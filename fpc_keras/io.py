@@ -1,6 +1,7 @@
 """Atomic file writes: a reader never sees a half-written result, model or cache (write, fsync, rename)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -56,3 +57,11 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def file_key(source: str, variant: str = "") -> str:
+    """A key of a file (path, size, modification time) and of what is computed from it (`variant`): the name of a
+    cache entry that a changed file no longer matches."""
+    stat = os.stat(source) if os.path.exists(source) else None
+    text = f"{source}|{stat.st_size if stat else 0}|{stat.st_mtime_ns if stat else 0}|{variant}"
+    return hashlib.sha256(text.encode()).hexdigest()[:24]

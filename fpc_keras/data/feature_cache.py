@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -14,7 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ..io import atomic_path
+from ..io import atomic_path, file_key
 from ..predictor import keras_predict_fn
 from .images import ImageSpec
 from .pipeline import image_dataset
@@ -51,13 +50,6 @@ def extractor_key(extractor: keras.Model, settings: str) -> str:
     for weight in extractor.weights:
         digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
     return digest.hexdigest()[:16]
-
-
-def file_key(source: str, variant: str = "") -> str:
-    """A key of a file (path, size, modification time) and of what is computed from it (`variant`)."""
-    stat = os.stat(source) if os.path.exists(source) else None
-    text = f"{source}|{stat.st_size if stat else 0}|{stat.st_mtime_ns if stat else 0}|{variant}"
-    return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
 def _images(count: int, variant: str) -> str:

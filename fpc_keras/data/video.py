@@ -44,15 +44,11 @@ def read_video(source: str, size: tuple[int, int], channels: int = 3, mode: str 
 def cached_video(source: str, size: tuple[int, int], channels: int, mode: str, cache_dir: Path) -> np.ndarray:
     """`read_video` through a cache of decoded, resized frames (`.npy`, one per video and size, keyed by the file's
     path, size and modification time): the folds and recipes of a cross-validation decode each video once."""
-    import hashlib
+    from ..io import atomic_path, file_key
 
-    from ..io import atomic_path
-
-    stat = Path(source).stat() if Path(source).is_file() else None
-    if stat is None:
+    if not Path(source).is_file():
         return read_video(source, size, channels, mode)  # names the missing file
-    key = f"{Path(source).resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{tuple(size)}|{channels}|{mode}"
-    path = Path(cache_dir) / f"{hashlib.sha1(key.encode()).hexdigest()}.npy"
+    path = Path(cache_dir) / f"{file_key(str(Path(source).resolve()), f'{tuple(size)}|{channels}|{mode}')}.npy"
     if path.is_file():
         return np.load(path)
     frames = read_video(source, size, channels, mode)

@@ -11,12 +11,12 @@ import tensorflow as tf
 
 from ..config import RunConfig
 from ..data.augment import build_augmenter
-from ..data.feature_cache import extractor_key, file_key
+from ..data.feature_cache import extractor_key
 from ..data.pipeline import clip_dataset, label_ids
 from ..data.records import Record
 from ..data.video import cached_video, model_clips, sample_clip
 from ..evaluate import keras_predict_fn
-from ..io import atomic_path
+from ..io import atomic_path, file_key
 from ..models import parameter_counts
 from ..models.backbones import set_backbone_trainable
 from .averaging import compile_classifier
