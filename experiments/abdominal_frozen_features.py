@@ -15,8 +15,10 @@ on average- and max-pooled features of three depths (block3, block4, block5) of 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
+from fpc_keras.errors import exit_code_of
 from fpc_keras.experiment import (SHARED_DATA, add_common_arguments, add_folds_argument, choose, chosen_datasets,
                                   print_chosen, variant_runner, write_tables)
 from fpc_keras.models.backbones import native_size
@@ -52,4 +54,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_code_of(main))

@@ -22,15 +22,17 @@ in one model, exported as one .tflite): each fold trains every recipe on its spl
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from fpc_keras.benchmark import benchmark, table
-from fpc_keras.config import RunConfig, load_config
 from fpc_keras import cv
+from fpc_keras.benchmark import benchmark, table
 from fpc_keras.card import read_card, write_card
+from fpc_keras.config import RunConfig, load_config
 from fpc_keras.cv.classification import (cv_card_metrics, pooled_quantisation, pooled_quantisation_table,
                                          quantisation_fold)
 from fpc_keras.ensemble import ensemble_run
+from fpc_keras.errors import exit_code_of
 from fpc_keras.export import export_as_configured, ship, shipped_variant
 from fpc_keras.io import atomic_write_json, atomic_write_text
 from fpc_keras.training import train
@@ -123,4 +125,4 @@ def ship_refit(args: argparse.Namespace, name: str, names: list[str], pooled: di
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_code_of(main))

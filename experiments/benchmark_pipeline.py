@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from fpc_keras.config import load_config  # noqa: E402
+from fpc_keras.errors import exit_code_of  # noqa: E402
 from fpc_keras.models import build_model  # noqa: E402
 from fpc_keras.models.backbones import set_backbone_trainable  # noqa: E402
 from fpc_keras.throughput import model_rate, peak_rss_mb, pipeline_rate, write_images  # noqa: E402
@@ -53,4 +55,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_code_of(main))

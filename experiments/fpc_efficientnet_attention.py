@@ -11,8 +11,10 @@ fine-tuned (phase 2). Validation is carved from the training groups; each run's 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
+from fpc_keras.errors import exit_code_of
 from fpc_keras.experiment import (SHARED_DATA, add_common_arguments, choose, chosen_datasets, print_chosen,
                                   run_variant, write_tables)
 from fpc_keras.models.backbones import native_size
@@ -66,4 +68,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_code_of(main))

@@ -21,9 +21,10 @@ fp16; int8 attempted and its outcome recorded: TFLite has no int8 CONV_3D, Slow-
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from fpc_keras.errors import BadInputError
+from fpc_keras.errors import BadInputError, exit_code_of
 from fpc_keras.experiment import (SHARED_DATA, add_common_arguments, add_folds_argument, choose, chosen_datasets,
                                   print_chosen, variant_runner, write_tables)
 from fpc_keras.export import export_run, ship
@@ -82,4 +83,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_code_of(main))

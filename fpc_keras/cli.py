@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .config import QUANT_VARIANTS, ExportConfig
-from .errors import BadInputError, user_message
+from .errors import BadInputError, exit_code_of
 
 
 def _aliases(pairs: Sequence[str]) -> dict[str, str]:
@@ -282,18 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .quiet import start_tensorflow
 
         start_tensorflow(args.verbose)
-    try:
-        args.func(args)
-    except KeyboardInterrupt:
-        print("interrupted: rerun the same command to resume", file=sys.stderr)
-        return 130
-    except Exception as exc:  # user errors may arrive wrapped by TensorFlow; anything else is a real bug
-        message = user_message(exc)
-        if message is None:
-            raise
-        print(message.replace("[fpc_keras] ", "error: ", 1), file=sys.stderr)
-        return 2
-    return 0
+    return exit_code_of(lambda: args.func(args))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
 """One error type for everything a user can fix: bad files, bad CSVs, bad configs, unknown classes."""
 from __future__ import annotations
 
+import sys
+from typing import Callable
+
 MARKER = "[fpc_keras]"
 
 
@@ -36,3 +39,20 @@ def user_message(exc: BaseException) -> str | None:
         elif kept:
             break
     return "\n".join(kept)
+
+
+def exit_code_of(action: Callable[[], int | None]) -> int:
+    """Run a command's `action` as its exit code: a user error (also one TensorFlow wrapped) prints its message and
+    fix, not a traceback, and gives 2; Ctrl-C gives 130 and says how to resume; anything else is a bug and raises."""
+    try:
+        code = action()
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        message = user_message(exc)
+        if message is None:
+            raise
+        print(message.replace(f"{MARKER} ", "error: ", 1), file=sys.stderr)
+        return 2
+    return code or 0

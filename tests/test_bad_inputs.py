@@ -113,3 +113,16 @@ def test_cli_train_stops_or_skips(mixed_dataset, tmp_path, capsys):
 def test_cli_refuses_bad_tables(name, capsys):
     err = _error_line(["datasets", f"csv:{CORPUS / 'tables' / name}"], capsys)
     assert TABLES[name].split("'")[0] in err
+
+
+def test_exit_code_of_states_user_errors_and_raises_bugs(capsys):
+    from fpc_keras.errors import BadInputError, exit_code_of
+
+    def corrupt() -> None:
+        raise BadInputError("scan.png is not an image", "replace or remove it")
+
+    assert exit_code_of(corrupt) == 2
+    assert capsys.readouterr().err == "error: scan.png is not an image\n  Fix: replace or remove it\n"
+    assert exit_code_of(lambda: None) == 0 and exit_code_of(lambda: 3) == 3
+    with pytest.raises(ZeroDivisionError):
+        exit_code_of(lambda: 1 / 0)

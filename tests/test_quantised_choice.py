@@ -86,7 +86,9 @@ def test_pooled_quantisation_pairs_each_image_with_its_float_prediction():
     assert lo < -1 / 6 < hi
     assert pooled["float_macro_f1"]["value"] == pytest.approx(2 / 3)  # a and b: 2 of 3 right, 1 false positive each
     assert pooled["variants"]["int8"]["macro_f1"]["value"] == pytest.approx((2 / 5 + 4 / 7) / 2)  # F1 a 2/5, b 4/7
-    assert "| chosen on each fold's validation | 50.00" in pooled_quantisation_table(pooled)
+    assert pooled["float_recall"] == {"a": 2 / 3, "b": 2 / 3} and int8["recall"] == {"a": 1 / 3, "b": 2 / 3}
+    table = pooled_quantisation_table(pooled)
+    assert "| chosen on each fold's validation | 50.00" in table and "| int8 | 0.333 | 0.667 |" in table
 
 
 def test_pooling_refuses_a_fold_twice_or_folds_of_another_split():

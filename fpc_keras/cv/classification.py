@@ -79,11 +79,13 @@ def pooled_quantisation(folds: Sequence[dict]) -> dict:
     out = {"folds_done": sorted(f["fold"] for f in folds), "folds": folds[0]["folds"], "n": n,
            "val_macro_f1": float(np.mean(val)) if None not in val else None,
            "float": with_ci(lambda idx: right["float"][idx].mean(), n),
-           "float_macro_f1": _pooled_macro_f1(items, "float"), "variants": {}}
+           "float_macro_f1": _pooled_macro_f1(items, "float"), "float_recall": _pooled_recall(items, "float"),
+           "variants": {}}
     for name in variants:
         change = right[name] - right["float"]
         out["variants"][name] = {
             "top1": with_ci(lambda idx, r=right[name]: r[idx].mean(), n), "macro_f1": _pooled_macro_f1(items, name),
+            "recall": _pooled_recall(items, name),
             "change": with_ci(lambda idx, c=change: c[idx].mean(), n),
             "lost": int((change < 0).sum()), "gained": int((change > 0).sum()),
             "agreement": float(np.mean([item.get(name) == item["float"] for item in items]))}
@@ -97,6 +99,14 @@ def _pooled_macro_f1(items: Sequence[dict], model: str) -> dict:
     truth = np.array([index[item["label"]] for item in items])
     predicted = np.array([index.get(item.get(model), -1) for item in items])
     return with_ci(lambda idx: macro_f1(truth[idx], predicted[idx], len(labels)), len(items))
+
+
+def _pooled_recall(items: Sequence[dict], model: str) -> dict[str, float]:
+    """Recall of each class (the share of its pooled items that `model` labels as it): what a per-class target
+    reads, and what a good top-1 can hide on a small class."""
+    labels = sorted({item["label"] for item in items})
+    return {label: float(np.mean([item.get(model) == label for item in items if item["label"] == label]))
+            for label in labels}
 
 
 def pooled_quantisation_table(pooled: dict) -> str:
@@ -116,6 +126,11 @@ def pooled_quantisation_table(pooled: dict) -> str:
         label = {"chosen": "chosen on each fold's validation", "flip": "float + flip TTA (in the graph)"}.get(name, name)
         lines.append(f"| {label} | {cell(v['top1'], 100)} | {f1(v, 'macro_f1')} | {cell(v['change'], 100, '+')} | "
                      f"{v['lost']} / {v['gained']} | {v['agreement']:.3f} |")
+    if "float_recall" in pooled:  # stores pooled before recall was pooled have none
+        recalls = {"float": pooled["float_recall"], **{k: v["recall"] for k, v in pooled["variants"].items()}}
+        classes = list(pooled["float_recall"])
+        lines += ["", f"| recall | {' | '.join(classes)} |", "|---" * (len(classes) + 1) + "|",
+                  *(f"| {name} | {' | '.join(f'{r[c]:.3f}' for c in classes)} |" for name, r in recalls.items())]
     if pooled.get("val_macro_f1") is not None:  # what a choice among recipes reads (stores before it: none)
         lines.append(f"\nMean validation macro-F1 of the float models over the folds: {pooled['val_macro_f1']:.4f}")
     return "\n".join(lines) + "\n"
@@ -127,8 +142,10 @@ def cv_card_metrics(pooled: dict, variant: str, store: str) -> dict:
     on every image, so no held-out split of its own is left: the CV is the estimate to quote."""
     measured = pooled["variants"][variant]
     return {"cv": {"variant": variant, "top1": measured["top1"], "macro_f1": measured.get("macro_f1"),
-                   "float": {"top1": pooled["float"], "macro_f1": pooled.get("float_macro_f1")},
+                   "recall": measured.get("recall"),
+                   "float": {"top1": pooled["float"], "macro_f1": pooled.get("float_macro_f1"),
+                             "recall": pooled.get("float_recall")},
                    "n": pooled["n"], "folds": pooled["folds"], "folds_done": pooled["folds_done"], "store": store,
-                   "protocol": "K-fold cross-validation over subject or near-duplicate groups: every image tested "
-                               "once, by a model that never saw it; the shipped weights are the recipe refit on "
-                               "every image"}}
+                   "protocol": "K-fold cross-validation over subject, source or near-duplicate groups: every item "
+                               "(image or video) tested once, by a model that never saw it nor its group; the "
+                               "shipped weights are the recipe refit on every item"}}
