@@ -25,7 +25,7 @@ def _member(backbone: str, size: int, images: np.ndarray, seed: int = 0):
 def test_ensemble_averages_its_members_and_resizes_for_a_member_of_another_size(tmp_path):
     import keras
 
-    from fpc_keras.export import convert
+    from fpc_keras.conversion import convert
     from fpc_keras.litert import TFLiteModel
     from fpc_keras.models.ensemble import build_ensemble
 

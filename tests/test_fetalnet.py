@@ -12,7 +12,7 @@ from fpc_keras.cli import main
 from fpc_keras.config import load_config
 from fpc_keras.data.sweeps import PLANE_LABELS, Pose, make_sweep, render
 from fpc_keras.errors import BadInputError
-from fpc_keras.export import convert
+from fpc_keras.conversion import convert
 from fpc_keras.io import read_json
 from fpc_keras.litert import TFLiteModel, primary_output
 from fpc_keras.models import build_model

@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from fpc_keras.config import load_config
 from fpc_keras.errors import BadInputError
-from fpc_keras.export import convert
+from fpc_keras.conversion import convert
 from fpc_keras.litert import TFLiteModel
 from fpc_keras.models import build_model, parameter_counts
 from fpc_keras.models.backbones import set_backbone_trainable
@@ -211,7 +211,7 @@ def test_bias_correction_shifts_each_group_of_a_grouped_convolution_by_its_own_i
 def test_caffenet_exports_to_int8_and_its_card_names_the_float_lrn(tmp_path):
     """Full-integer CaffeNet features (bias-corrected, grouped convolutions included) within 1 % of float; TFLite
     has no int8 LRN kernel, so its two LRN ops stay in float and the export does not call itself int8."""
-    from fpc_keras.export import precision_fields
+    from fpc_keras.conversion import precision_fields
 
     keras.utils.set_random_seed(0)
     inputs = keras.Input((227, 227, 3))

@@ -6,7 +6,7 @@ import pytest
 
 from fpc_keras.bias_correction import bias_corrected, int8_rounding_error
 from fpc_keras.errors import BadInputError
-from fpc_keras.export import convert, float_ops_of, layers_of, worst_int8_ops
+from fpc_keras.conversion import convert, float_ops_of, layers_of, worst_int8_ops
 
 
 def test_rounding_error_is_per_output_channel_and_depthwise_channels_span_the_last_two_axes():

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import FAMILIES, family_inputs, family_model
-from fpc_keras.export import convert, worst_int8_ops
+from fpc_keras.conversion import convert, worst_int8_ops
 from fpc_keras.litert import TFLiteModel, measure_interleaved
 from parity import assert_parity
 
@@ -46,7 +46,7 @@ def test_flip_tta_averages_the_image_and_its_mirror_and_exports_to_int8(tmp_path
     """`models.tta.build_flip_tta`: the probabilities of the image and of its left-right mirror, averaged, in one
     graph that converts to a full-int8 .tflite following its Keras model (the mirror is a GATHER, which keeps its
     input's int8 scale)."""
-    from fpc_keras.export import float_ops_of
+    from fpc_keras.conversion import float_ops_of
     from fpc_keras.models.tta import build_flip_tta
 
     model = family_model("lite_se")

@@ -7,7 +7,8 @@ from conftest import FAMILIES, family_model, tiny_overrides, write_folder_datase
 from fpc_keras.cli import main
 from fpc_keras.config import load_config
 from fpc_keras.errors import BadInputError
-from fpc_keras.export import _quantize_aware, float_ops_of
+from fpc_keras.conversion import float_ops_of
+from fpc_keras.export import _quantize_aware
 from fpc_keras.io import read_json
 from fpc_keras.litert import TFLiteModel
 from fpc_keras.models import build_model

@@ -75,7 +75,7 @@ def test_pocus_slowfast_evaluates_its_test_split_and_labels_new_videos(shared_da
 def test_shipped_card_says_what_its_tflite_computes_in(name):
     """The card's precision and float ops are the ones read back from the shipped .tflite: an "int8" card whose
     model keeps ops in float (3-D convolutions, LRN) would be caught here."""
-    from fpc_keras.export import precision_fields
+    from fpc_keras.conversion import precision_fields
 
     card = read_json(SHIPPED / name / "model_card.json")
     described = precision_fields(card["export"]["variant"], (SHIPPED / name / "model.tflite").read_bytes())

@@ -52,7 +52,7 @@ def test_imagenet_frame_encoder_as_the_slow_pathway():
 def test_slow_only_ablation_pools_the_encoder_over_its_slow_frames(tmp_path):
     """Slow-only: no fast pathway, no laterals; only every alpha-th frame counts, averaged over time (order does
     not matter); it converts to TFLite."""
-    from fpc_keras.export import convert
+    from fpc_keras.conversion import convert
     from fpc_keras.litert import TFLiteModel
 
     import keras
@@ -86,7 +86,7 @@ def test_slow_only_vgg16_multiscale_standardises_each_depth_for_int8(tmp_path):
     """Slow-only on VGG16 with `model.pooling: multiscale`: three depths pooled per frame, averaged over the slow
     frames; the export graph (`split_feature_norm`) standardises each depth before the concatenation, across the
     frame unfolding and time pooling, with the same outputs; fp32 TFLite within 1e-4, int8 follows the float model."""
-    from fpc_keras.export import convert
+    from fpc_keras.conversion import convert
     from fpc_keras.litert import TFLiteModel
     from fpc_keras.models.frozen_features import split_feature_norm
 
@@ -130,7 +130,7 @@ def test_bad_settings_are_refused(overrides, fix):
 
 
 def test_keras_tflite_parity_float(tmp_path):
-    from fpc_keras.export import convert
+    from fpc_keras.conversion import convert
     from fpc_keras.litert import TFLiteModel
 
     model = _slowfast("model.backbone=none")
@@ -350,7 +350,7 @@ def test_training_clips_are_balanced_and_resume_exactly():
 def test_int8_export_of_the_3d_slowfast_names_its_float_conv3d_ops():
     """TFLite has no int8 CONV_3D kernel: an int8 request converts, but those ops stay in float, and the export's
     fields say so instead of calling it int8."""
-    from fpc_keras.export import convert, precision_fields
+    from fpc_keras.conversion import convert, precision_fields
 
     model = _slowfast("model.backbone=none")
     described = precision_fields("int8", convert(model, "int8", _clip(2)))

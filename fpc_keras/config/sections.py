@@ -144,7 +144,7 @@ class ExportConfig:
     # int8: each convolution's bias absorbs the mean output shift of its weights' int8 rounding
     # (fpc_keras.bias_correction)
     bias_correction: bool = True
-    # mixed: int8 but for this many ops, those whose int8 outputs stray most from float (export.worst_int8_ops);
+    # mixed: int8 but for this many ops, those whose int8 outputs stray most from float (conversion.worst_int8_ops);
     # 6 of 3 / 6 / 12 was the best on BUSI Lite2 + SE's validation split (top-1 and agreement with float)
     float_ops: int = 6
 

@@ -109,7 +109,8 @@ def qat_tflite(run_dir: str | Path, epochs: int, learning_rate: float, represent
     from ..data.images import ImageSpec
     from ..data.augment import build_augmenter
     from ..data.pipeline import image_dataset
-    from ..export import representative_images, run_converter, train_records
+    from ..conversion import run_converter
+    from ..export import representative_images, train_records
     from ..models.frozen_features import split_feature_norm
 
     run_dir = Path(run_dir)
