@@ -36,6 +36,7 @@ def test_saved_config_loads_back(tmp_path):
     (["train.epochs"], "has no '='"),
     (["export.quant=[fp32, int4]"], "export.quant is 'int4'"),
     (["data.duplicates=off"], "quote the word, e.g. data.duplicates='off'"),
+    (["data.split_quota=frames"], "use one of: groups, items"),
 ])
 def test_bad_configs_name_the_key_and_fix(override, words):
     with pytest.raises(BadInputError) as info:

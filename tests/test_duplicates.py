@@ -105,6 +105,8 @@ def test_a_card_without_the_rule_splits_as_before(twins_dataset):
                                                                    "duplicate_distance": 10}}})
     assert split_of(new) == split_of(split_records(records, 0.2, 0.2, 0, duplicates="phash"))
     assert split_of(new) != split_of(old)
+    by_items = _split_as_trained(records, {"training": {"split_rule": {**rule, "split_quota": "items"}}})
+    assert split_of(by_items) == split_of(split_records(records, 0.2, 0.2, 0, quota="items"))
 
 
 @pytest.mark.realdata

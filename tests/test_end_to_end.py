@@ -399,6 +399,15 @@ def test_tflite_runner_needs_no_tensorflow(trained, exported, tmp_path):
                           str(exported["fp32"] / "model.tflite"), str(tmp_path / "missing.png")],
                          capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 2 and "input not found" in bad.stderr and "Traceback" not in bad.stderr
+    model = tmp_path / "timed" / "model.tflite"
+    shutil.copytree(exported["fp32"], model.parent)
+    timing = subprocess.run([sys.executable, str(REPO / "tflite" / "run.py"), "--model", str(model), "--threads", "1",
+                             "--latency", "7", "--record", "--json"], capture_output=True, text=True, env=env, timeout=120)
+    assert timing.returncode == 0, timing.stderr[-2000:]
+    measured = json.loads(timing.stdout.splitlines()[-1])
+    assert measured["runs"] == 7 and 0 < measured["median_ms"] <= measured["p90_ms"]
+    recorded = read_json(model.parent / "model_card.json")["export"]["latency"]["1_threads"]
+    assert recorded == {key: measured[key] for key in recorded}
 
 
 def test_tflite_runner_in_a_virtual_environment_without_tensorflow(trained, exported, tmp_path):

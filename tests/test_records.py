@@ -50,6 +50,30 @@ def test_folds_partition_groups():
     assert sum(len(t) for t in tests) == 10
 
 
+def _one_sweep_class():
+    """Class "s": one sweep of 42 frames (one group) and 8 single images; class "o": 50 single images."""
+    sweep = [Record(f"s{i}.png", "s", "sweep") for i in range(42)]
+    return (sweep + [Record(f"t{i}.png", "s", f"t{i}") for i in range(8)]
+            + [Record(f"o{i}.png", "o", f"o{i}") for i in range(50)])
+
+
+def test_an_item_quota_keeps_a_large_group_out_of_a_small_split():
+    """Counted in groups, a 15 % validation split of a class made of one 42-frame sweep and 8 single images takes
+    the sweep for some seeds (84 % of the class); counted in items it takes at most round(0.15 * 50) = 8 of its
+    items, and the other class is split as before."""
+    records = _one_sweep_class()
+    by_groups = [assign_splits(records, 0.15, 0.0, seed) for seed in range(20)]
+    assert any(sum(r.split == "val" and r.label == "s" for r in out) == 42 for out in by_groups)
+    for seed, groups_split in enumerate(by_groups):
+        out = assign_splits(records, 0.15, 0.0, seed, quota="items")
+        validate_splits(out)
+        assert 1 <= sum(r.split == "val" and r.label == "s" for r in out) <= 8
+        assert [r.split for r in out if r.label == "o"] == [r.split for r in groups_split if r.label == "o"]
+    folds = [assign_folds(records, 5, k, 0.15, quota="items") for k in range(5)]
+    for out in folds:  # validation carved from the training folds by items, whichever fold holds the sweep
+        assert sum(r.split == "val" and r.label == "s" for r in out) <= 8
+
+
 def test_empty_split_is_a_clear_error():
     with pytest.raises(BadInputError, match="'val' split is empty"):
         in_split([Record("a.png", "x", "a", "train")], "val")

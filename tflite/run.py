@@ -3,12 +3,15 @@
     python tflite/run.py --model tflite/models/NAME/model.tflite [--threads 2] [--json] INPUT...
     python tflite/run.py --model tflite/models/hc18_fetalnet/model.tflite --pixel-mm 0.12 scan.png
     python tflite/run.py --model tflite/models/NAME/model.tflite --csv predictions.csv FOLDER
+    python tflite/run.py --model tflite/models/NAME/model.tflite --threads 4 --latency 50 [--record]
 
 The model card beside the model (`model_card.json`) gives the task, labels, preprocessing and post-processing.
 An INPUT is an image, a video, a DICOM still or cine, or a folder tree of them. Classifiers print the top classes
 per input (video classifiers average their clips); segmenters print the head circumference in mm and the fitted
 ellipse, from --pixel-mm, a --pixel-csv or the DICOM file's pixel size. `--csv` writes the rows of
-`fpc-keras predict` instead. Needs numpy, Pillow and ai-edge-litert (or tflite-runtime) from requirements.txt,
+`fpc-keras predict` instead. `--latency N` times N single-item runs on the fixed input the card's latency was timed
+on (after 3 warm-up runs) and prints the median and p90; `--record` writes them into the card, e.g. once timed on
+the target board or on a quiet machine. Needs numpy, Pillow and ai-edge-litert (or tflite-runtime) from requirements.txt,
 scipy for segmenters, imageio[ffmpeg] for videos and pydicom for DICOM; it imports the small TF-free modules of
 fpc_keras from this repository (or an installed fpc_keras).
 """
@@ -24,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 if (REPO / "fpc_keras").is_dir() and str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from fpc_keras.card import read_card  # noqa: E402
+from fpc_keras.card import read_card, write_card  # noqa: E402
 from fpc_keras.errors import BadInputError  # noqa: E402
 from fpc_keras.litert import TFLiteModel  # noqa: E402
 from fpc_keras.predict import (Prediction, check_writable, collect_inputs, predict_inputs, read_pixel_csv,  # noqa: E402
@@ -52,6 +55,17 @@ def _line(result: dict) -> str:
             f"semi-axes {a:.1f}, {b:.1f} px, angle {angle:.1f} deg)")
 
 
+def timed(model: str, threads: int, runs: int, record: bool) -> dict:
+    """Median and p90 ms of `runs` single-item invokes at `threads`; with `record`, also the card's
+    `export.latency.<threads>_threads`."""
+    measured = TFLiteModel(model, threads).latency_ms(runs)
+    if record:
+        card = read_card(model)
+        card.setdefault("export", {}).setdefault("latency", {})[f"{threads}_threads"] = measured
+        write_card(Path(model).parent, card)
+    return {"model": model, "threads": threads, **measured}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="model.tflite with model_card.json beside it")
@@ -61,9 +75,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pixel-csv", help="segmenters: CSV of filename and pixel size(mm)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--csv", metavar="OUT", help="write the rows of `fpc-keras predict` to OUT")
-    parser.add_argument("inputs", nargs="+")
+    parser.add_argument("--latency", type=int, metavar="N", help="time N single-item runs at --threads; print ms")
+    parser.add_argument("--record", action="store_true", help="with --latency: write the timing into the card")
+    parser.add_argument("inputs", nargs="*")
     args = parser.parse_args(argv)
+    if not args.inputs and not args.latency:
+        parser.error("give INPUT... to label, or --latency N to time the model")
     try:
+        if args.latency:
+            measured = timed(args.model, args.threads, args.latency, args.record)
+            print(json.dumps(measured) if args.json else f"{args.model}: median {measured['median_ms']:.1f} ms, "
+                  f"p90 {measured['p90_ms']:.1f} ms at {args.threads} thread(s), {measured['runs']} runs", flush=True)
         if args.csv:
             check_writable(Path(args.csv))
         card = read_card(args.model)

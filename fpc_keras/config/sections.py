@@ -12,6 +12,7 @@ DATA_KINDS = ("fetal_planes", "folder", "prefix", "csv", "hc18", "videos")
 RESIZE_MODES = ("pad", "crop", "stretch", "stretch_crop")
 ON_BAD_INPUT = ("error", "skip")
 DUPLICATE_MODES = ("auto", "phash", "off")
+SPLIT_QUOTAS = ("groups", "items")  # data.split_quota (data/records.py)
 BALANCE_MODES = ("none", "class_weights", "sampling")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 
@@ -32,6 +33,10 @@ class DataConfig:
     # subject ids; `distance` is the most perceptual-hash bits (of 64) in which two near-twins differ.
     duplicates: str = "auto"
     duplicate_distance: int = 10
+    # A split's share of each class counted in groups (every stored split) or in items: by items, a group larger
+    # than what is left of the share is passed over, so one sweep of 42 frames cannot be a class's whole
+    # validation split and leave its training split a handful of images (data/records.py).
+    split_quota: str = "groups"
     aliases: dict[str, str] = field(default_factory=dict)
     # Train on these classes only (after aliases; empty: all). Recorded in the card's label rule, so the evaluator
     # leaves the other classes' items out of new data the same way.
@@ -45,6 +50,7 @@ class DataConfig:
         one_of("data.resize", self.resize, RESIZE_MODES)
         one_of("data.on_bad_input", self.on_bad_input, ON_BAD_INPUT)
         one_of("data.duplicates", self.duplicates, DUPLICATE_MODES)
+        one_of("data.split_quota", self.split_quota, SPLIT_QUOTAS)
         if not 0 <= self.duplicate_distance < 32:
             raise BadInputError(f"data.duplicate_distance is {self.duplicate_distance}",
                                 "use 0 (exact copies) to 31 bits; 10 is the documented default")

@@ -78,25 +78,31 @@ def read_records(kind: str, path: str | Path, aliases: dict[str, str] | None = N
 def prepare_records(kind: str, path: str | Path, val_fraction: float, test_fraction: float, seed: int,
                     aliases: dict[str, str] | None = None, folds: int = 0, fold: int = 0,
                     classes: Sequence[str] = (), duplicates: str = "auto",
-                    distance: int = DEFAULT_DISTANCE) -> list[Record]:
+                    distance: int = DEFAULT_DISTANCE, quota: str = "groups") -> list[Record]:
     """Read, then split by group (near-duplicates joined, official splits kept), checking that no group straddles
     splits."""
     records = read_records(kind, path, aliases, classes)
     return split_records(records, val_fraction, test_fraction, seed, folds, fold,
-                         resolve_mode(duplicates, kind, records), distance)
+                         resolve_mode(duplicates, kind, records), distance, quota)
+
+
+# The split rule of cards recorded before these keys existed: no near-duplicate grouping, quotas counted in groups.
+RULE_DEFAULTS = {"duplicates": "off", "duplicate_distance": DEFAULT_DISTANCE, "split_quota": "groups"}
 
 
 def split_records(records: list[Record], val_fraction: float, test_fraction: float, seed: int, folds: int = 0,
-                  fold: int = 0, duplicates: str = "off", distance: int = DEFAULT_DISTANCE) -> list[Record]:
+                  fold: int = 0, duplicates: str = "off", distance: int = DEFAULT_DISTANCE,
+                  quota: str = "groups") -> list[Record]:
     """Group K-fold (fold `fold` is test) or group fractions, over groups that join near-duplicate images
-    (`duplicates`: phash, or off; `resolve_mode` decides `auto`); official splits kept; leaks refused."""
+    (`duplicates`: phash, or off; `resolve_mode` decides `auto`), each split's share of a class counted in groups
+    or items (`quota`, `records.assign_splits`); official splits kept; leaks refused."""
     if duplicates not in ("phash", "off"):
         raise ValueError(f"split_records takes a resolved duplicates mode, not {duplicates!r}")
     if duplicates == "phash":
         records = group_near_duplicates(records, distance)
     if folds:
-        records = assign_folds(records, folds, fold, val_fraction, seed)
+        records = assign_folds(records, folds, fold, val_fraction, seed, quota)
     else:
-        records = assign_splits(records, val_fraction, test_fraction, seed)
+        records = assign_splits(records, val_fraction, test_fraction, seed, quota=quota)
     validate_splits(records)
     return records

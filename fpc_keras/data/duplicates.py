@@ -34,7 +34,6 @@ HASH_SIDE = 32
 LOW = 8
 PREFIX = "near:"  # the name of a group that near-duplicates joined
 # A split rule recorded before near-duplicate grouping existed split without it.
-RULE_BEFORE_DUPLICATES = {"duplicates": "off", "duplicate_distance": DEFAULT_DISTANCE}
 
 
 def _dct_matrix(n: int) -> np.ndarray:

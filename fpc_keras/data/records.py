@@ -89,20 +89,21 @@ def validate_splits(records: Sequence[Record]) -> None:
 
 
 def assign_splits(records: Sequence[Record], val_fraction: float, test_fraction: float, seed: int = 0,
-                  keep_existing: bool = True) -> list[Record]:
+                  keep_existing: bool = True, quota: str = "groups") -> list[Record]:
     """Give every record a split by whole groups, stratified by each group's majority label.
 
     Records that already have a split (an official one) keep it where `keep_existing`; then only the records
-    of the `train` split are divided into train and val (validation carved from the training groups).
+    of the `train` split are divided into train and val (validation carved from the training groups). `quota`:
+    whether a split's fraction of a label counts its groups, or its items (see `_take`).
     """
     if keep_existing and any(r.split for r in records):
         train = [r for r in records if r.split == "train"]
         others = [r for r in records if r.split != "train"]
-        return others + _divide(train, {"val": val_fraction}, seed)
-    return _divide(list(records), {"test": test_fraction, "val": val_fraction}, seed)
+        return others + _divide(train, {"val": val_fraction}, seed, quota)
+    return _divide(list(records), {"test": test_fraction, "val": val_fraction}, seed, quota)
 
 
-def _divide(records: list[Record], fractions: dict[str, float], seed: int) -> list[Record]:
+def _divide(records: list[Record], fractions: dict[str, float], seed: int, quota: str = "groups") -> list[Record]:
     """Split whole groups off `records`, per majority label, into the named splits; the rest is train."""
     groups: dict[str, list[Record]] = defaultdict(list)
     for record in records:
@@ -116,20 +117,34 @@ def _divide(records: list[Record], fractions: dict[str, float], seed: int) -> li
     for label in sorted(by_label):
         names = sorted(by_label[label])
         rng.shuffle(names)
-        start = 0
+        sizes = {name: len(groups[name]) if quota == "items" else 1 for name in names}
+        total = sum(sizes.values())
         for split, fraction in fractions.items():
-            count = int(round(fraction * len(names)))
-            if fraction > 0 and count == 0 and len(names) - start > 1:
-                count = 1
-            for name in names[start:start + count]:
+            taken = _take(names, sizes, fraction * total) if fraction > 0 else []
+            for name in taken:
                 split_of[name] = split
-            start += count
-        for name in names[start:]:
+            names = [name for name in names if name not in set(taken)]
+        for name in names:
             split_of[name] = "train"
     return [replace(r, split=split_of[r.group]) for r in records]
 
 
-def assign_folds(records: Sequence[Record], folds: int, fold: int, val_fraction: float, seed: int = 0) -> list[Record]:
+def _take(names: list[str], sizes: dict[str, int], share: float) -> list[str]:
+    """Groups from the front of `names` (shuffled) while their sizes fit round(`share`), at least one where more
+    than one is left. Sizes 1 (quota by groups): the first round(share) groups. Sizes in items: a group larger
+    than what is left of the share is passed over, so one large group (a sweep's frames, a patient's many scans)
+    cannot fill a split, nor empty the training split of its class."""
+    quota = max(int(round(share)), 1 if len(names) > 1 else 0)
+    taken, filled = [], 0
+    for name in names:
+        if filled + sizes[name] <= quota:
+            taken.append(name)
+            filled += sizes[name]
+    return taken
+
+
+def assign_folds(records: Sequence[Record], folds: int, fold: int, val_fraction: float, seed: int = 0,
+                 quota: str = "groups") -> list[Record]:
     """Group K-fold: fold `fold` is the test split, validation carved from the remaining groups."""
     groups = sorted({r.group for r in records})
     if len(groups) < folds:
@@ -137,7 +152,7 @@ def assign_folds(records: Sequence[Record], folds: int, fold: int, val_fraction:
     random.Random(seed).shuffle(groups)
     test_groups = set(groups[fold::folds])
     marked = [replace(r, split="test" if r.group in test_groups else "train") for r in records]
-    return assign_splits(marked, val_fraction, 0.0, seed)
+    return assign_splits(marked, val_fraction, 0.0, seed, quota=quota)
 
 
 def split_counts(records: Sequence[Record]) -> dict[str, dict[str, int]]:

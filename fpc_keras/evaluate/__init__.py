@@ -16,8 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..card import card_path_for, provenance, read_card, write_card
-from ..data.datasets import parse_data_spec, read_dataset, split_records
-from ..data.duplicates import RULE_BEFORE_DUPLICATES
+from ..data.datasets import RULE_DEFAULTS, parse_data_spec, read_dataset, split_records
 from ..data.records import Record, in_split, keep_classes
 from ..errors import BadInputError
 from ..io import atomic_write_json, read_json
@@ -103,9 +102,9 @@ def _split_as_trained(records: list[Record], card: dict) -> list[Record]:
     if not rule:
         raise BadInputError("this data has no split and the model card records no split rule",
                             "evaluate all items (leave out --split)")
-    rule = {**RULE_BEFORE_DUPLICATES, **rule}
+    rule = {**RULE_DEFAULTS, **rule}
     return split_records(records, rule["val_fraction"], rule["test_fraction"], rule["seed"], rule.get("folds", 0),
-                         rule.get("fold", 0), rule["duplicates"], rule["duplicate_distance"])
+                         rule.get("fold", 0), rule["duplicates"], rule["duplicate_distance"], rule["split_quota"])
 
 
 def _model_classes(records: list[Record], classes: Sequence[str], progress: Callable[[str], None]) -> list[Record]:

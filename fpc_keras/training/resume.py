@@ -6,7 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..config import RunConfig, config_to_dict, load_config, model_section_dict
-from ..data.duplicates import RULE_BEFORE_DUPLICATES
+from ..data.datasets import RULE_DEFAULTS
 from ..data.records import Record
 from ..data.sources import data_source
 from ..errors import BadInputError
@@ -49,7 +49,8 @@ def split_rule(config: RunConfig) -> dict:
     """What decides which item lands in which split (the card's `training.split_rule`)."""
     return {"val_fraction": config.data.val_fraction, "folds": config.data.folds,
             "test_fraction": config.data.test_fraction, "fold": config.data.fold, "seed": config.train.seed,
-            "duplicates": config.data.duplicates, "duplicate_distance": config.data.duplicate_distance}
+            "duplicates": config.data.duplicates, "duplicate_distance": config.data.duplicate_distance,
+            "split_quota": config.data.split_quota}
 
 
 def read_refit_source(config: RunConfig) -> dict:
@@ -73,7 +74,7 @@ def check_split_as(config: RunConfig, card: dict, what: str) -> None:
     """Refuse to build on a run (`card`) that split the data by another rule: its training items may be this run's
     test items."""
     recorded = card.get("training", {}).get("split_rule", {})
-    if {**RULE_BEFORE_DUPLICATES, **recorded} != split_rule(config):
+    if {**RULE_DEFAULTS, **recorded} != split_rule(config):
         raise BadInputError(f"{what} was split by {recorded}, this run by {split_rule(config)}",
                             "use the source run's data.val_fraction, data.test_fraction, data.folds, data.fold and "
                             "train.seed, so that its test split stays apart")

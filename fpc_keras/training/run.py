@@ -39,7 +39,7 @@ def train(config: RunConfig, progress: Progress = print) -> Path:
     final_epochs = final_fit_epochs(source) if source is not None else None
     records = split_records(records, config.data.val_fraction, config.data.test_fraction, config.train.seed,
                             config.data.folds, config.data.fold, config.data.duplicates,
-                            config.data.duplicate_distance)
+                            config.data.duplicate_distance, config.data.split_quota)
     task = task_of_kind(config.data.kind)
     if source is not None:
         records = final_fit_records(config, records, task.name)
