@@ -33,7 +33,6 @@ DEFAULT_DISTANCE = 10
 HASH_SIDE = 32
 LOW = 8
 PREFIX = "near:"  # the name of a group that near-duplicates joined
-# A split rule recorded before near-duplicate grouping existed split without it.
 
 
 def _dct_matrix(n: int) -> np.ndarray:

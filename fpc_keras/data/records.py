@@ -120,10 +120,10 @@ def _divide(records: list[Record], fractions: dict[str, float], seed: int, quota
         sizes = {name: len(groups[name]) if quota == "items" else 1 for name in names}
         total = sum(sizes.values())
         for split, fraction in fractions.items():
-            taken = _take(names, sizes, fraction * total) if fraction > 0 else []
+            taken = set(_take(names, sizes, fraction * total) if fraction > 0 else [])
             for name in taken:
                 split_of[name] = split
-            names = [name for name in names if name not in set(taken)]
+            names = [name for name in names if name not in taken]
         for name in names:
             split_of[name] = "train"
     return [replace(r, split=split_of[r.group]) for r in records]
