@@ -402,7 +402,8 @@ def test_tflite_runner_needs_no_tensorflow(trained, exported, tmp_path):
     model = tmp_path / "timed" / "model.tflite"
     shutil.copytree(exported["fp32"], model.parent)
     timing = subprocess.run([sys.executable, str(REPO / "tflite" / "run.py"), "--model", str(model), "--threads", "1",
-                             "--latency", "7", "--record", "--json"], capture_output=True, text=True, env=env, timeout=120)
+                             "--latency", "7", "--record", "--json"],
+                            capture_output=True, text=True, env=env, timeout=120)
     assert timing.returncode == 0, timing.stderr[-2000:]
     measured = json.loads(timing.stdout.splitlines()[-1])
     assert measured["runs"] == 7 and 0 < measured["median_ms"] <= measured["p90_ms"]
