@@ -12,8 +12,8 @@ ellipse, from --pixel-mm, a --pixel-csv or the DICOM file's pixel size. `--csv` 
 `fpc-keras predict` instead. `--latency N` times N single-item runs on the fixed input the card's latency was timed
 on (after 3 warm-up runs) and prints the median and p90; `--record` writes them into the card, e.g. once timed on
 the target board or on a quiet machine. Needs numpy, Pillow and ai-edge-litert (or tflite-runtime) from
-requirements.txt, scipy for segmenters, imageio[ffmpeg] for videos and pydicom for DICOM; it imports the small TF-free modules of
-fpc_keras from this repository (or an installed fpc_keras).
+requirements.txt, scipy for segmenters, imageio[ffmpeg] for videos and pydicom for DICOM; it imports the small
+TF-free modules of fpc_keras from this repository (or an installed fpc_keras).
 """
 from __future__ import annotations
 
