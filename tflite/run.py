@@ -28,7 +28,7 @@ if (REPO / "fpc_keras").is_dir() and str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from fpc_keras.card import read_card, write_card  # noqa: E402
-from fpc_keras.errors import BadInputError  # noqa: E402
+from fpc_keras.errors import exit_code_of  # noqa: E402
 from fpc_keras.litert import TFLiteModel  # noqa: E402
 from fpc_keras.predict import (Prediction, check_writable, collect_inputs, predict_inputs, read_pixel_csv,  # noqa: E402
                                write_csv)
@@ -81,32 +81,32 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.inputs and not args.latency:
         parser.error("give INPUT... to label, or --latency N to time the model")
-    try:
-        if args.latency:
-            measured = timed(args.model, args.threads, args.latency, args.record)
-            print(json.dumps(measured) if args.json else f"{args.model}: median {measured['median_ms']:.1f} ms, "
-                  f"p90 {measured['p90_ms']:.1f} ms at {args.threads} thread(s), {measured['runs']} runs", flush=True)
-        if args.csv:
-            check_writable(Path(args.csv))
-        card = read_card(args.model)
-        predictor = Predictor(args.model, card, TFLiteModel(args.model, args.threads))
-        pixel_csv = read_pixel_csv(args.pixel_csv) if args.pixel_csv else None
-        everything = Prediction([])
-        for path in (p for source in args.inputs for p in collect_inputs(source, card)):
-            start = time.perf_counter()
-            done = predict_inputs(predictor, [path], "error", args.pixel_mm, pixel_csv, progress=lambda _: None)
-            everything.columns = done.columns
-            everything.rows.extend(done.rows)
-            for row in done.rows if not args.csv else []:
-                result = {**result_of(row, args.top), "ms": round(1000 * (time.perf_counter() - start), 1)}
-                print(json.dumps(result) if args.json else _line(result), flush=True)
-        if args.csv:
-            write_csv(everything, Path(args.csv))
-            print(f"{len(everything.rows)} row(s) -> {args.csv}")
-    except BadInputError as exc:
-        print(str(exc).replace("[fpc_keras] ", "error: ", 1), file=sys.stderr)
-        return 2
-    return 0
+    return exit_code_of(lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> None:
+    """Time the model, or label the inputs (printing each result, or writing the CSV)."""
+    if args.latency:
+        measured = timed(args.model, args.threads, args.latency, args.record)
+        print(json.dumps(measured) if args.json else f"{args.model}: median {measured['median_ms']:.1f} ms, "
+              f"p90 {measured['p90_ms']:.1f} ms at {args.threads} thread(s), {measured['runs']} runs", flush=True)
+    if args.csv:
+        check_writable(Path(args.csv))
+    card = read_card(args.model)
+    predictor = Predictor(args.model, card, TFLiteModel(args.model, args.threads))
+    pixel_csv = read_pixel_csv(args.pixel_csv) if args.pixel_csv else None
+    everything = Prediction([])
+    for path in (p for source in args.inputs for p in collect_inputs(source, card)):
+        start = time.perf_counter()
+        done = predict_inputs(predictor, [path], "error", args.pixel_mm, pixel_csv, progress=lambda _: None)
+        everything.columns = done.columns
+        everything.rows.extend(done.rows)
+        for row in done.rows if not args.csv else []:
+            result = {**result_of(row, args.top), "ms": round(1000 * (time.perf_counter() - start), 1)}
+            print(json.dumps(result) if args.json else _line(result), flush=True)
+    if args.csv:
+        write_csv(everything, Path(args.csv))
+        print(f"{len(everything.rows)} row(s) -> {args.csv}")
 
 
 if __name__ == "__main__":
