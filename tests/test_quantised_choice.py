@@ -91,6 +91,15 @@ def test_pooled_quantisation_pairs_each_image_with_its_float_prediction():
     assert "| chosen on each fold's validation | 50.00" in table and "| int8 | 0.333 | 0.667 |" in table
 
 
+def test_a_predicted_class_no_pooled_item_carries_is_its_own_class_in_macro_f1():
+    """Folds pooled before every class has a test item: a prediction of the missing class `c` is a false positive of
+    `c` (F1 0), not a hit on whichever class sorts last (`b`)."""
+    pooled = pooled_quantisation([_fold(0, "int8", [("a", "a", "a", "a"), ("b", "c", "b", "b")])])
+    assert pooled["float_macro_f1"]["value"] == pytest.approx((1 + 0 + 0) / 3)  # a right; b missed; c wrongly called
+    assert pooled["variants"]["int8"]["macro_f1"]["value"] == pytest.approx(1.0)
+    assert pooled["float_recall"] == {"a": 1.0, "b": 0.0}
+
+
 def test_pooling_refuses_a_fold_twice_or_folds_of_another_split():
     fold = _fold(0, "int8", [("a", "a", "a", "a")])
     with pytest.raises(BadInputError, match="one K-fold split"):

@@ -93,11 +93,13 @@ def pooled_quantisation(folds: Sequence[dict]) -> dict:
 
 
 def _pooled_macro_f1(items: Sequence[dict], model: str) -> dict:
-    """Macro-F1 of `model`'s predictions over the pooled items, with a bootstrap CI over images."""
-    labels = sorted({item["label"] for item in items})
+    """Macro-F1 of `model`'s predictions over the pooled items, with a bootstrap CI over images. A class that is
+    predicted but carried by no pooled item (a partial store) counts as a class of its own with F1 0, as sklearn's
+    macro-F1 over the observed labels does, not as some other class."""
+    labels = sorted({item["label"] for item in items} | {str(item.get(model)) for item in items})
     index = {label: i for i, label in enumerate(labels)}
     truth = np.array([index[item["label"]] for item in items])
-    predicted = np.array([index.get(item.get(model), -1) for item in items])
+    predicted = np.array([index[str(item.get(model))] for item in items])
     return with_ci(lambda idx: macro_f1(truth[idx], predicted[idx], len(labels)), len(items))
 
 
