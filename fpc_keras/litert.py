@@ -1,6 +1,7 @@
 """A TFLite model behind one call, on ai-edge-litert only (no TensorFlow): float or int8 input and output."""
 from __future__ import annotations
 
+import platform
 import time
 from pathlib import Path
 from typing import Callable
@@ -86,9 +87,9 @@ class TFLiteModel:
         item = timing_input(self.input_shape[1:])
         return lambda: self.run_one(item)
 
-    def latency_ms(self, runs: int = 30, warmup: int = 3) -> dict[str, float]:
-        """Median and p90 of single-item invoke times on a fixed random input."""
-        return measure_latency(self.timing_call(), runs, warmup)
+    def latency_ms(self, runs: int = 30, warmup: int = 3) -> dict[str, float | str]:
+        """Median and p90 of single-item invoke times on a fixed random input, and the CPU they were timed on."""
+        return {**measure_latency(self.timing_call(), runs, warmup), "cpu": cpu_name()}
 
 
 def ranked_outputs(outputs) -> list[np.ndarray]:
@@ -100,6 +101,22 @@ def ranked_outputs(outputs) -> list[np.ndarray]:
 
 def primary_output(outputs) -> np.ndarray:
     return ranked_outputs(outputs)[0]
+
+
+def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name with its int8 matrix extensions: int8 latency of large convolutions (VGG16) differs
+    about 3x between an Intel host with AMX and an AMD EPYC with AVX-512 VNNI at the same thread count, so a card's
+    latency means little without it."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    extensions = [name for name in ("avx512_vnni", "avx_vnni", "amx_int8") if name in flags]
+    name = fields.get("model name") or fields.get("Model") or platform.machine()
+    return f"{name} ({', '.join(extensions)})" if extensions else name
 
 
 def timing_input(shape: tuple[int, ...]) -> np.ndarray:

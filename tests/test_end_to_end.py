@@ -16,7 +16,7 @@ from fpc_keras.cli import main
 from fpc_keras.config import load_config
 from fpc_keras.errors import BadInputError
 from fpc_keras.io import read_json
-from fpc_keras.litert import TFLiteModel
+from fpc_keras.litert import TFLiteModel, cpu_name
 from fpc_keras.report.papers import ABDOMINAL_TEST
 from fpc_keras.training import train
 from parity import assert_parity
@@ -408,7 +408,7 @@ def test_tflite_runner_needs_no_tensorflow(trained, exported, tmp_path):
     measured = json.loads(timing.stdout.splitlines()[-1])
     assert measured["runs"] == 7 and 0 < measured["median_ms"] <= measured["p90_ms"]
     recorded = read_json(model.parent / "model_card.json")["export"]["latency"]["1_threads"]
-    assert recorded == {key: measured[key] for key in recorded}
+    assert recorded == {key: measured[key] for key in recorded} and recorded["cpu"] == cpu_name()
 
 
 def test_tflite_runner_in_a_virtual_environment_without_tensorflow(trained, exported, tmp_path):

@@ -89,7 +89,8 @@ def _run(args: argparse.Namespace) -> None:
     if args.latency:
         measured = timed(args.model, args.threads, args.latency, args.record)
         print(json.dumps(measured) if args.json else f"{args.model}: median {measured['median_ms']:.1f} ms, "
-              f"p90 {measured['p90_ms']:.1f} ms at {args.threads} thread(s), {measured['runs']} runs", flush=True)
+              f"p90 {measured['p90_ms']:.1f} ms at {args.threads} thread(s) on {measured['cpu']}, "
+              f"{measured['runs']} runs", flush=True)
     if args.csv:
         check_writable(Path(args.csv))
     card = read_card(args.model)

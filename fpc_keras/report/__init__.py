@@ -181,7 +181,8 @@ def export_rows(run: dict) -> list[dict]:
                      "latency": f"{runs * latency['median_ms']:.1f} / {runs * latency['p90_ms']:.1f}"
                                 + (f" ({runs} runs per image: mirrored averaging)" if runs > 1 else ""),
                      "median_ms": runs * latency["median_ms"], "value": top1,
-                     "threads": next(iter(export["latency"])).split("_")[0],
+                     "threads": next(iter(export["latency"])).split("_")[0]
+                                + (f" on {latency['cpu']}" if "cpu" in latency else ""),
                      "metric": metric, "top1": fmt(test.get(metric)),
                      "val": fmt((split_metrics.get("val") or {}).get(metric)),
                      "drop": f"{100 * (keras_top1 - top1):+.2f}" if top1 is not None and keras_top1 is not None else "–"})
