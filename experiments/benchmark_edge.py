@@ -25,6 +25,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import fpc_keras.experiment  # noqa: F401  (first: starts TensorFlow without its C++ start-up lines)
 from fpc_keras import cv
 from fpc_keras.benchmark import benchmark, table
 from fpc_keras.card import read_card, write_card

@@ -7,18 +7,16 @@ as many as FETAL_PLANES_DB) against images/s the model trains on, and peak memor
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from fpc_keras.config import load_config  # noqa: E402
-from fpc_keras.errors import exit_code_of  # noqa: E402
-from fpc_keras.models import build_model  # noqa: E402
-from fpc_keras.models.backbones import set_backbone_trainable  # noqa: E402
-from fpc_keras.throughput import model_rate, peak_rss_mb, pipeline_rate, write_images  # noqa: E402
-from fpc_keras.training.averaging import compile_classifier  # noqa: E402
+import fpc_keras.experiment  # noqa: F401  (first: starts TensorFlow without its C++ start-up lines)
+from fpc_keras.config import load_config
+from fpc_keras.errors import exit_code_of
+from fpc_keras.models import build_model
+from fpc_keras.models.backbones import set_backbone_trainable
+from fpc_keras.throughput import model_rate, peak_rss_mb, pipeline_rate, write_images
+from fpc_keras.training.averaging import compile_classifier
 
 
 def main() -> None:

@@ -28,13 +28,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from fpc_keras.experiment import SHARED_DATA, segmentation_table  # first: starts TensorFlow quietly
 from fpc_keras import cv
 from fpc_keras.config import load_config
 from fpc_keras.cv.segmentation import (paired_segmentation, paired_segmentation_table, pooled_segmentation,
                                        pooled_segmentation_table, segmentation_fold)
 from fpc_keras.data.hc18 import write_challenge_csv
 from fpc_keras.errors import exit_code_of
-from fpc_keras.experiment import SHARED_DATA, segmentation_table
 from fpc_keras.export import export_run, ship, shipped_variant
 from fpc_keras.io import atomic_write_text, read_json
 from fpc_keras.training import train

@@ -3,12 +3,15 @@ and write the comparison table that the report and the closing notes quote."""
 from __future__ import annotations
 
 import argparse
-import os
 from math import nan
 from pathlib import Path
 from typing import Callable, Sequence
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: its start-up chatter hides progress
+from .quiet import start_tensorflow
+
+# An experiment script imports this module before anything that loads TensorFlow: TensorFlow's C++ start-up lines
+# (absl, oneDNN, "Could not find cuda drivers") would otherwise come before the script's own progress.
+start_tensorflow()
 
 import numpy as np  # noqa: E402
 

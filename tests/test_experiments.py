@@ -83,6 +83,7 @@ def test_run_all_covers_every_experiment_script():
 
 @pytest.mark.parametrize("script", ["benchmark_edge.py", "video_classification.py"])
 def test_an_experiment_script_states_a_user_error_without_a_traceback(script, tmp_path):
+    """Its stderr is the error and its fix: no traceback, and none of TensorFlow's C++ start-up lines before it."""
     missing = tmp_path / "nowhere"
     command = [sys.executable, str(REPO / "experiments" / script),
                *(["--folds", "5", "--config", str(missing / "recipe.yaml")] if script == "benchmark_edge.py"
@@ -90,6 +91,9 @@ def test_an_experiment_script_states_a_user_error_without_a_traceback(script, tm
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr[-2000:]
     assert "error: " in done.stderr and str(missing) in done.stderr and "Traceback" not in done.stderr
+    assert "absl::InitializeLog" not in done.stderr and "cuda" not in done.stderr, done.stderr[:2000]
+
+
 def test_quantisation_cross_validation_tests_every_image_once_and_pools_the_exports(trained, tmp_path):
     """benchmark_edge.py --folds: every image is tested once, by a model that never saw it; the pooled top-1 of
     float and int8 agree with the folds' own results; flip TTA is pooled as a variant of its own; a second call
