@@ -4,7 +4,9 @@ graph (bilinear, a TFLite builtin).
 
 The graph is flat, as flip TTA's (`models.tta`): each member is cloned with its layer names prefixed `m<i>_` and
 called on the shared input, not nested as a layer, which the int8 export's per-layer bias correction would not see
-into. A member's own nested head stays nested inside it, as in the member.
+into. A member's own nested head stays nested inside it, as in the member. A multiscale frozen-features member
+enters in its export form (`split_feature_norm`: each depth standardised before the concatenation, the same
+arithmetic): once renamed, the export would no longer find it, and its full-int8 graph loses the small branches.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import Sequence
 import keras
 
 from ..errors import BadInputError
+from .frozen_features import split_feature_norm
 
 
 def build_ensemble(members: Sequence[keras.Model], name: str = "ensemble") -> keras.Model:
@@ -28,6 +31,7 @@ def build_ensemble(members: Sequence[keras.Model], name: str = "ensemble") -> ke
     inputs = keras.Input(shape, name=first.layers[0].name)
     outputs = []
     for index, member in enumerate(members):
+        member = split_feature_norm(member)
         outputs.append(_renamed(member, f"m{index}_").call(_fitted(inputs, member, f"m{index}_resize")))
     return keras.Model(inputs, keras.layers.Average(name="ensemble_average")(outputs), name=name)
 
