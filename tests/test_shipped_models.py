@@ -97,8 +97,8 @@ def test_shipped_card_says_what_its_tflite_computes_in(name):
 @pytest.mark.realdata
 def test_busi_efficientnet_attention_states_its_cv_and_maps_labels_by_name(shared_data, tmp_path):
     """The shipped BUSI classifier (paper 1's recipe in the ensemble chosen by CV, refit on every image) carries the
-    5-fold CV of its recipe over all 613 grouped images; and a folder tree holding only some of its classes, in another order, is scored by
-    class name (the model saw these images: a smoke test of the label mapping, not a
+    5-fold CV of its recipe over all 613 grouped images; and a folder tree holding only some of its classes, in
+    another order, is scored by class name (the model saw these images: a smoke test of the label mapping, not a
     measurement)."""
     import shutil
 

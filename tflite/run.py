@@ -55,10 +55,10 @@ def _line(result: dict) -> str:
             f"semi-axes {a:.1f}, {b:.1f} px, angle {angle:.1f} deg)")
 
 
-def timed(model: str, threads: int, runs: int, record: bool) -> dict:
-    """Median and p90 ms of `runs` single-item invokes at `threads`; with `record`, also the card's
-    `export.latency.<threads>_threads`."""
-    measured = TFLiteModel(model, threads).latency_ms(runs)
+def timed(model: str, tflite: TFLiteModel, threads: int, runs: int, record: bool) -> dict:
+    """Median and p90 ms of `runs` single-item invokes of `tflite` (the file `model`, run at `threads`); with
+    `record`, also the card's `export.latency.<threads>_threads`."""
+    measured = tflite.latency_ms(runs)
     if record:
         card = read_card(model)
         card.setdefault("export", {}).setdefault("latency", {})[f"{threads}_threads"] = measured
@@ -85,16 +85,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> None:
-    """Time the model, or label the inputs (printing each result, or writing the CSV)."""
+    """Time the model, or label the inputs (printing each result, or writing the CSV): one interpreter for both."""
+    tflite = TFLiteModel(args.model, args.threads)
     if args.latency:
-        measured = timed(args.model, args.threads, args.latency, args.record)
+        measured = timed(args.model, tflite, args.threads, args.latency, args.record)
         print(json.dumps(measured) if args.json else f"{args.model}: median {measured['median_ms']:.1f} ms, "
               f"p90 {measured['p90_ms']:.1f} ms at {args.threads} thread(s) on {measured['cpu']}, "
               f"{measured['runs']} runs", flush=True)
     if args.csv:
         check_writable(Path(args.csv))
     card = read_card(args.model)
-    predictor = Predictor(args.model, card, TFLiteModel(args.model, args.threads))
+    predictor = Predictor(args.model, card, tflite)
     pixel_csv = read_pixel_csv(args.pixel_csv) if args.pixel_csv else None
     everything = Prediction([])
     for path in (p for source in args.inputs for p in collect_inputs(source, card)):
