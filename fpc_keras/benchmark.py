@@ -17,7 +17,7 @@ from .card import read_card
 from .errors import BadInputError
 from .export import export_run
 from .io import atomic_write_json
-from .litert import TFLiteModel, measure_interleaved, measure_latency, timing_input
+from .litert import TFLiteModel, cpu_name, measure_interleaved, measure_latency, timing_input
 
 Progress = Callable[[str], None]
 
@@ -75,7 +75,7 @@ def benchmark(run_dir: str | Path, variants: Sequence[str] = ("fp32", "fp16", "i
             calls["onnxruntime_fp32"] = session(n)
         for name, latency in measure_interleaved(calls, runs).items():
             rows[name]["latency"][f"{n}_threads"] = latency
-    result = {"model": str(run_dir), "input_shape": [1, *shape], "runs": runs, "rows": rows,
+    result = {"model": str(run_dir), "input_shape": [1, *shape], "runs": runs, "cpu": cpu_name(), "rows": rows,
               "ratios": _ratios(rows, threads)}
     atomic_write_json(run_dir / "benchmark_edge.json", result)
     return result
@@ -109,8 +109,9 @@ def _ratios(rows: dict, threads: Sequence[int]) -> dict:
 
 
 def table(result: dict) -> str:
-    """The benchmark as a markdown table."""
-    lines = ["| runtime | size MB | latency median / p90 ms | vs ORT fp32 (median) | top-1 (Keras) |",
+    """The benchmark as a markdown table, under the CPU it was timed on (results from before it was recorded: none)."""
+    lines = [*([f"Timed on {result['cpu']}, {result['runs']} runs each.", ""] if "cpu" in result else []),
+             "| runtime | size MB | latency median / p90 ms | vs ORT fp32 (median) | top-1 (Keras) |",
              "|---|---|---|---|---|"]
     for name, row in result["rows"].items():
         latency = "; ".join(f"{k.split('_')[0]} thr {v['median_ms']:.2f} / {v['p90_ms']:.2f}"

@@ -184,7 +184,7 @@ def test_edge_benchmark_table(trained, exported, capsys):
     assert result["ratios"]["tflite_int8/onnxruntime_fp32"]["1_threads"] > 0
     assert result["rows"]["tflite_int8"]["accuracy"]["split"] == "test"
     assert read_json(trained["run"] / "benchmark_edge.json")["rows"].keys() == result["rows"].keys()
-    assert "| tflite_int8 |" in table(result)
+    assert "| tflite_int8 |" in table(result) and table(result).startswith(f"Timed on {cpu_name()}, 3 runs each.")
     model = keras.saving.load_model(trained["run"] / "model.keras")  # the ONNX peer computes the same model
     session, _ = onnx_session_factory(model, (32, 32, 3))
     x = np.random.default_rng(0).uniform(0, 255, (1, 32, 32, 3)).astype("float32")

@@ -100,6 +100,16 @@ def test_a_predicted_class_no_pooled_item_carries_is_its_own_class_in_macro_f1()
     assert pooled["float_recall"] == {"a": 1.0, "b": 0.0}
 
 
+def test_a_variant_one_fold_lacks_is_left_out_of_the_pool_not_scored_wrong():
+    """Folds stored with other --variants: fold 1 has no `flip` column; pooling `flip` would count fold 1's items as
+    misread (or as a class named None in macro-F1)."""
+    first = _fold(0, "int8", [("a", "a", "a", "a"), ("b", "b", "b", "b")])
+    first["items"] = [{**item, "flip": item["label"]} for item in first["items"]]
+    pooled = pooled_quantisation([first, _fold(1, "int8", [("a", "a", "a", "a"), ("b", "a", "b", "b")])])
+    assert set(pooled["variants"]) == {"int8", "mixed", "chosen"}
+    assert pooled["variants"]["int8"]["top1"]["value"] == 1.0 and pooled["float"]["value"] == 3 / 4
+
+
 def test_pooling_refuses_a_fold_twice_or_folds_of_another_split():
     fold = _fold(0, "int8", [("a", "a", "a", "a")])
     with pytest.raises(BadInputError, match="one K-fold split"):

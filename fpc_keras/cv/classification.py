@@ -71,8 +71,9 @@ def pooled_quantisation(folds: Sequence[dict]) -> dict:
     check_one_split(folds)
     with_choice = all(f["chosen"] in f["items"][0] for f in folds if f["items"])
     items = [{**item, **({"chosen": item[f["chosen"]]} if with_choice else {})} for f in folds for item in f["items"]]
-    variants = [name for name in items[0] if name not in ("file", "label", "float")]
-    right = {name: np.array([item.get(name) == item["label"] for item in items], np.float64)
+    # A variant some fold lacks (folds run with other --variants) is left out, not scored as wrong on those folds.
+    variants = [name for name in items[0] if name not in ("file", "label", "float") and all(name in i for i in items)]
+    right = {name: np.array([item[name] == item["label"] for item in items], np.float64)
              for name in ("float", *variants)}
     n = len(items)
     val = [f.get("val_macro_f1") for f in folds]
@@ -88,7 +89,7 @@ def pooled_quantisation(folds: Sequence[dict]) -> dict:
             "recall": _pooled_recall(items, name),
             "change": with_ci(lambda idx, c=change: c[idx].mean(), n),
             "lost": int((change < 0).sum()), "gained": int((change > 0).sum()),
-            "agreement": float(np.mean([item.get(name) == item["float"] for item in items]))}
+            "agreement": float(np.mean([item[name] == item["float"] for item in items]))}
     return out
 
 
@@ -96,10 +97,10 @@ def _pooled_macro_f1(items: Sequence[dict], model: str) -> dict:
     """Macro-F1 of `model`'s predictions over the pooled items, with a bootstrap CI over images. A class that is
     predicted but carried by no pooled item (a partial store) counts as a class of its own with F1 0, as sklearn's
     macro-F1 over the observed labels does, not as some other class."""
-    labels = sorted({item["label"] for item in items} | {str(item.get(model)) for item in items})
+    labels = sorted({item["label"] for item in items} | {item[model] for item in items})
     index = {label: i for i, label in enumerate(labels)}
     truth = np.array([index[item["label"]] for item in items])
-    predicted = np.array([index[str(item.get(model))] for item in items])
+    predicted = np.array([index[item[model]] for item in items])
     return with_ci(lambda idx: macro_f1(truth[idx], predicted[idx], len(labels)), len(items))
 
 
@@ -107,7 +108,7 @@ def _pooled_recall(items: Sequence[dict], model: str) -> dict[str, float]:
     """Recall of each class (the share of its pooled items that `model` labels as it): what a per-class target
     reads, and what a good top-1 can hide on a small class."""
     labels = sorted({item["label"] for item in items})
-    return {label: float(np.mean([item.get(model) == label for item in items if item["label"] == label]))
+    return {label: float(np.mean([item[model] == label for item in items if item["label"] == label]))
             for label in labels}
 
 
