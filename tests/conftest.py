@@ -128,6 +128,25 @@ def family_model(family: str, weights: str = "none"):
     return model
 
 
+def standardised_multiscale_vgg16(images: np.ndarray, classes: int, seed: int = 0):
+    """A 32x32 frozen VGG16 multiscale classifier (random weights, linear head) whose `feature_norm` standardises the
+    features of `images` with their own statistics, as a trained head does: block3's max-pooled features are about
+    20x block5's, which is what the per-depth standardisation of the int8 export is for."""
+    import keras
+
+    from fpc_keras.config import load_config
+    from fpc_keras.models import build_model
+
+    keras.utils.set_random_seed(seed)
+    model = build_model(load_config(None, [
+        "model.name=frozen_features", "model.backbone=vgg16", "model.weights=none", f"model.num_classes={classes}",
+        "data.image_size=[32, 32]", "model.pooling=multiscale", "model.head_units=[]", "model.dropout=0"]))
+    features = keras.Model(model.input, model.get_layer("multiscale_features").output).predict(images, verbose=0)
+    norm = model.get_layer("head").get_layer("feature_norm")
+    norm.set_weights([*norm.get_weights()[:2], features.mean(axis=0), features.var(axis=0) + 1e-6])
+    return model
+
+
 def family_inputs(count: int = 8, seed: int = 1) -> np.ndarray:
     """Images for the family models: the class blobs of `blob_image` (what the models are meant to tell apart)."""
     rng = np.random.default_rng(seed)

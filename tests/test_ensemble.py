@@ -3,7 +3,7 @@ fed a resized input, one .tflite that matches Keras; a run folder built from run
 import numpy as np
 import pytest
 
-from conftest import calibrate_batch_norm, family_inputs, tiny_overrides
+from conftest import calibrate_batch_norm, family_inputs, standardised_multiscale_vgg16, tiny_overrides
 from fpc_keras.config import load_config
 from fpc_keras.errors import BadInputError
 from fpc_keras.models import build_model
@@ -47,22 +47,6 @@ def test_ensemble_averages_its_members_and_resizes_for_a_member_of_another_size(
     assert_parity("fp32", tflite(images), expected)
 
 
-def _multiscale_vgg16(images: np.ndarray, seed: int):
-    """A frozen VGG16 multiscale member whose head standardises its features with their own statistics (as the
-    trained head does): block3's max-pooled features are about 20x block5's."""
-    import keras
-
-    keras.utils.set_random_seed(seed)
-    config = load_config(None, ["model.name=frozen_features", "model.backbone=vgg16", "model.weights=none",
-                                "model.num_classes=3", "data.image_size=[32, 32]", "model.pooling=multiscale",
-                                "model.head_units=[]", "model.dropout=0"])
-    model = build_model(config)
-    features = keras.Model(model.input, model.get_layer("multiscale_features").output).predict(images, verbose=0)
-    norm = model.get_layer("head").get_layer("feature_norm")
-    norm.set_weights([*norm.get_weights()[:2], features.mean(axis=0), features.var(axis=0) + 1e-6])
-    return model
-
-
 def test_a_multiscale_frozen_features_member_enters_the_int8_export_standardised_per_depth(tmp_path):
     """Renamed `m<i>_`, a multiscale member is no longer found by the export's `split_feature_norm`: the ensemble
     carries it in that form itself. Without it, one int8 scale over all depths took a Lite0 + VGG16 ensemble on BUSI
@@ -72,7 +56,7 @@ def test_a_multiscale_frozen_features_member_enters_the_int8_export_standardised
     from fpc_keras.models.ensemble import build_ensemble
 
     images = np.random.default_rng(0).uniform(0, 255, (24, 32, 32, 3)).astype(np.float32)
-    members = [_multiscale_vgg16(images, seed) for seed in (0, 1)]
+    members = [standardised_multiscale_vgg16(images, 3, seed) for seed in (0, 1)]
     ensemble = build_ensemble(members)
     expected = np.mean([np.asarray(m(images[:16], training=False)) for m in members], axis=0)
     np.testing.assert_allclose(np.asarray(ensemble(images[:16], training=False)), expected, atol=1e-5)

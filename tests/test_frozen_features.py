@@ -178,14 +178,11 @@ def test_multiscale_features_are_standardised_per_branch_before_int8(tmp_path):
     """Pooled features of three depths on different scales (VGG16 here: block3 max-pools about 20x block5's; on
     ultrasound, thousands against tens): the export applies the head's standardisation before the concatenation,
     so that one int8 scale fits every branch (12 of 16 top-1 decisions match Keras; without it 6 of 16)."""
+    from conftest import standardised_multiscale_vgg16
     from fpc_keras.models.frozen_features import split_feature_norm
 
-    keras.utils.set_random_seed(0)
-    model = build_model(_config("vgg16", 32, "model.pooling=multiscale", "model.head_units=[]", "model.dropout=0"))
     images = np.random.default_rng(0).uniform(0, 255, (24, 32, 32, 3)).astype(np.float32)
-    features = keras.Model(model.input, model.get_layer("multiscale_features").output).predict(images, verbose=0)
-    norm = model.get_layer("head").get_layer("feature_norm")
-    norm.set_weights([*norm.get_weights()[:2], features.mean(axis=0), features.var(axis=0) + 1e-6])
+    model = standardised_multiscale_vgg16(images, classes=4)
     reference = model.predict(images[:16], verbose=0)
     assert np.abs(split_feature_norm(model).predict(images[:16], verbose=0) - reference).max() < 1e-5
     path = tmp_path / "multiscale.tflite"
