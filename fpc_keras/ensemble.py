@@ -103,8 +103,8 @@ def _check_members(runs: list[Path], cards: list[dict]) -> None:
                                 "ensemble models of one task and one clip shape")
         if _split_of(run) != split:
             raise BadInputError(f"{run} was trained on another split than {runs[0]} (their splits.csv differ)",
-                                "ensemble runs of one split (same data, data.folds / data.fold and train.seed), "
-                                "so that no member saw the ensemble's test items")
+                                "ensemble runs of one split (same data, data.folds / data.fold and data.split_seed, "
+                                "else train.seed), so that no member saw the ensemble's test items")
 
 
 def _split_of(run: Path) -> dict[str, str]:

@@ -76,7 +76,8 @@ def test_an_ensemble_needs_two_members_of_the_same_classes():
 
 def test_ensemble_run_of_two_runs_on_one_split_is_measured_and_exported(folder_dataset, tmp_path, capsys):
     """`fpc-keras ensemble`: a run folder whose card lists its members and whose test metrics are the ensemble's
-    own on the members' test split; it exports to int8 as any run. Runs of another split are refused."""
+    own on the members' test split; it exports to int8 as any run. Runs of another split are refused; runs of another
+    train.seed on one data.split_seed are not."""
     from fpc_keras.cli import main
     from fpc_keras.io import read_json
 
@@ -99,6 +100,10 @@ def test_ensemble_run_of_two_runs_on_one_split_is_measured_and_exported(folder_d
     capsys.readouterr()
     assert main(["ensemble", str(runs / "a"), str(runs / "c"), "--out", str(runs / "ac")]) == 2
     assert "another split" in capsys.readouterr().err
+    train("d", "train.seed=5", "data.split_seed=0")  # another initialisation on a's split: a seed ensemble
+    assert (runs / "d" / "splits.csv").read_text() == (runs / "a" / "splits.csv").read_text()
+    assert read_json(runs / "d" / "model_card.json")["training"]["seed"] == 5
+    assert main(["ensemble", str(runs / "a"), str(runs / "d"), "--out", str(runs / "ad")]) == 0
 
 
 def _empty(tmp_path):

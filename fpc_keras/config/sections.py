@@ -37,6 +37,9 @@ class DataConfig:
     # than what is left of the share is passed over, so one sweep of 42 frames cannot be a class's whole
     # validation split and leave its training split a handful of images (data/records.py).
     split_quota: str = "groups"
+    # Seed of the split (folds, validation and test draws); empty: train.seed. Set it to keep one split while
+    # train.seed varies (repeats that measure run-to-run spread, or members of one ensemble).
+    split_seed: int | None = None
     aliases: dict[str, str] = field(default_factory=dict)
     # Train on these classes only (after aliases; empty: all). Recorded in the card's label rule, so the evaluator
     # leaves the other classes' items out of new data the same way.
@@ -179,6 +182,10 @@ class RunConfig:
     @property
     def run_dir(self) -> Path:
         return Path(self.runs_dir) / self.name
+
+    @property
+    def split_seed(self) -> int:
+        return self.train.seed if self.data.split_seed is None else self.data.split_seed
 
     def validate(self) -> None:
         if not self.name or "/" in self.name:

@@ -48,7 +48,7 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
 def split_rule(config: RunConfig) -> dict:
     """What decides which item lands in which split (the card's `training.split_rule`)."""
     return {"val_fraction": config.data.val_fraction, "folds": config.data.folds,
-            "test_fraction": config.data.test_fraction, "fold": config.data.fold, "seed": config.train.seed,
+            "test_fraction": config.data.test_fraction, "fold": config.data.fold, "seed": config.split_seed,
             "duplicates": config.data.duplicates, "duplicate_distance": config.data.duplicate_distance,
             "split_quota": config.data.split_quota}
 
@@ -77,7 +77,7 @@ def check_split_as(config: RunConfig, card: dict, what: str) -> None:
     if {**RULE_DEFAULTS, **recorded} != split_rule(config):
         raise BadInputError(f"{what} was split by {recorded}, this run by {split_rule(config)}",
                             "use the source run's data.val_fraction, data.test_fraction, data.folds, data.fold and "
-                            "train.seed, so that its test split stays apart")
+                            "split seed (data.split_seed, else train.seed), so that its test split stays apart")
 
 
 def init_source(config: RunConfig) -> Path:

@@ -37,7 +37,7 @@ def train(config: RunConfig, progress: Progress = print) -> Path:
     config.data.duplicates = resolve_mode(config.data.duplicates, config.data.kind, records)
     source = read_refit_source(config) if config.train.refit_from else None
     final_epochs = final_fit_epochs(source) if source is not None else None
-    records = split_records(records, config.data.val_fraction, config.data.test_fraction, config.train.seed,
+    records = split_records(records, config.data.val_fraction, config.data.test_fraction, config.split_seed,
                             config.data.folds, config.data.fold, config.data.duplicates,
                             config.data.duplicate_distance, config.data.split_quota)
     task = task_of_kind(config.data.kind)
