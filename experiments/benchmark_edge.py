@@ -18,6 +18,12 @@ Several `--config` recipes cross-validate their ensemble (`fpc-keras ensemble`: 
 in one model, exported as one .tflite): each fold trains every recipe on its split and measures the ensemble.
 
     python experiments/benchmark_edge.py --folds 5 --config A.yaml B.yaml --variants int8
+
+`--against STORE` compares the recipe with another recipe's CV on the same images, image by image (a repeat with
+another `train.seed` on the same folds, `data.split_seed` fixed, measures the recipe's run-to-run spread):
+
+    python experiments/benchmark_edge.py --folds 5 --config B.yaml --variants int8 \\
+        --against reports/cv/A_cv5_quantisation
 """
 from __future__ import annotations
 
@@ -30,8 +36,8 @@ from fpc_keras import cv
 from fpc_keras.benchmark import benchmark, table
 from fpc_keras.card import read_card, write_card
 from fpc_keras.config import RunConfig, load_config
-from fpc_keras.cv.classification import (cv_card_metrics, pooled_quantisation, pooled_quantisation_table,
-                                         quantisation_fold)
+from fpc_keras.cv.classification import (cv_card_metrics, paired_classification, paired_classification_table,
+                                         pooled_quantisation, pooled_quantisation_table, quantisation_fold)
 from fpc_keras.ensemble import ensemble_run
 from fpc_keras.errors import exit_code_of
 from fpc_keras.export import export_as_configured, ship, shipped_variant
@@ -57,6 +63,8 @@ def main() -> None:
                         help="with --folds: where finished folds' predictions are kept and pooled from")
     parser.add_argument("--flip", action="store_true",
                         help="with --folds: also measure the float model with flip TTA in its graph")
+    parser.add_argument("--against", metavar="DIR", help="with --folds: another recipe's CV store; compare the two "
+                        "image by image")
     parser.add_argument("--ship", metavar="DIR", help="with --folds: once every fold is stored, refit the recipe on "
                         "every image, export it and copy the variant chosen on validation to DIR, with the CV figures "
                         "on its card")
@@ -64,6 +72,8 @@ def main() -> None:
     if args.folds:
         if not args.config:
             parser.error("--folds needs --config")
+        if args.against and not cv.stored_folds(args.against):
+            parser.error(f"--against {args.against}: no fold<i>.json there; give another recipe's CV store")
         cross_validate(args)
     elif args.model:
         print(table(benchmark(args.model, args.variants, args.threads, args.runs, onnx=not args.no_onnx)))
@@ -83,12 +93,19 @@ def cross_validate(args: argparse.Namespace) -> None:
         run_dir = trained_and_exported(configs, args.variants, f"{name}_cv{args.folds}_fold{fold}")
         return quantisation_fold(run_dir, fold, args.folds, args.variants, flip=args.flip)
 
-    pooled = pooled_quantisation(cv.run_folds(store, args.folds, record))
+    folds = cv.run_folds(store, args.folds, record)
+    pooled = pooled_quantisation(folds)
     text = pooled_quantisation_table(pooled)
     atomic_write_json(store / "pooled.json", pooled)
     atomic_write_text(store / "pooled.md", text)
     print(f"\n{name}: test top-1 of float and quantised exports, {args.folds}-fold cross-validation ({store}):"
           f"\n\n{text}")
+    if args.against:
+        against = Path(args.against)
+        paired = paired_classification(folds, cv.stored_folds(against))
+        text = paired_classification_table(paired, store.name, f"{against.parent.name}/{against.name}")
+        atomic_write_text(store / f"paired_vs_{against.parent.name}_{against.name}.md", text)
+        print(f"paired, on the test images both have measured:\n\n{text}")
     if args.ship:
         if len(pooled["folds_done"]) < args.folds:
             raise SystemExit(f"--ship: {len(pooled['folds_done'])} of {args.folds} folds stored; run every fold first")

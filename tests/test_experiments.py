@@ -97,7 +97,8 @@ def test_an_experiment_script_states_a_user_error_without_a_traceback(script, tm
 def test_quantisation_cross_validation_tests_every_image_once_and_pools_the_exports(trained, tmp_path):
     """benchmark_edge.py --folds: every image is tested once, by a model that never saw it; the pooled top-1 of
     float and int8 agree with the folds' own results; flip TTA is pooled as a variant of its own; a second call
-    reuses the stored folds and, with --ship, refits the recipe on every image and ships it with the CV figures."""
+    reuses the stored folds, compares them image by image with a store (--against) and, with --ship, refits the
+    recipe on every image and ships it with the CV figures."""
     command = [sys.executable, str(REPO / "experiments" / "benchmark_edge.py"), "--folds", "2", "--config",
                str(trained["run"] / "config.yaml"), "--variants", "int8", "--set", f"runs_dir={tmp_path / 'runs'}",
                "--cv-store", str(tmp_path / "cv"), "--flip"]
@@ -119,8 +120,11 @@ def test_quantisation_cross_validation_tests_every_image_once_and_pools_the_expo
     assert all(item["flip"] in labels for fold in folds for item in fold["items"])
     assert "| float + flip TTA (in the graph) |" in (store / "pooled.md").read_text()
     shipped = tmp_path / "shipped"
-    again = subprocess.run([*command, "--ship", str(shipped)], capture_output=True, text=True, timeout=600, cwd=REPO)
+    again = subprocess.run([*command, "--ship", str(shipped), "--against", str(store)], capture_output=True, text=True,
+                           timeout=600, cwd=REPO)
     assert again.returncode == 0 and "fold 1: stored" in again.stdout, again.stderr[-3000:]
+    paired = (store / "paired_vs_cv_tiny_cv2_quantisation.md").read_text()  # against itself: every image agrees
+    assert f"| float | {len(files)} |" in paired and "| +0.00 [+0.00, +0.00] | 0 / 0 | 1.000 |" in paired, paired
     refit = read_json(tmp_path / "runs" / "tiny_refit" / "model_card.json")
     assert "test" not in refit["training"]["splits"] and sum(refit["training"]["splits"]["train"].values()) > max(
         sum(read_json(r / "model_card.json")["training"]["splits"]["train"].values()) for r in runs)

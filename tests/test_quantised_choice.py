@@ -4,7 +4,8 @@ cross-validation (`cv.classification.pooled_quantisation`)."""
 import pytest
 
 from fpc_keras.errors import BadInputError
-from fpc_keras.cv.classification import pooled_quantisation, pooled_quantisation_table
+from fpc_keras.cv.classification import (paired_classification, paired_classification_table, pooled_quantisation,
+                                         pooled_quantisation_table)
 from fpc_keras.export import choose_quantised
 from fpc_keras.io import atomic_write_json, read_json
 from fpc_keras.report import export_rows
@@ -116,3 +117,23 @@ def test_pooling_refuses_a_fold_twice_or_folds_of_another_split():
         pooled_quantisation([fold, fold])
     with pytest.raises(BadInputError, match="one K-fold split"):
         pooled_quantisation([fold, {**_fold(1, "int8", [("a", "a", "a", "a")]), "folds": 5}])
+
+
+def test_paired_classification_compares_two_recipes_image_by_image():
+    """Matched by file over the images both CVs tested; a label that differs between them, or CVs of another K,
+    are refused."""
+    recipe = [_fold(0, "int8", [("a", "a", "a", "a"), ("b", "a", "b", "a"), ("a", "a", "a", "a")]),
+              _fold(1, "int8", [("b", "b", "b", "b")])]
+    baseline = [_fold(0, "int8", [("a", "b", "a", "a"), ("b", "a", "a", "b"), ("a", "a", "b", "a")])]
+    paired = paired_classification(recipe, baseline)  # fold 1's image is not in the baseline: left out
+    assert paired["float"]["n"] == 3 and paired["float"]["top1"] == 2 / 3 and paired["float"]["baseline_top1"] == 1 / 3
+    assert paired["float"]["change"]["value"] == pytest.approx(1 / 3) and paired["float"]["better"] == 1
+    assert paired["float"]["worse"] == 0 and paired["float"]["agreement"] == pytest.approx(2 / 3)
+    assert paired["int8"]["better"] == 2 and paired["int8"]["change"]["value"] == pytest.approx(2 / 3)
+    assert paired["mixed"]["worse"] == 1 and paired["mixed"]["better"] == 0  # only the baseline's mixed gets 0_1
+    assert "| float | 3 | 66.67 | 33.33 | +33.33 [" in paired_classification_table(paired, "seed1", "seed0")
+    relabelled = [_fold(0, "int8", [("b", "b", "a", "a")])]
+    with pytest.raises(BadInputError, match="0_0.png is 'a' in one CV and 'b' in the other"):
+        paired_classification(recipe, relabelled)
+    with pytest.raises(BadInputError, match="different K-fold splits"):
+        paired_classification(recipe, [{**baseline[0], "folds": 3}])

@@ -12,7 +12,7 @@ from ..errors import BadInputError
 from ..io import read_json
 from ..metrics import macro_f1, with_ci
 from ..tasks import task_of_card
-from . import check_one_split
+from . import check_one_split, paired_items
 
 def quantisation_fold(run_dir: str | Path, fold: int, folds: int, variants: Sequence[str], flip: bool = False) -> dict:
     """What pooling the cost of quantisation needs from a finished fold of a classifier: each test image's label
@@ -136,6 +136,44 @@ def pooled_quantisation_table(pooled: dict) -> str:
                   *(f"| {name} | {' | '.join(f'{r[c]:.3f}' for c in classes)} |" for name, r in recalls.items())]
     if pooled.get("val_macro_f1") is not None:  # what a choice among recipes reads (stores before it: none)
         lines.append(f"\nMean validation macro-F1 of the float models over the folds: {pooled['val_macro_f1']:.4f}")
+    return "\n".join(lines) + "\n"
+
+
+def paired_classification(folds: Sequence[dict], baseline: Sequence[dict]) -> dict:
+    """This recipe against a baseline recipe, image by image, over the test images both CVs have measured: for the
+    float models and for each export both have, the mean of (this right) - (baseline right) with a bootstrap CI,
+    the images only this recipe gets right (`better`) and only the baseline does (`worse`), and how often the two
+    predict the same class. Two runs of one recipe with different seeds give its run-to-run spread."""
+    pairs = paired_items(folds, baseline)
+    for mine, theirs in pairs:
+        if mine["label"] != theirs["label"]:
+            raise BadInputError(f"{mine['file']} is {mine['label']!r} in one CV and {theirs['label']!r} in the other",
+                                "compare cross-validations of the same data under the same label rule")
+    if not pairs:
+        raise BadInputError("the two CVs have no test image in common", "compare cross-validations of the same data")
+    models = [name for name in pairs[0][0] if name not in ("file", "label") and all(
+        name in mine and name in theirs for mine, theirs in pairs)]
+    out = {}
+    for name in models:
+        mine = np.array([a[name] == a["label"] for a, _ in pairs], np.float64)
+        theirs = np.array([b[name] == b["label"] for _, b in pairs], np.float64)
+        change = mine - theirs
+        out[name] = {"n": len(pairs), "top1": float(mine.mean()), "baseline_top1": float(theirs.mean()),
+                     "change": with_ci(lambda idx, c=change: c[idx].mean(), len(pairs)),
+                     "better": int((change > 0).sum()), "worse": int((change < 0).sum()),
+                     "agreement": float(np.mean([a[name] == b[name] for a, b in pairs]))}
+    return out
+
+
+def paired_classification_table(paired: dict, recipe: str, baseline: str) -> str:
+    """Markdown: per model (float, each export), both top-1s and the paired change with its CI."""
+    lines = [f"| model | n images | {recipe} top-1 % | {baseline} top-1 % | change, points [95 % CI] "
+             "| better / worse images | same class predicted |", "|---|---|---|---|---|---|---|"]
+    for name, v in paired.items():
+        lo, hi = (100 * x for x in v["change"]["ci95"])
+        lines.append(f"| {name} | {v['n']} | {100 * v['top1']:.2f} | {100 * v['baseline_top1']:.2f} | "
+                     f"{100 * v['change']['value']:+.2f} [{lo:+.2f}, {hi:+.2f}] | {v['better']} / {v['worse']} | "
+                     f"{v['agreement']:.3f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -8,10 +8,9 @@ from typing import Sequence
 import numpy as np
 
 from .. import postprocess
-from ..errors import BadInputError
 from ..io import read_json
 from ..metrics import mean_metrics
-from . import check_one_split
+from . import check_one_split, paired_items
 
 SEGMENTATION_MEASURES = ("dice", "iou", "hausdorff_mm", "hc_mad_mm")
 DIGITS = {name: 2 if name.endswith("_mm") else 4 for name in SEGMENTATION_MEASURES}  # mm to 0.01, overlaps to 1e-4
@@ -70,17 +69,11 @@ def paired_segmentation(folds: Sequence[dict], baseline: Sequence[dict]) -> dict
     the same K-fold split test the same images, each once, by one model of each recipe that never saw it, so the
     per-image differences compare the recipes with the spread between images taken out: mean difference with a
     bootstrap CI, and on how many images this recipe did better (higher Dice / IoU, lower errors in mm)."""
-    if not folds or not baseline:
-        raise BadInputError("no stored folds to compare", "point --against at a CV store holding fold<i>.json files")
-    if len({f["folds"] for f in [*folds, *baseline]}) > 1:
-        raise BadInputError("the two recipes' folds come from different K-fold splits",
-                            "compare cross-validations run with the same --folds K")
-    mine = {item["file"]: item for f in folds for item in f["items"]}
-    theirs = {item["file"]: item for f in baseline for item in f["items"]}
+    pairs = paired_items(folds, baseline)
     out = {}
     for name in SEGMENTATION_MEASURES:
-        pairs = [(mine[file].get(name), theirs[file].get(name)) for file in sorted(mine.keys() & theirs.keys())]
-        diffs = np.array([a - b for a, b in pairs if a is not None and b is not None], np.float64)
+        values = [(mine.get(name), theirs.get(name)) for mine, theirs in pairs]
+        diffs = np.array([a - b for a, b in values if a is not None and b is not None], np.float64)
         diffs = diffs[~np.isnan(diffs)]
         if diffs.size:
             better = diffs < 0 if name.endswith("_mm") else diffs > 0
