@@ -101,10 +101,7 @@ def cross_validate(args: argparse.Namespace) -> None:
     print(f"\n{name}: test top-1 of float and quantised exports, {args.folds}-fold cross-validation ({store}):"
           f"\n\n{text}")
     if args.against:
-        against = Path(args.against)
-        paired = paired_classification(folds, cv.stored_folds(against))
-        text = paired_classification_table(paired, store.name, f"{against.parent.name}/{against.name}")
-        atomic_write_text(store / f"paired_vs_{against.parent.name}_{against.name}.md", text)
+        text = cv.write_paired(store, folds, args.against, paired_classification, paired_classification_table)
         print(f"paired, on the test images both have measured:\n\n{text}")
     if args.ship:
         if len(pooled["folds_done"]) < args.folds:

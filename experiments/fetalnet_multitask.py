@@ -102,10 +102,7 @@ def cross_validate(args: argparse.Namespace) -> None:
     atomic_write_text(store / "pooled.md", table)
     print(f"\n{name}, {args.folds}-fold cross-validation by subject ({store}):\n\n{table}")
     if args.against:
-        against = Path(args.against)
-        paired = paired_segmentation(folds, cv.stored_folds(against))
-        table = paired_segmentation_table(paired, store.name, f"{against.parent.name}/{against.name}")
-        atomic_write_text(store / f"paired_vs_{against.parent.name}_{against.name}.md", table)
+        table = cv.write_paired(store, folds, args.against, paired_segmentation, paired_segmentation_table)
         print(f"paired, on the test images both have measured:\n\n{table}")
 
 

@@ -16,7 +16,7 @@ from typing import Callable, Iterable, Sequence
 
 from ..config import RunConfig, load_config
 from ..errors import BadInputError
-from ..io import atomic_write_json, read_json
+from ..io import atomic_write_json, atomic_write_text, read_json
 
 Progress = Callable[[str], None]
 
@@ -70,3 +70,13 @@ def paired_items(folds: Sequence[dict], baseline: Sequence[dict]) -> list[tuple[
                             "compare cross-validations run with the same --folds K")
     theirs = {item["file"]: item for f in baseline for item in f["items"]}
     return [(item, theirs[item["file"]]) for f in folds for item in f["items"] if item["file"] in theirs]
+
+
+def write_paired(store: Path, folds: Sequence[dict], against: str | Path, paired: Callable[..., dict],
+                 table: Callable[[dict, str, str], str]) -> str:
+    """`folds` (the CV in `store`) compared item by item with the CV stored in `against` by the task's `paired`
+    rule, its `table` written as `store/paired_vs_<against>.md` and returned."""
+    against = Path(against)
+    text = table(paired(folds, stored_folds(against)), store.name, f"{against.parent.name}/{against.name}")
+    atomic_write_text(store / f"paired_vs_{against.parent.name}_{against.name}.md", text)
+    return text
