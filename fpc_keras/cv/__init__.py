@@ -7,7 +7,8 @@ run again, and every stored fold is pooled.
     records = cv.run_folds(store, 5, lambda fold: record_of(train(cv.fold_config(CFG, overrides, fold, 5, name))))
 
 The records and their pooling are per task: `cv.classification` (per-image predictions of a float model and its
-exports, paired changes) and `cv.segmentation` (per-image Dice / HC error, recipes compared image by image).
+exports, paired changes) and `cv.segmentation` (per-image Dice / HC error). Both compare two recipes' CVs item by
+item (`paired_items`, `write_paired`: `--against STORE` of the experiment scripts).
 """
 from __future__ import annotations
 
