@@ -61,16 +61,18 @@ def check_one_split(folds: Sequence[dict]) -> None:
 
 
 def paired_items(folds: Sequence[dict], baseline: Sequence[dict]) -> list[tuple[dict, dict]]:
-    """(this recipe's item, the baseline recipe's item) for every test item both CVs have measured, by file. Each CV
-    tests every item once by a model that never saw it, so per-item differences compare two recipes with the spread
-    between items taken out. Refused: an empty store, or CVs of different K (their models saw different shares)."""
+    """(this recipe's item, the baseline recipe's item) for every test item both CVs have measured, matched and
+    ordered by file (so the bootstrap's draws do not depend on fold order). Each CV tests every item once by a model
+    that never saw it, so per-item differences compare two recipes with the spread between items taken out.
+    Refused: an empty store, or CVs of different K (their models saw different shares)."""
     if not folds or not baseline:
         raise BadInputError("no stored folds to compare", "point --against at a CV store holding fold<i>.json files")
     if len({f["folds"] for f in [*folds, *baseline]}) > 1:
         raise BadInputError("the two recipes' folds come from different K-fold splits",
                             "compare cross-validations run with the same --folds K")
+    mine = {item["file"]: item for f in folds for item in f["items"]}
     theirs = {item["file"]: item for f in baseline for item in f["items"]}
-    return [(item, theirs[item["file"]]) for f in folds for item in f["items"] if item["file"] in theirs]
+    return [(mine[file], theirs[file]) for file in sorted(mine.keys() & theirs.keys())]
 
 
 def write_paired(store: Path, folds: Sequence[dict], against: str | Path, paired: Callable[..., dict],
