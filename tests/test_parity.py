@@ -33,6 +33,20 @@ def test_keras_tflite_parity(family, variants, tmp_path):
         print(family, variant, assert_parity(variant, TFLiteModel(path)(x), reference))
 
 
+def test_squeeze_and_excitation_converts_for_a_batch_of_one_without_shape_arithmetic():
+    """The export traces a batch of exactly one: with a free batch the SE block's Dense on a 4-D tensor converts with
+    SHAPE / GATHER / REDUCE_PROD / PACK ops that the XNNPACK delegate does not take."""
+    from collections import Counter
+
+    from fpc_keras.litert import interpreter_class
+
+    content = convert(family_model("lite_se"), "int8", family_inputs(8))
+    interpreter = interpreter_class()(model_content=content)
+    ops = Counter(op["op_name"] for op in interpreter._get_ops_details())
+    assert ops["CONV_2D"] and not {"SHAPE", "GATHER", "REDUCE_PROD", "PACK"} & set(ops), ops
+    assert [tuple(d["shape"]) for d in interpreter.get_input_details()] == [(1, 32, 32, 3)]
+
+
 def test_runtimes_are_timed_in_interleaved_rounds():
     """Each round calls every runtime once, in turn, so a slow spell of the CPU hits them alike."""
     order = []
