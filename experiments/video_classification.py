@@ -32,8 +32,8 @@ from fpc_keras.export import export_run, ship
 DATASETS = {"pocus": f"videos:{SHARED_DATA / 'POCUS_videos'}"}
 # The slow pathways compared, each a recipe file (an overlay of paper4/base.yaml): `fpc-keras train --config FILE`.
 RECIPES = Path(__file__).resolve().parent / "configs" / "paper4"
-SLOW_PATHWAYS = ("lite0_imagenet", "scratch", "lite0_slow_only", "vgg16_slow_only", "lite0_finetune",
-                 "lite0_finetune_slowfast")  # the last starts from lite0_finetune's run on the same split
+SLOW_PATHWAYS = ("lite0_imagenet", "scratch", "lite0_slow_only", "vgg16_slow_only", "vgg16_lite0_slow_only",
+                 "lite0_finetune", "lite0_finetune_slowfast")  # the last starts from lite0_finetune's run on one split
 VARIANTS = ("fp32", "fp16")
 
 

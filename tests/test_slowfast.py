@@ -82,20 +82,28 @@ def test_slow_only_ablation_pools_the_encoder_over_its_slow_frames(tmp_path):
     assert np.abs(TFLiteModel(path)(x) - reference).max() <= 1e-4
 
 
-def test_slow_only_vgg16_multiscale_standardises_each_depth_for_int8(tmp_path):
-    """Slow-only on VGG16 with `model.pooling: multiscale`: three depths pooled per frame, averaged over the slow
-    frames; the export graph (`split_feature_norm`) standardises each depth before the concatenation, across the
-    frame unfolding and time pooling, with the same outputs; fp32 TFLite within 1e-4, int8 follows the float model."""
+@pytest.mark.parametrize("extra, branches", [([], 6), (["model.extra_encoder=efficientnet_lite0"], 7)])
+def test_slow_only_vgg16_multiscale_standardises_each_depth_for_int8(extra, branches, tmp_path):
+    """Slow-only on VGG16 with `model.pooling: multiscale`: three depths pooled per frame (and, with
+    `model.extra_encoder`, a second encoder's pooled features as one more branch), averaged over the slow frames;
+    the export graph (`split_feature_norm`) standardises each branch before the concatenation, across the frame
+    unfolding and time pooling, with the same outputs; fp32 TFLite within 1e-4, int8 follows the float model.
+    Frozen, only the head trains."""
     from fpc_keras.conversion import convert
     from fpc_keras.litert import TFLiteModel
+    from fpc_keras.models.backbones import set_backbone_trainable
     from fpc_keras.models.frozen_features import split_feature_norm
 
     import keras
 
     keras.utils.set_random_seed(0)  # random VGG16 weights quantise erratically: one fixed draw, six clips
-    model = _slowfast("model.backbone=vgg16", "model.fast_pathway=false", "model.pooling=multiscale")
+    model = _slowfast("model.backbone=vgg16", "model.fast_pathway=false", "model.pooling=multiscale", *extra)
     names = {layer.name for layer in model.layers}
     assert {"block3_pool_max", "multiscale_features", "unfold_slow", "slow_pool", "head"} <= names
+    assert len(model.get_layer("multiscale_features").input) == branches
+    assert ("extra_frame_pool" in names) == bool(extra) and ("block6a_project_conv" in names) == bool(extra)
+    set_backbone_trainable(model, 0)
+    assert {id(w) for w in model.trainable_weights} == {id(w) for w in model.get_layer("head").trainable_weights}
     x = _clip(6)
     features = keras_features(model, "slow_pool", x)
     norm = model.get_layer("head").get_layer("feature_norm")
@@ -105,7 +113,7 @@ def test_slow_only_vgg16_multiscale_standardises_each_depth_for_int8(tmp_path):
     reference = np.asarray(model(x, training=False))
     assert reference.std() > 1e-3
     split = split_feature_norm(model)
-    assert "feature_norm_5" in {layer.name for layer in split.layers}  # 3 depths x (avg, max)
+    assert f"feature_norm_{branches - 1}" in {layer.name for layer in split.layers}  # 3 depths x (avg, max) [+ 1]
     np.testing.assert_allclose(np.asarray(split(x, training=False)), reference, atol=1e-5)
     for variant in ("fp32", "int8"):
         path = tmp_path / f"{variant}.tflite"
@@ -123,7 +131,12 @@ def keras_features(model, layer: str, x: np.ndarray) -> np.ndarray:
                                             (["data.image_size=[40, 40]"], "divisible by 32"),
                                             (["model.backbone=vgg16"], "one of"),  # laterals: Lite only
                                             (["model.preset=huge"], "one of"),
-                                            (["model.fast_pathway=false", "model.backbone=none"], "needs an ImageNet frame encoder")])
+                                            (["model.fast_pathway=false", "model.backbone=none"], "needs an ImageNet frame encoder"),
+                                            (["model.fast_pathway=false", "model.backbone=efficientnet_lite0",
+                                              "model.extra_encoder=efficientnet_lite0"], "VGG16 at three depths"),
+                                            (["model.fast_pathway=false", "model.backbone=vgg16",
+                                              "model.pooling=multiscale", "model.extra_encoder=efficientnet_lite0",
+                                              "train.finetune_blocks=2"], "frozen second encoder")])
 def test_bad_settings_are_refused(overrides, fix):
     with pytest.raises(BadInputError, match=fix):
         _slowfast(*overrides)

