@@ -139,6 +139,16 @@ def write_card(folder: str | Path, card: dict) -> Path:
     return path
 
 
+def succeeding(card: dict, previous: dict) -> dict:
+    """`card` as the next major version of the model it replaces at a shipped location (`previous`, that model's
+    card): its changelog continues the previous one, so a deployed model's card says what it replaced and when."""
+    major = int(str(previous.get("version", "1.0.0")).split(".")[0]) + 1
+    version = f"{major}.0.0"
+    change = f"replaced {previous.get('name', 'the previous model')} with {card['name']}"
+    return {**card, "version": version,
+            "changelog": [*previous.get("changelog", []), {"version": version, "change": change, "date": _today()}]}
+
+
 def upgrade_card(card: dict, output_shapes: list[tuple]) -> tuple[dict, list | None]:
     """A card written before schema 1.0, in schema 1.0, the model and its figures unchanged: version 1.0.0 with a
     changelog, intended use, references, typed outputs (`output_shapes`: the model's, primary first), training

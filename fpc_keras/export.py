@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ import keras
 import numpy as np
 
 from . import models  # noqa: F401  (registers custom layers)
-from .card import read_card, write_card
+from .card import CARD_NAME, read_card, succeeding, write_card
 from .conversion import convert, precision_fields, worst_int8_ops
 from .config import QUANT_VARIANTS, ExportConfig
 from .data.images import ImageSpec
@@ -206,9 +205,14 @@ def shipped_variant(run_dir: str | Path, exported: Sequence[str]) -> str:
 
 
 def ship(variant_folder: str | Path, destination: str | Path) -> Path:
-    """Copy an exported variant (model.tflite + model_card.json) to e.g. tflite/models/<name>/."""
-    destination = Path(destination)
+    """Copy an exported variant (model.tflite + model_card.json) to e.g. tflite/models/<name>/, each file written
+    atomically. A model already there is replaced, and the new card becomes its next major version
+    (`card.succeeding`)."""
+    variant_folder, destination = Path(variant_folder), Path(destination)
     destination.mkdir(parents=True, exist_ok=True)
-    for name in ("model.tflite", "model_card.json"):
-        shutil.copy2(Path(variant_folder) / name, destination / name)
+    card = read_json(variant_folder / CARD_NAME)
+    if (destination / CARD_NAME).is_file():
+        card = succeeding(card, read_json(destination / CARD_NAME))
+    atomic_write_bytes(destination / "model.tflite", (variant_folder / "model.tflite").read_bytes())
+    write_card(destination, card)
     return destination

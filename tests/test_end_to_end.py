@@ -113,6 +113,24 @@ def test_keras_tflite_parity(trained, exported):
         print(variant, assert_parity(variant, output, reference))
 
 
+def test_shipping_over_a_shipped_model_makes_the_next_major_version(exported, tmp_path):
+    """`export.ship`: a first ship copies the card as it is; shipping another model to the same place replaces the
+    model and continues the card's changelog as the next major version."""
+    from fpc_keras.export import ship
+
+    destination = tmp_path / "shipped"
+    first = read_json(ship(exported["int8"], destination) / "model_card.json")
+    assert first == read_json(exported["int8"] / "model_card.json") and first["version"] == "1.0.0"
+    ship(exported["fp32"], destination)
+    second = read_json(destination / "model_card.json")
+    assert (destination / "model.tflite").read_bytes() == (exported["fp32"] / "model.tflite").read_bytes()
+    assert second["version"] == "2.0.0" and second["changelog"][:-1] == first["changelog"]
+    assert second["changelog"][-1]["version"] == "2.0.0" and "replaced" in second["changelog"][-1]["change"]
+    assert second["export"] == read_json(exported["fp32"] / "model_card.json")["export"]
+    ship(exported["fp16"], destination)
+    assert read_json(destination / "model_card.json")["version"] == "3.0.0"
+
+
 def test_export_runs_each_tflite_once_over_its_evaluation_splits(trained, tmp_path, monkeypatch):
     """Metrics and fidelity to the float model come from one pass of the .tflite over val and test."""
     import fpc_keras.export as export
