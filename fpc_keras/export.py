@@ -210,9 +210,9 @@ def ship(variant_folder: str | Path, destination: str | Path) -> Path:
     (`card.succeeding`)."""
     variant_folder, destination = Path(variant_folder), Path(destination)
     destination.mkdir(parents=True, exist_ok=True)
-    card = read_json(variant_folder / CARD_NAME)
+    card = read_card(variant_folder / "model.tflite")
     if (destination / CARD_NAME).is_file():
-        card = succeeding(card, read_json(destination / CARD_NAME))
+        card = succeeding(card, read_card(destination / "model.tflite"))
     atomic_write_bytes(destination / "model.tflite", (variant_folder / "model.tflite").read_bytes())
     write_card(destination, card)
     return destination
