@@ -2,7 +2,8 @@
 import numpy as np
 import tensorflow as tf
 
-from fpc_keras.data.augment import build_augmenter
+from fpc_keras.data.augment import build_augmenter, mixup
+from fpc_keras.data.pipeline import image_dataset
 
 NONE = dict(rotation_deg=0.0, zoom=0.0, shift=0.0, contrast=0.0, brightness=0.0, speckle=0.0)
 
@@ -71,3 +72,36 @@ def test_clips_share_one_transform_per_clip_and_differ_between_clips():
     assert not np.allclose(out[0], out[1]) and not np.allclose(out[1], out[2])
     speckled = build_augmenter(**{**NONE, "speckle": 0.1}).clips(clips, tf.constant(2, tf.int64)).numpy()
     assert not np.allclose(speckled[0, 0], speckled[0, 1])  # speckle is drawn per frame
+
+
+def test_mixup_blends_each_image_and_its_label_with_one_weight():
+    """Image i is constant 10 * i, its label one-hot i: a blended image is constant, and its value is the blend
+    that its label's weights say. Weights spread over (0, 1); the same key repeats the batch, another does not."""
+    count = 8
+    images = tf.constant(np.broadcast_to(10.0 * np.arange(count)[:, None, None, None], (count, 4, 5, 3)), tf.float32)
+    labels = tf.one_hot(np.arange(count), count)
+    key = tf.constant(5, tf.int64)
+    mixed, soft = (x.numpy() for x in mixup(images, labels, key, 0.4))
+    np.testing.assert_allclose(soft.sum(axis=1), 1.0, atol=1e-6)
+    assert ((soft > 1e-6).sum(axis=1) <= 2).all()
+    np.testing.assert_allclose(mixed, np.broadcast_to((soft @ (10.0 * np.arange(count)))[:, None, None, None],
+                                                      mixed.shape), atol=1e-3)
+    own = soft[np.arange(count), np.arange(count)]
+    assert own.min() < 0.9 and 0.1 < own.max(), own
+    np.testing.assert_array_equal(mixup(images, labels, key, 0.4)[1].numpy(), soft)
+    assert not np.allclose(mixup(images, labels, tf.constant(6, tf.int64), 0.4)[1].numpy(), soft)
+
+
+def test_a_mixed_dataset_yields_soft_labels_and_images_in_range(folder_dataset):
+    from fpc_keras.data.datasets import read_records
+    from fpc_keras.data.images import ImageSpec
+
+    records = read_records("folder", folder_dataset)
+    labels = sorted({r.label for r in records})
+    spec = ImageSpec((32, 32), 3, "pad")
+    plain = next(iter(image_dataset(records, spec, labels, batch_size=16, seed=1)))[1].numpy()
+    images, soft = (x.numpy() for x in next(iter(image_dataset(records, spec, labels, batch_size=16, seed=1,
+                                                                mixup_alpha=0.4))))
+    assert set(np.unique(plain)) == {0.0, 1.0}
+    assert ((soft > 0) & (soft < 1)).any() and np.allclose(soft.sum(axis=1), 1.0, atol=1e-6)
+    assert images.min() >= 0 and images.max() <= 255

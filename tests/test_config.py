@@ -37,6 +37,7 @@ def test_saved_config_loads_back(tmp_path):
     (["export.quant=[fp32, int4]"], "export.quant is 'int4'"),
     (["data.duplicates=off"], "quote the word, e.g. data.duplicates='off'"),
     (["data.split_quota=frames"], "use one of: groups, items"),
+    (["train.mixup=-0.2"], "train.mixup is -0.2"),
 ])
 def test_bad_configs_name_the_key_and_fix(override, words):
     with pytest.raises(BadInputError) as info:

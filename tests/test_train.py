@@ -4,7 +4,9 @@ import pytest
 
 from conftest import tiny_overrides
 from fpc_keras.config import load_config
+from fpc_keras.data.augment import mixup as mixup_of
 from fpc_keras.data.pipeline import balanced_indices
+from fpc_keras.errors import BadInputError
 from fpc_keras.io import read_json
 from fpc_keras.training import train
 
@@ -150,11 +152,25 @@ def test_cached_features_are_per_image_and_shared_by_every_split(folder_dataset,
                                rtol=1e-5, atol=1e-6)
 
 
-def test_uncached_training_from_images(folder_dataset, tmp_path):
+@pytest.mark.parametrize("mixup", ["0", "0.4"])
+def test_uncached_training_from_images(folder_dataset, tmp_path, monkeypatch, mixup):
+    """Trained on image batches, which `train.mixup` blends (the batches' transform traces `mixup` only then)."""
+    from fpc_keras.data import pipeline
+
+    blended = []
+    monkeypatch.setattr(pipeline, "mixup", lambda *args: blended.append(args[3]) or mixup_of(*args))
     config = load_config(None, tiny_overrides(folder_dataset, tmp_path / "runs", **{
-        "train.cache_features": "false", "train.balance": "class_weights", "train.epochs": "1"}))
+        "train.cache_features": "false", "train.balance": "class_weights", "train.epochs": "1", "train.mixup": mixup}))
     results = read_json(train(config, progress=lambda m: None) / "results.json")
     assert results["phases"]["phase1"]["epoch"] == 0 and results["n"] > 0
+    assert set(blended) == ({0.4} if mixup != "0" else set())
+
+
+def test_mixup_is_refused_where_it_is_not_implemented(tmp_path):
+    config = load_config(None, ["data.kind=videos", f"data.path={tmp_path}", f"runs_dir={tmp_path / 'runs'}",
+                                "train.mixup=0.2"])
+    with pytest.raises(BadInputError, match="train.mixup is 0.2 for a video run"):
+        train(config, progress=lambda m: None)
 
 
 def test_throughput_benchmark_pieces(tmp_path):

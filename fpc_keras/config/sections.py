@@ -83,6 +83,9 @@ class TrainConfig:
     # Against class imbalance: loss weights inversely proportional to class counts, or class-balanced sampling.
     balance: str = "class_weights"
     augment: bool = True
+    # Mixup while a classifier trains on images (phase 2, or a phase 1 that does not cache features): pairs of a
+    # batch's images and one-hot labels blended with weights drawn from Beta(mixup, mixup), e.g. 0.2; 0 off.
+    mixup: float = 0.0
     # Phase 1 on cached features: also cache this many augmented copies of each training image.
     feature_copies: int = 0
     early_stopping_patience: int = 5
@@ -130,6 +133,8 @@ class TrainConfig:
             raise BadInputError(f"train.learning_rate is {self.learning_rate}", "use a positive learning rate")
         if not 0 <= self.label_smoothing < 1:
             raise BadInputError(f"train.label_smoothing is {self.label_smoothing}", "use a value in [0, 1)")
+        if self.mixup < 0:
+            raise BadInputError(f"train.mixup is {self.mixup}", "use a Beta parameter > 0 (e.g. 0.2), or 0 for off")
         if not 0 <= self.ema_momentum < 1:
             raise BadInputError(f"train.ema_momentum is {self.ema_momentum}", "use a value in [0, 1); 0 turns it off")
         one_of("train.balance", self.balance, BALANCE_MODES)

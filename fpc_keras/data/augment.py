@@ -19,6 +19,7 @@ import tensorflow as tf
 
 VERSION = 2  # 1: three Keras layers (rotation, zoom, translation), Gaussian speckle; 2: one composed warp,
 # stateless draws, uniform speckle
+MIXUP_STREAM = 7919  # mixup's draws come from a stream of their own: the same key never repeats the warp's
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,22 @@ class _Draws:
     def uniform(self, seed: tf.Tensor, limit: float, columns: int | None = None) -> tf.Tensor:
         shape = tf.stack([self.groups] if columns is None else [self.groups, columns])
         return tf.repeat(tf.random.stateless_uniform(shape, seed, -limit, limit), self.frames, axis=0)
+
+
+def mixup(images: tf.Tensor, labels: tf.Tensor, key: tf.Tensor, alpha: float, seed: int = 0
+          ) -> tuple[tf.Tensor, tf.Tensor]:
+    """Mixup (Zhang et al. 2018): each image and its one-hot label blended with another of the batch's,
+    lambda * own + (1 - lambda) * other, lambda ~ Beta(alpha, alpha) per image. Stateless, keyed like the
+    augmentation: the same key gives the same pairs and weights."""
+    seeds = tf.random.experimental.stateless_split(
+        tf.stack([tf.cast(key, tf.int64), tf.constant(seed + MIXUP_STREAM, tf.int64)]), 3)
+    size = tf.shape(images)[:1]
+    first, second = (tf.random.stateless_gamma(size, s, alpha) for s in (seeds[0], seeds[1]))
+    weight = first / (first + second)
+    partner = tf.argsort(tf.random.stateless_uniform(size, seeds[2]))
+    mixed_images = weight[:, None, None, None] * images + (1 - weight[:, None, None, None]) * tf.gather(images, partner)
+    mixed_labels = weight[:, None] * labels + (1 - weight[:, None]) * tf.gather(labels, partner)
+    return mixed_images, mixed_labels
 
 
 def build_augmenter(seed: int = 0, **settings) -> UltrasoundAugment:

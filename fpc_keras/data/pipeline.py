@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from ..errors import BadInputError
+from .augment import mixup
 from .images import ImageSpec
 from .records import Record
 
@@ -105,12 +106,13 @@ def balanced_indices(class_ids: np.ndarray, seed: int = 0) -> tf.data.Dataset:
 def image_dataset(records: Sequence[Record], spec: ImageSpec, labels: Sequence[str] | None = None,
                   batch_size: int = 16, shuffle: bool = False, seed: int = 0,
                   augment: Callable | None = None, skip_log: SkipLog | None = None,
-                  balanced: bool = False) -> tf.data.Dataset:
+                  balanced: bool = False, mixup_alpha: float = 0.0) -> tf.data.Dataset:
     """Batches of (float32 images 0-255, one-hot labels).
 
     Without labels it yields (images, record indices), so that predictions can be matched to the
     records that were loaded (skipped files leave gaps). `balanced`: each epoch draws len(records) items with
-    every class equally likely (decoded anew each time, so no in-memory cache).
+    every class equally likely (decoded anew each time, so no in-memory cache). `mixup_alpha` > 0 blends each
+    batch's images and labels in pairs after the augmentation (`augment.mixup`).
     """
     records = list(records)
     if not records:
@@ -134,11 +136,24 @@ def image_dataset(records: Sequence[Record], spec: ImageSpec, labels: Sequence[s
         ds = ds.shuffle(min(len(records), 4096), seed=seed, reshuffle_each_iteration=True)
     ds = ds.map(_targets(records, labels), num_parallel_calls=AUTOTUNE)
     ds = ds.batch(batch_size)
-    if augment is not None:  # one key per batch, new each epoch, the same in every run of this seed
+    if mixup_alpha and labels is None:
+        raise BadInputError("mixup needs the labels of the batches it blends", "pass labels, or mixup_alpha=0")
+    if augment is not None or mixup_alpha:  # one key per batch, new each epoch, the same in every run of this seed
         keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-        ds = tf.data.Dataset.zip(ds, keys).map(lambda batch, key: (augment(batch[0], key), *batch[1:]),
+        ds = tf.data.Dataset.zip(ds, keys).map(_batch_transform(augment, mixup_alpha, seed),
                                                num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)
+
+
+def _batch_transform(augment: Callable | None, mixup_alpha: float, seed: int) -> Callable:
+    def transform(batch: tuple, key: tf.Tensor) -> tuple:
+        images, targets = batch
+        if augment is not None:
+            images = augment(images, key)
+        if mixup_alpha:
+            images, targets = mixup(images, targets, key, mixup_alpha, seed)
+        return images, targets
+    return transform
 
 
 def _targets(records: Sequence[Record], labels: Sequence[str] | None) -> Callable:

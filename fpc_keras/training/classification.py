@@ -88,7 +88,8 @@ class ClassificationSession(TaskSession):
         t = self.config.train
         augment = build_augmenter(seed=t.seed) if t.augment else None
         data = image_dataset(self.train_records, self.spec, self.labels, batch_size, shuffle=True, seed=t.seed,
-                             augment=augment, skip_log=self.skip_log, balanced=t.balance == "sampling")
+                             augment=augment, skip_log=self.skip_log, balanced=t.balance == "sampling",
+                             mixup_alpha=t.mixup)
         val = image_dataset(self.val_records, self.spec, None, batch_size, skip_log=self.skip_log)
         predict = keras_predict_fn(model)
         predict_val = lambda: np.concatenate([predict(x.numpy()) for x, _ in val])  # noqa: E731

@@ -32,6 +32,10 @@ def train(config: RunConfig, progress: Progress = print) -> Path:
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(config.train.seed)
+    task = task_of_kind(config.data.kind)
+    if config.train.mixup and task.name != "classification":
+        raise BadInputError(f"train.mixup is {config.train.mixup} for a {task.name} run",
+                            "mixup is implemented for image classifiers; set train.mixup=0")
     progress(f"[1/4] reading {config.data.kind}:{config.data.path}")
     records = read_records(config.data.kind, config.data.path, config.data.aliases, config.data.classes)
     config.data.duplicates = resolve_mode(config.data.duplicates, config.data.kind, records)
@@ -40,7 +44,6 @@ def train(config: RunConfig, progress: Progress = print) -> Path:
     records = split_records(records, config.data.val_fraction, config.data.test_fraction, config.split_seed,
                             config.data.folds, config.data.fold, config.data.duplicates,
                             config.data.duplicate_distance, config.data.split_quota)
-    task = task_of_kind(config.data.kind)
     if source is not None:
         records = final_fit_records(config, records, task.name)
     labels = list(task.load("labels") or labels_of(records))
