@@ -34,7 +34,6 @@ from pathlib import Path
 import fpc_keras.experiment  # noqa: F401  (first: starts TensorFlow without its C++ start-up lines)
 from fpc_keras import cv
 from fpc_keras.benchmark import benchmark, table
-from fpc_keras.card import read_card, write_card
 from fpc_keras.config import RunConfig, load_config
 from fpc_keras.cv.classification import (cv_card_metrics, paired_classification, paired_classification_table,
                                          pooled_quantisation, pooled_quantisation_table, quantisation_fold)
@@ -132,11 +131,7 @@ def ship_refit(args: argparse.Namespace, name: str, names: list[str], pooled: di
                for config, member in zip(args.config, names)]
     run_dir = trained_and_exported(configs, args.variants, f"{name}_refit")
     variant = shipped_variant(run_dir, args.variants)
-    destination = ship(run_dir / "exports" / variant, args.ship)
-    card = read_card(destination / "model.tflite")
-    card["metrics"] = {**card.get("metrics", {}), **cv_card_metrics(pooled, variant, store.as_posix())}
-    write_card(destination, card)
-    return destination
+    return ship(run_dir / "exports" / variant, args.ship, cv_card_metrics(pooled, variant, store.as_posix()))
 
 
 if __name__ == "__main__":

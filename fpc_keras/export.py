@@ -204,13 +204,14 @@ def shipped_variant(run_dir: str | Path, exported: Sequence[str]) -> str:
     return exported[-1]
 
 
-def ship(variant_folder: str | Path, destination: str | Path) -> Path:
+def ship(variant_folder: str | Path, destination: str | Path, metrics: dict | None = None) -> Path:
     """Copy an exported variant (model.tflite + model_card.json) to e.g. tflite/models/<name>/, each file written
     atomically. A model already there is replaced, and the new card becomes its next major version
-    (`card.succeeding`)."""
+    (`card.succeeding`). `metrics` (e.g. a cross-validation's) join the card's before its one write."""
     variant_folder, destination = Path(variant_folder), Path(destination)
     destination.mkdir(parents=True, exist_ok=True)
     card = read_card(variant_folder / "model.tflite")
+    card["metrics"] = {**card.get("metrics", {}), **(metrics or {})}
     if (destination / CARD_NAME).is_file():
         card = succeeding(card, read_card(destination / "model.tflite"))
     atomic_write_bytes(destination / "model.tflite", (variant_folder / "model.tflite").read_bytes())

@@ -127,8 +127,9 @@ def test_shipping_over_a_shipped_model_makes_the_next_major_version(exported, tm
     assert second["version"] == "2.0.0" and second["changelog"][:-1] == first["changelog"]
     assert second["changelog"][-1]["version"] == "2.0.0" and "replaced" in second["changelog"][-1]["change"]
     assert second["export"] == read_json(exported["fp32"] / "model_card.json")["export"]
-    ship(exported["fp16"], destination)
-    assert read_json(destination / "model_card.json")["version"] == "3.0.0"
+    third = read_json(ship(exported["fp16"], destination, {"cv": {"top1": 0.5}}) / "model_card.json")
+    assert third["version"] == "3.0.0"
+    assert third["metrics"] == {**read_json(exported["fp16"] / "model_card.json")["metrics"], "cv": {"top1": 0.5}}
 
 
 def test_export_runs_each_tflite_once_over_its_evaluation_splits(trained, tmp_path, monkeypatch):
