@@ -211,7 +211,8 @@ def ship(variant_folder: str | Path, destination: str | Path, metrics: dict | No
     variant_folder, destination = Path(variant_folder), Path(destination)
     destination.mkdir(parents=True, exist_ok=True)
     card = read_card(variant_folder / "model.tflite")
-    card["metrics"] = {**card.get("metrics", {}), **(metrics or {})}
+    if metrics:
+        card["metrics"] = {**card.get("metrics", {}), **metrics}
     if (destination / CARD_NAME).is_file():
         card = succeeding(card, read_card(destination / "model.tflite"))
     atomic_write_bytes(destination / "model.tflite", (variant_folder / "model.tflite").read_bytes())

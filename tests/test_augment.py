@@ -1,9 +1,11 @@
 """The ultrasound augmentation: one composed warp, stateless draws keyed by (seed, key)."""
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from fpc_keras.data.augment import build_augmenter, mixup
 from fpc_keras.data.pipeline import image_dataset
+from fpc_keras.errors import BadInputError
 
 NONE = dict(rotation_deg=0.0, zoom=0.0, shift=0.0, contrast=0.0, brightness=0.0, speckle=0.0)
 
@@ -105,3 +107,5 @@ def test_a_mixed_dataset_yields_soft_labels_and_images_in_range(folder_dataset):
     assert set(np.unique(plain)) == {0.0, 1.0}
     assert ((soft > 0) & (soft < 1)).any() and np.allclose(soft.sum(axis=1), 1.0, atol=1e-6)
     assert images.min() >= 0 and images.max() <= 255
+    with pytest.raises(BadInputError, match="mixup needs the labels"):
+        image_dataset(records, spec, None, mixup_alpha=0.4)

@@ -117,6 +117,8 @@ def image_dataset(records: Sequence[Record], spec: ImageSpec, labels: Sequence[s
     records = list(records)
     if not records:
         raise BadInputError("no records to load (empty split)", "check the dataset path and its splits")
+    if mixup_alpha and labels is None:
+        raise BadInputError("mixup needs the labels of the batches it blends", "pass labels, or mixup_alpha=0")
     load = _loader(spec, records, skip_log)
     if balanced:
         ids = label_ids(records, labels)
@@ -136,8 +138,6 @@ def image_dataset(records: Sequence[Record], spec: ImageSpec, labels: Sequence[s
         ds = ds.shuffle(min(len(records), 4096), seed=seed, reshuffle_each_iteration=True)
     ds = ds.map(_targets(records, labels), num_parallel_calls=AUTOTUNE)
     ds = ds.batch(batch_size)
-    if mixup_alpha and labels is None:
-        raise BadInputError("mixup needs the labels of the batches it blends", "pass labels, or mixup_alpha=0")
     if augment is not None or mixup_alpha:  # one key per batch, new each epoch, the same in every run of this seed
         keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
         ds = tf.data.Dataset.zip(ds, keys).map(_batch_transform(augment, mixup_alpha, seed),
