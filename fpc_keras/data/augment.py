@@ -116,9 +116,11 @@ def mixup(images: tf.Tensor, labels: tf.Tensor, key: tf.Tensor, alpha: float, se
     first, second = (tf.random.stateless_gamma(size, s, alpha) for s in (seeds[0], seeds[1]))
     weight = first / (first + second)
     partner = tf.argsort(tf.random.stateless_uniform(size, seeds[2]))
-    mixed_images = weight[:, None, None, None] * images + (1 - weight[:, None, None, None]) * tf.gather(images, partner)
-    mixed_labels = weight[:, None] * labels + (1 - weight[:, None]) * tf.gather(labels, partner)
-    return mixed_images, mixed_labels
+
+    def blend(x: tf.Tensor) -> tf.Tensor:  # the same weight and partner for an image and its label
+        own = tf.reshape(weight, tf.concat([size, tf.ones([tf.rank(x) - 1], tf.int32)], axis=0))
+        return own * x + (1 - own) * tf.gather(x, partner)
+    return blend(images), blend(labels)
 
 
 def build_augmenter(seed: int = 0, **settings) -> UltrasoundAugment:
