@@ -82,6 +82,17 @@ def trained(tmp_path_factory):
     return {"root": root, "data": data, "run": run_dir, "config": config}
 
 
+@pytest.fixture(scope="session")
+def exported(trained):
+    """The `trained` run exported once per test session (fp32, fp16, int8) and its int8 shipped under
+    `trained['root'] / 'shipped'`; returns each variant's export folder."""
+    from fpc_keras.cli import main
+
+    assert main(["export", "--model", str(trained["run"]), "--quant", "fp32", "int8", "fp16",
+                 "--representative-samples", "8", "--ship", str(trained["root"] / "shipped")]) == 0
+    return {v: trained["run"] / "exports" / v for v in ("fp32", "fp16", "int8")}
+
+
 def trained_overrides(data_path: Path, runs: Path, **extra: str) -> list[str]:
     """The `trained` fixture's config (rerunning it resumes that run)."""
     return tiny_overrides(data_path, runs, **{"model.weights": "imagenet", **extra})

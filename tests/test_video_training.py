@@ -176,7 +176,7 @@ def _runner_matches_keras_on_videos(run, videos, tmp_path):
     from fpc_keras.data.images import ImageSpec
     from fpc_keras.data.video import model_clips, read_video
     from fpc_keras.io import read_json
-    from test_end_to_end import BLOCKER
+    from test_tflite_runner import BLOCKER
 
     (tmp_path / "sitecustomize.py").write_text(BLOCKER)
     done = subprocess.run([sys.executable, str(REPO / "tflite" / "run.py"), "--model",
