@@ -1,41 +1,45 @@
 """tflite/run.py, the edge runner, where TensorFlow cannot be imported: its predictions are the Keras model's, its
 errors one line, its latency recorded on the card; and in a fresh virtual environment from tflite/requirements.txt."""
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import keras
 import numpy as np
 import pytest
 
+from conftest import REPO
 from fpc_keras.io import read_json
 from fpc_keras.litert import cpu_name
 
-
+RUNNER = REPO / "tflite" / "run.py"
+BLOCKED = ("tensorflow", "keras", "tf_keras", "pandas", "tensorflow_model_optimization")
 BLOCKER = '''
 import importlib.abc, sys
 class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {"tensorflow", "keras", "tf_keras", "pandas", "tensorflow_model_optimization"}:
-            raise ImportError(f"{name} must not be imported by the edge runner")
+        if name.split(".")[0] in {blocked!r}:
+            raise ImportError(f"{{name}} must not be imported by the edge runner")
 sys.meta_path.insert(0, Block())
 '''
+
+
+def run_blocked(tmp_path, *args: str, also_blocked: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """tflite/run.py ARGS in a Python where TensorFlow, Keras, pandas (and `also_blocked`) cannot be imported: a
+    sitecustomize.py in `tmp_path` refuses them."""
+    (tmp_path / "sitecustomize.py").write_text(BLOCKER.format(blocked={*BLOCKED, *also_blocked}))
+    return subprocess.run([sys.executable, str(RUNNER), *map(str, args)], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(tmp_path)), timeout=120)
 
 
 def test_tflite_runner_needs_no_tensorflow(trained, exported, tmp_path):
     """tflite/run.py with TensorFlow, Keras and pandas (and, for a classifier, scipy) made unimportable gives the
     evaluator's predictions."""
-    import os
-    import subprocess
-    import sys
-
-    from conftest import REPO
-
-    (tmp_path / "sitecustomize.py").write_text(BLOCKER.replace('"pandas",', '"pandas", "scipy",'))
     images = sorted((trained["data"] / "gamma").glob("*.png"))[:3]
-    env = dict(os.environ, PYTHONPATH=str(tmp_path))
-    done = subprocess.run([sys.executable, str(REPO / "tflite" / "run.py"), "--model",
-                           str(exported["fp32"] / "model.tflite"), "--json", "--top", "3", *map(str, images)],
-                          capture_output=True, text=True, env=env, timeout=120)
+    tflite = exported["fp32"] / "model.tflite"
+    done = run_blocked(tmp_path, "--model", tflite, "--json", "--top", "3", *images, also_blocked=("scipy",))
     assert done.returncode == 0, done.stderr[-2000:]
     lines = [json.loads(line) for line in done.stdout.strip().splitlines()]
     assert [line["input"] for line in lines] == [str(p) for p in images]
@@ -45,15 +49,12 @@ def test_tflite_runner_needs_no_tensorflow(trained, exported, tmp_path):
         expected = np.asarray(model(ImageSpec((32, 32), 3, "pad").load(str(image))[None].astype("float32")))[0]
         got = {t["label"]: t["probability"] for t in line["top"]}
         assert got == pytest.approx(dict(zip(["alpha", "beta", "gamma"], expected.tolist())), abs=1e-4)
-    bad = subprocess.run([sys.executable, str(REPO / "tflite" / "run.py"), "--model",
-                          str(exported["fp32"] / "model.tflite"), str(tmp_path / "missing.png")],
-                         capture_output=True, text=True, env=env, timeout=120)
+    bad = run_blocked(tmp_path, "--model", tflite, tmp_path / "missing.png", also_blocked=("scipy",))
     assert bad.returncode == 2 and "input not found" in bad.stderr and "Traceback" not in bad.stderr
     model = tmp_path / "timed" / "model.tflite"
     shutil.copytree(exported["fp32"], model.parent)
-    timing = subprocess.run([sys.executable, str(REPO / "tflite" / "run.py"), "--model", str(model), "--threads", "1",
-                             "--latency", "7", "--record", "--json"],
-                            capture_output=True, text=True, env=env, timeout=120)
+    timing = run_blocked(tmp_path, "--model", model, "--threads", "1", "--latency", "7", "--record", "--json",
+                         also_blocked=("scipy",))
     assert timing.returncode == 0, timing.stderr[-2000:]
     measured = json.loads(timing.stdout.splitlines()[-1])
     assert measured["runs"] == 7 and 0 < measured["median_ms"] <= measured["p90_ms"]
@@ -63,10 +64,7 @@ def test_tflite_runner_needs_no_tensorflow(trained, exported, tmp_path):
 
 def test_tflite_runner_in_a_virtual_environment_without_tensorflow(trained, exported, tmp_path):
     """What a Jetson / Raspberry Pi user does: a fresh venv with tflite/requirements.txt only, then run.py."""
-    import subprocess
     import venv
-
-    from conftest import REPO
 
     venv.create(tmp_path / "venv", with_pip=True)
     python = tmp_path / "venv" / "bin" / "python"
@@ -78,7 +76,7 @@ def test_tflite_runner_in_a_virtual_environment_without_tensorflow(trained, expo
                            capture_output=True, text=True)
     assert probe.stdout.strip() == "None"  # the runner really has no TensorFlow to fall back on
     image = sorted((trained["data"] / "beta").glob("*.png"))[0]
-    done = subprocess.run([str(python), str(REPO / "tflite" / "run.py"), "--model",
+    done = subprocess.run([str(python), str(RUNNER), "--model",
                            str(exported["int8"] / "model.tflite"), "--threads", "1", "--json", str(image)],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]

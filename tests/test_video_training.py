@@ -166,22 +166,15 @@ def _runner_matches_keras_on_videos(run, videos, tmp_path):
     """tflite/run.py, with TensorFlow unimportable, labels videos as the Keras model does: mean of the card's
     evenly spaced clips, same preprocessing."""
     import json
-    import os
-    import subprocess
-    import sys
 
     import keras
 
-    from conftest import REPO
     from fpc_keras.data.images import ImageSpec
     from fpc_keras.data.video import model_clips, read_video
     from fpc_keras.io import read_json
-    from test_tflite_runner import BLOCKER
+    from test_tflite_runner import run_blocked
 
-    (tmp_path / "sitecustomize.py").write_text(BLOCKER)
-    done = subprocess.run([sys.executable, str(REPO / "tflite" / "run.py"), "--model",
-                           str(run / "exports" / "fp32" / "model.tflite"), "--json", "--top", "3", *map(str, videos)],
-                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(tmp_path)), timeout=120)
+    done = run_blocked(tmp_path, "--model", run / "exports" / "fp32" / "model.tflite", "--json", "--top", "3", *videos)
     assert done.returncode == 0, done.stderr[-2000:]
     card, model = read_json(run / "model_card.json"), keras.saving.load_model(run / "model.keras")
     spec = ImageSpec.from_card(card)
