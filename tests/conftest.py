@@ -1,18 +1,23 @@
-"""Shared fixtures: generated tiny datasets (32x32), and the real data in ../shared/data (marked `realdata`)."""
+"""Shared fixtures and helpers: generated tiny datasets (32x32 images, videos, an HC18-layout folder), the real data
+in ../shared/data (marked `realdata`), and the edge runner launched where TensorFlow cannot be imported."""
 from __future__ import annotations
 
+import math
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from PIL import Image  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("FPC_SHARED_DATA", REPO.parent / "shared" / "data"))
 SAMPLE = REPO / "samples" / "busi_small"
+RUNNER = REPO / "tflite" / "run.py"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -184,3 +189,72 @@ def _all_layers(model):
         yield layer
         if hasattr(layer, "layers"):
             yield from _all_layers(layer)
+
+
+def video_frames(n=12, h=40, w=56) -> np.ndarray:
+    """A bright vertical line moving 4 pixels a frame."""
+    frames = np.zeros((n, h, w, 3), np.uint8)
+    for i in range(n):
+        frames[i, :, (i * 4) % w] = 255
+    return frames
+
+
+def write_mp4(path, frames):
+    import imageio.v3 as iio
+    iio.imwrite(path, frames, plugin="FFMPEG", fps=10, codec="libx264", macro_block_size=8)
+
+
+def write_gif(path, frames):
+    images = [Image.fromarray(f) for f in frames]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=100)
+
+
+def write_hc18(root: Path, count: int = 4) -> Path:
+    """An HC18-layout folder of `count` ellipse "heads", their outlines and their circumferences."""
+    folder = root / "training_set"
+    folder.mkdir(parents=True)
+    rows = ["filename,pixel size(mm),head circumference (mm)"]
+    for i in range(count):
+        a, b = 60 + 5 * i, 45 + 3 * i
+        image = Image.new("L", (200, 160))
+        ImageDraw.Draw(image).ellipse([100 - a, 80 - b, 100 + a, 80 + b], fill=220)
+        image.save(folder / f"{i:03d}_HC.png")
+        outline = Image.new("L", (200, 160))
+        ImageDraw.Draw(outline).ellipse([100 - a, 80 - b, 100 + a, 80 + b], outline=255)
+        outline.save(folder / f"{i:03d}_HC_Annotation.png")
+        h = ((a - b) / (a + b)) ** 2
+        hc = math.pi * (a + b) * (1 + 3 * h / (10 + math.sqrt(4 - 3 * h))) * 0.1
+        rows.append(f"{i:03d}_HC.png,0.1,{hc:.2f}")
+    (root / "training_set_pixel_size_and_HC.csv").write_text("\r\n".join(rows) + "\r\n")
+    return root
+
+
+def fetalnet_train_args(tmp_path, name: str, images: int, *overrides: str) -> list[str]:
+    """`fpc-keras train` of a tiny FetalNet on a generated HC18-layout dataset of `images` images."""
+    data = tmp_path / "hc18" if (tmp_path / "hc18").exists() else write_hc18(tmp_path / "hc18", count=images)
+    values = [f"name={name}", f"runs_dir={tmp_path / 'runs'}", "data.kind=hc18", f"data.path={data}",
+              "data.image_size=[32, 32]", "data.val_fraction=0.25", "data.test_fraction=0.25", "model.name=fetalnet",
+              "model.backbone=unet", "model.attention=gates", "model.base_filters=4", "model.depth=2",
+              "export.representative_samples=4", "export.latency_runs=2", *overrides]
+    config = tmp_path / "empty.yaml"
+    config.write_text("{}\n")
+    return ["train", "--config", str(config), *[a for value in values for a in ("--set", value)]]
+
+
+BLOCKED = ("tensorflow", "keras", "tf_keras", "pandas", "tensorflow_model_optimization")
+BLOCKER = '''
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {blocked!r}:
+            raise ImportError(f"{{name}} must not be imported by the edge runner")
+sys.meta_path.insert(0, Block())
+'''
+
+
+def run_blocked(tmp_path, *args: str, also_blocked: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """tflite/run.py ARGS in a Python where TensorFlow, Keras, pandas (and `also_blocked`) cannot be imported: a
+    sitecustomize.py in `tmp_path` refuses them."""
+    (tmp_path / "sitecustomize.py").write_text(BLOCKER.format(blocked={*BLOCKED, *also_blocked}))
+    return subprocess.run([sys.executable, str(RUNNER), *map(str, args)], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(tmp_path)), timeout=120)

@@ -1,15 +1,12 @@
 """The evaluator's segmentation (HC18 layout) and video paths, on tiny hand-made models with their cards."""
-import math
-
 import keras
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
 
 from fpc_keras.card import make_card, write_card
 from fpc_keras.cli import main
 from fpc_keras.io import read_json
-from test_video import _frames, write_gif, write_mp4
+from conftest import video_frames, write_gif, write_hc18, write_mp4
 
 
 def _save(model: keras.Model, folder, task, labels, size, **pre):
@@ -30,28 +27,9 @@ def _threshold_segmenter(size):
     return model
 
 
-def _hc18(root, count=4):
-    folder = root / "training_set"
-    folder.mkdir(parents=True)
-    rows = ["filename,pixel size(mm),head circumference (mm)"]
-    for i in range(count):
-        a, b = 60 + 5 * i, 45 + 3 * i
-        image = Image.new("L", (200, 160))
-        ImageDraw.Draw(image).ellipse([100 - a, 80 - b, 100 + a, 80 + b], fill=220)
-        image.save(folder / f"{i:03d}_HC.png")
-        outline = Image.new("L", (200, 160))
-        ImageDraw.Draw(outline).ellipse([100 - a, 80 - b, 100 + a, 80 + b], outline=255)
-        outline.save(folder / f"{i:03d}_HC_Annotation.png")
-        h = ((a - b) / (a + b)) ** 2
-        hc = math.pi * (a + b) * (1 + 3 * h / (10 + math.sqrt(4 - 3 * h))) * 0.1
-        rows.append(f"{i:03d}_HC.png,0.1,{hc:.2f}")
-    (root / "training_set_pixel_size_and_HC.csv").write_text("\r\n".join(rows) + "\r\n")
-    return root
-
-
 def test_segmentation_metrics_on_hc18_layout(tmp_path):
     model_dir = _save(_threshold_segmenter((64, 64)), tmp_path / "seg", "segmentation", [], (64, 64))
-    data = _hc18(tmp_path / "hc18")
+    data = write_hc18(tmp_path / "hc18")
     out = tmp_path / "seg.json"
     assert main(["evaluate", "--model", str(model_dir), "--data", f"hc18:{data}", "--out", str(out)]) == 0
     metrics = read_json(out)["metrics"]
@@ -71,7 +49,7 @@ def test_postprocessing_is_chosen_on_validation_and_followed_by_the_evaluator(tm
     from fpc_keras.evaluate import choose_postprocessing, evaluate, load_predictor
 
     model_dir = _save(_soft_segmenter((64, 64)), tmp_path / "seg", "segmentation", [], (64, 64))
-    records = read_hc18(_hc18(tmp_path / "hc18"))
+    records = read_hc18(write_hc18(tmp_path / "hc18"))
     predictor = load_predictor(model_dir)
     default = evaluate(predictor, records, "hc18:x", None, progress=lambda m: None)["metrics"]
     chosen = choose_postprocessing(predictor, records, progress=lambda m: None)
@@ -97,7 +75,7 @@ def test_postprocess_command_rechooses_on_validation_and_rewrites_the_card(tmp_p
     card["metrics"] = {"keras_test": {"dice": {"value": 0.5}}}
     write_card(model_dir, card)
     (model_dir / "results.json").write_text('{"timings": {"train_seconds": 12.0}, "phases": {"phase1": {}}}')
-    data = f"hc18:{_hc18(tmp_path / 'hc18', count=8)}"
+    data = f"hc18:{write_hc18(tmp_path / 'hc18', count=8)}"
     before = tmp_path / "before.json"
     assert main(["evaluate", "--model", str(model_dir), "--data", data, "--split", "test", "--out", str(before)]) == 0
     assert main(["postprocess", "--model", str(model_dir), "--data", data]) == 0
@@ -173,8 +151,8 @@ def test_video_top1_with_frame_and_clip_models(tmp_path, clip_length):
     data = tmp_path / "videos"
     data.mkdir()
     for i in range(2):
-        write_mp4(data / f"dark_{i}.mp4", _frames(8) // 8)
-        bright = _frames(8)
+        write_mp4(data / f"dark_{i}.mp4", video_frames(8) // 8)
+        bright = video_frames(8)
         bright[..., :] = np.maximum(bright, 200)
         write_gif(data / f"bright-{i}.gif", bright)
     out = tmp_path / "v.json"

@@ -17,9 +17,8 @@ from fpc_keras.io import read_json
 from fpc_keras.litert import TFLiteModel, primary_output
 from fpc_keras.models import build_model
 from fpc_keras.training.session import fresh_model
-from conftest import calibrate_batch_norm, family_inputs
+from conftest import calibrate_batch_norm, family_inputs, fetalnet_train_args
 from parity import assert_parity
-from test_evaluate_tasks import _hc18
 
 
 def _fetalnet_config(*overrides: str, classes: int = len(PLANE_LABELS)):
@@ -160,20 +159,8 @@ def test_sweep_passes_through_the_standard_plane_once():
     assert areas[best] == pytest.approx(areas.max(), rel=0.1)
 
 
-def _train_args(tmp_path, name: str, images: int, *overrides: str) -> list[str]:
-    """`fpc-keras train` of a tiny FetalNet on a generated HC18-layout dataset of `images` images."""
-    data = tmp_path / "hc18" if (tmp_path / "hc18").exists() else _hc18(tmp_path / "hc18", count=images)
-    values = [f"name={name}", f"runs_dir={tmp_path / 'runs'}", "data.kind=hc18", f"data.path={data}",
-              "data.image_size=[32, 32]", "data.val_fraction=0.25", "data.test_fraction=0.25", "model.name=fetalnet",
-              "model.backbone=unet", "model.attention=gates", "model.base_filters=4", "model.depth=2",
-              "export.representative_samples=4", "export.latency_runs=2", *overrides]
-    config = tmp_path / "empty.yaml"
-    config.write_text("{}\n")
-    return ["train", "--config", str(config), *[a for value in values for a in ("--set", value)]]
-
-
 def test_train_resume_export_and_challenge_csv(tmp_path):
-    args = _train_args(tmp_path, "fn", 12, "train.epochs=2", "train.batch_size=4")
+    args = fetalnet_train_args(tmp_path, "fn", 12, "train.epochs=2", "train.batch_size=4")
     data = tmp_path / "hc18"
     assert main(args) == 0
     run = tmp_path / "runs" / "fn"
@@ -218,7 +205,7 @@ def test_challenge_rows_are_in_millimetres():
 
 
 def test_video_model_trains_on_sweeps_and_is_evaluated_on_them(tmp_path):
-    assert main(_train_args(tmp_path, "fnv", 6, "data.clip_length=4", "model.temporal=convlstm", "train.epochs=1",
+    assert main(fetalnet_train_args(tmp_path, "fnv", 6, "data.clip_length=4", "model.temporal=convlstm", "train.epochs=1",
                             "train.batch_size=2")) == 0
     run = tmp_path / "runs" / "fnv"
     card = read_json(run / "model_card.json")

@@ -9,17 +9,16 @@ import pytest
 from fpc_keras.cli import main
 from fpc_keras.errors import BadInputError
 from fpc_keras.io import read_json
-from test_evaluate_tasks import _hc18
-from test_fetalnet import _train_args
+from conftest import fetalnet_train_args, write_hc18
 
 
 def test_final_fit_trains_on_train_and_validation_for_the_source_runs_epochs(tmp_path):
-    assert main(_train_args(tmp_path, "src", 12, "train.epochs=3", "train.batch_size=4", "train.finetune_blocks=1",
+    assert main(fetalnet_train_args(tmp_path, "src", 12, "train.epochs=3", "train.batch_size=4", "train.finetune_blocks=1",
                             "train.finetune_epochs=2")) == 0
     source = read_json(tmp_path / "runs" / "src" / "model_card.json")
     expected = {name: phase["best_epoch"] + 1 for name, phase in source["training"]["phases"].items()
                 if phase["best_epoch"] >= 0}
-    assert main(_train_args(tmp_path, "final", 12, "train.epochs=3", "train.batch_size=4", "train.finetune_blocks=1",
+    assert main(fetalnet_train_args(tmp_path, "final", 12, "train.epochs=3", "train.batch_size=4", "train.finetune_blocks=1",
                             "train.finetune_epochs=2", f"train.refit_from={tmp_path / 'runs' / 'src'}")) == 0
     card = read_json(tmp_path / "runs" / "final" / "model_card.json")
     src_splits, splits = source["training"]["splits"], card["training"]["splits"]
@@ -39,14 +38,14 @@ def test_final_fit_trains_on_train_and_validation_for_the_source_runs_epochs(tmp
 
 
 def test_final_fit_refuses_another_split_rule_a_missing_card_and_video_models(tmp_path, capsys):
-    assert main(_train_args(tmp_path, "src", 8, "train.epochs=1", "train.batch_size=4")) == 0
+    assert main(fetalnet_train_args(tmp_path, "src", 8, "train.epochs=1", "train.batch_size=4")) == 0
     source = tmp_path / "runs" / "src"
     cases = {"was split by": ["data.val_fraction=0.3", f"train.refit_from={source}"],
              "does not exist": [f"train.refit_from={tmp_path / 'nothing'}"],
              "segmentation frame models": ["data.clip_length=4", "model.temporal=convlstm",
                                            f"train.refit_from={source}"]}
     for n, (message, overrides) in enumerate(cases.items()):
-        assert main(_train_args(tmp_path, f"r{n}", 8, "train.epochs=1", *overrides)) == 2
+        assert main(fetalnet_train_args(tmp_path, f"r{n}", 8, "train.epochs=1", *overrides)) == 2
         assert message in capsys.readouterr().err
 
 
@@ -58,7 +57,7 @@ def test_cross_validation_measures_each_image_once_and_pools_folds_run_apart(tmp
 
     from conftest import REPO
 
-    data = _hc18(tmp_path / "hc18", count=12)
+    data = write_hc18(tmp_path / "hc18", count=12)
     tiny = ["data.image_size=[32, 32]", "model.backbone=unet", "model.weights=none", "model.base_filters=4",
             "model.depth=2", "train.epochs=1", "train.batch_size=4", "train.finetune_blocks=0",
             "data.val_fraction=0.25"]

@@ -1,37 +1,16 @@
 """tflite/run.py, the edge runner, where TensorFlow cannot be imported: its predictions are the Keras model's, its
 errors one line, its latency recorded on the card; and in a fresh virtual environment from tflite/requirements.txt."""
 import json
-import os
 import shutil
 import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, RUNNER, run_blocked
 from fpc_keras.io import read_json
 from fpc_keras.litert import cpu_name
-
-RUNNER = REPO / "tflite" / "run.py"
-BLOCKED = ("tensorflow", "keras", "tf_keras", "pandas", "tensorflow_model_optimization")
-BLOCKER = '''
-import importlib.abc, sys
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {blocked!r}:
-            raise ImportError(f"{{name}} must not be imported by the edge runner")
-sys.meta_path.insert(0, Block())
-'''
-
-
-def run_blocked(tmp_path, *args: str, also_blocked: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    """tflite/run.py ARGS in a Python where TensorFlow, Keras, pandas (and `also_blocked`) cannot be imported: a
-    sitecustomize.py in `tmp_path` refuses them."""
-    (tmp_path / "sitecustomize.py").write_text(BLOCKER.format(blocked={*BLOCKED, *also_blocked}))
-    return subprocess.run([sys.executable, str(RUNNER), *map(str, args)], capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=str(tmp_path)), timeout=120)
 
 
 def test_tflite_runner_needs_no_tensorflow(trained, exported, tmp_path):

@@ -7,24 +7,7 @@ import pytest
 from fpc_keras.data.datasets import read_dataset
 from fpc_keras.data.video import clip_starts, read_video, take_clip
 from fpc_keras.errors import BadInputError
-
-
-def _frames(n=12, h=40, w=56):
-    frames = np.zeros((n, h, w, 3), np.uint8)
-    for i in range(n):
-        frames[i, :, (i * 4) % w] = 255
-    return frames
-
-
-def write_mp4(path, frames):
-    import imageio.v3 as iio
-    iio.imwrite(path, frames, plugin="FFMPEG", fps=10, codec="libx264", macro_block_size=8)
-
-
-def write_gif(path, frames):
-    from PIL import Image
-    images = [Image.fromarray(f) for f in frames]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=100)
+from conftest import video_frames, write_gif, write_mp4
 
 
 def write_dicom(path, frames, with_pixels=True):
@@ -50,7 +33,7 @@ def write_dicom(path, frames, with_pixels=True):
 @pytest.mark.parametrize("suffix, writer", [(".mp4", write_mp4), (".gif", write_gif), (".dcm", write_dicom)])
 def test_decode_formats(tmp_path, suffix, writer):
     path = tmp_path / f"Cov_clip 1{suffix}"
-    writer(path, _frames())
+    writer(path, video_frames())
     video = read_video(str(path), (32, 32), 3, "pad")
     assert video.shape == (12, 32, 32, 3) and video.dtype == np.uint8
     assert read_video(str(path), (16, 16), 1, "stretch", max_frames=5).shape == (5, 16, 16, 1)
@@ -66,14 +49,14 @@ def test_undecodable_videos_name_the_file(tmp_path):
     with pytest.raises(BadInputError, match="junk.avi cannot be decoded"):
         read_video(str(junk), (8, 8))
     no_pixels = tmp_path / "nopix.dcm"
-    write_dicom(no_pixels, _frames(), with_pixels=False)
+    write_dicom(no_pixels, video_frames(), with_pixels=False)
     with pytest.raises(BadInputError, match="without pixel data"):
         read_video(str(no_pixels), (8, 8))
 
 
 def test_zero_frame_video(tmp_path):
     path = tmp_path / "zero.mp4"
-    write_mp4(path, _frames(1))
+    write_mp4(path, video_frames(1))
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 3])  # header survives, frames do not
     with pytest.raises(BadInputError, match="zero.mp4"):
@@ -91,7 +74,7 @@ def test_clip_sampling():
 
 def test_video_dataset_groups_by_source(tmp_path):
     for name in ("Cov_src_Image1.mp4", "Cov_src_Image2.mp4", "Reg-other.gif"):
-        (write_gif if name.endswith("gif") else write_mp4)(tmp_path / name, _frames(4))
+        (write_gif if name.endswith("gif") else write_mp4)(tmp_path / name, video_frames(4))
     records = read_dataset("videos", tmp_path)
     groups = {r.source.rsplit("/", 1)[1]: r.group for r in records}
     assert groups["Cov_src_Image1.mp4"] == groups["Cov_src_Image2.mp4"] != groups["Reg-other.gif"]
@@ -129,7 +112,7 @@ def test_cached_video_decodes_once_and_redecodes_a_changed_file(tmp_path, monkey
     from fpc_keras.data import video
 
     path = tmp_path / "clip.gif"
-    write_gif(path, _frames())
+    write_gif(path, video_frames())
     calls = []
     real = video.read_video
     monkeypatch.setattr(video, "read_video", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
@@ -138,7 +121,7 @@ def test_cached_video_decodes_once_and_redecodes_a_changed_file(tmp_path, monkey
     np.testing.assert_array_equal(first, again)
     assert first.shape == (12, 16, 16, 3) and len(calls) == 1 and len(list((tmp_path / "cache").glob("*.npy"))) == 1
     video.cached_video(str(path), (24, 24), 3, "pad", tmp_path / "cache")  # another size: decoded anew
-    write_gif(path, _frames(n=5))
+    write_gif(path, video_frames(n=5))
     assert len(video.cached_video(str(path), (16, 16), 3, "pad", tmp_path / "cache")) == 5 and len(calls) == 3
     with pytest.raises(BadInputError, match="not found"):
         video.cached_video(str(tmp_path / "gone.mp4"), (16, 16), 3, "pad", tmp_path / "cache")

@@ -172,7 +172,7 @@ def _runner_matches_keras_on_videos(run, videos, tmp_path):
     from fpc_keras.data.images import ImageSpec
     from fpc_keras.data.video import model_clips, read_video
     from fpc_keras.io import read_json
-    from test_tflite_runner import run_blocked
+    from conftest import run_blocked
 
     done = run_blocked(tmp_path, "--model", run / "exports" / "fp32" / "model.tflite", "--json", "--top", "3", *videos)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -101,9 +101,6 @@ def final_fit_epochs(card: dict) -> dict[str, int]:
             if phase["best_epoch"] >= 0}
 
 
-def final_fit_records(config: RunConfig, records: list[Record], task: str) -> list[Record]:
+def final_fit_records(records: list[Record]) -> list[Record]:
     """The validation items joined to training (a final fit has no selection left to make)."""
-    if task != "segmentation" or config.model.temporal != "none":
-        raise BadInputError(f"train.refit_from is set for a {task} run (temporal {config.model.temporal})",
-                            "a final fit is implemented for segmentation frame models (fetalnet, temporal none)")
     return [replace(r, split="train") if r.split == "val" else r for r in records]

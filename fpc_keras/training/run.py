@@ -27,15 +27,24 @@ from .resume import check_resumable, final_fit_epochs, final_fit_records, read_r
 from .segmentation import SegmentationSession
 
 
+def _check_task_options(config: RunConfig, task: str) -> None:
+    """Options that one task implements are refused for the others before any data is read."""
+    t = config.train
+    if t.mixup and task != "classification":
+        raise BadInputError(f"train.mixup is {t.mixup} for a {task} run",
+                            "mixup is implemented for image classifiers; set train.mixup=0")
+    if t.refit_from and (task != "segmentation" or config.model.temporal != "none"):
+        raise BadInputError(f"train.refit_from is set for a {task} run (temporal {config.model.temporal})",
+                            "a final fit is implemented for segmentation frame models (fetalnet, temporal none)")
+
+
 def train(config: RunConfig, progress: Progress = print) -> Path:
     """Train (or resume, or skip when finished), select on validation, evaluate on test, write the run."""
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(config.train.seed)
     task = task_of_kind(config.data.kind)
-    if config.train.mixup and task.name != "classification":
-        raise BadInputError(f"train.mixup is {config.train.mixup} for a {task.name} run",
-                            "mixup is implemented for image classifiers; set train.mixup=0")
+    _check_task_options(config, task.name)
     progress(f"[1/4] reading {config.data.kind}:{config.data.path}")
     records = read_records(config.data.kind, config.data.path, config.data.aliases, config.data.classes)
     config.data.duplicates = resolve_mode(config.data.duplicates, config.data.kind, records)
@@ -45,7 +54,7 @@ def train(config: RunConfig, progress: Progress = print) -> Path:
                             config.data.folds, config.data.fold, config.data.duplicates,
                             config.data.duplicate_distance, config.data.split_quota)
     if source is not None:
-        records = final_fit_records(config, records, task.name)
+        records = final_fit_records(records)
     labels = list(task.load("labels") or labels_of(records))
     if len(labels) < 2:
         raise BadInputError(f"{config.data.path} holds {len(labels)} class(es): {labels}", "give at least two classes")
