@@ -38,6 +38,7 @@ def test_saved_config_loads_back(tmp_path):
     (["data.duplicates=off"], "quote the word, e.g. data.duplicates='off'"),
     (["data.split_quota=frames"], "use one of: groups, items"),
     (["train.mixup=-0.2"], "train.mixup is -0.2"),
+    (["data.train_fraction=0"], "data.train_fraction is 0"),
 ])
 def test_bad_configs_name_the_key_and_fix(override, words):
     with pytest.raises(BadInputError) as info:

@@ -64,7 +64,8 @@ def test_rerun_of_a_finished_run_does_not_train_again(trained, tmp_path):
 
 
 @pytest.mark.parametrize("override, named", [("train.seed=1", "train.seed: 0 then, 1 now"),
-                                              ("model.attention=cbam", "model.attention: 'se' then, 'cbam' now")])
+                                              ("model.attention=cbam", "model.attention: 'se' then, 'cbam' now"),
+                                              ("data.train_fraction=0.5", "data.train_fraction: 1.0 then, 0.5 now")])
 def test_rerun_under_another_seed_or_model_is_refused_and_leaves_the_run_alone(trained, tmp_path, override, named):
     """A new seed deals the items into new splits: re-evaluating the finished model there would measure it on its own
     training images and overwrite the run's results with that (it happened to a BUSI run)."""
@@ -76,6 +77,18 @@ def test_rerun_under_another_seed_or_model_is_refused_and_leaves_the_run_alone(t
         train(load_config(None, trained_overrides(trained["data"], runs, **{key: value})))
     assert "--set name=" in caught.value.fix
     assert {name: (runs / "tiny" / name).read_bytes() for name in before} == before
+
+
+def test_a_training_fraction_trains_on_fewer_items_and_tests_on_the_same(trained, tmp_path):
+    def rows(run, split):
+        return sorted(line for line in (run / "splits.csv").read_text().splitlines() if f",{split}," in line)
+    run = train(load_config(None, trained_overrides(trained["data"], tmp_path / "runs", **{
+        "name": "tiny_half", "data.train_fraction": "0.5", "train.epochs": "1"})), progress=lambda m: None)
+    assert 0 < len(rows(run, "train")) < len(rows(trained["run"], "train"))
+    assert set(rows(run, "train")) < set(rows(trained["run"], "train"))
+    for split in ("val", "test"):
+        assert rows(run, split) == rows(trained["run"], split)
+    assert read_json(run / "results.json")["n"] == len(rows(run, "test"))
 
 
 @pytest.mark.parametrize("target", ["run", "keras"])

@@ -1,7 +1,7 @@
 import pytest
 
-from fpc_keras.data.records import (Record, assign_folds, assign_splits, in_split, keep_classes, labels_of,
-                                   validate_splits)
+from fpc_keras.data.records import (Record, assign_folds, assign_splits, in_split, keep_classes,
+                                   keep_training_fraction, labels_of, validate_splits)
 from fpc_keras.errors import BadInputError
 
 
@@ -48,6 +48,23 @@ def test_folds_partition_groups():
     tests = [{r.group for r in assign_folds(records, 5, k, 0.2) if r.split == "test"} for k in range(5)]
     assert set().union(*tests) == {f"g{g}" for g in range(10)}
     assert sum(len(t) for t in tests) == 10
+
+
+def test_a_training_fraction_keeps_whole_groups_of_each_class_and_leaves_val_and_test_alone():
+    records = assign_folds(_records(groups=40), 5, 1, 0.2, seed=3)
+    half = keep_training_fraction(records, 0.5, seed=3)
+    train = _groups_by_split(records)["train"]
+    kept = _groups_by_split(half)["train"]
+    assert kept < train and len(kept) == round(len(train) / 2)
+    assert all(len([r for r in half if r.group == g]) == 3 for g in kept)  # whole groups
+    for label in "ab":
+        assert {r.group for r in half if r.split == "train" and r.label == label}
+    assert [r for r in half if r.split != "train"] == [r for r in records if r.split != "train"]
+    assert kept != _groups_by_split(keep_training_fraction(records, 0.5, seed=4))["train"]
+    assert keep_training_fraction(records, 0.5, seed=3) == half
+    assert keep_training_fraction(records, 1.0, seed=3) == records
+    smallest = keep_training_fraction(records, 0.01, seed=3)
+    assert {r.label for r in smallest if r.split == "train"} == {"a", "b"}  # at least one group a class
 
 
 def _one_sweep_class():

@@ -40,6 +40,9 @@ class DataConfig:
     # Seed of the split (folds, validation and test draws); empty: train.seed. Set it to keep one split while
     # train.seed varies (repeats that measure run-to-run spread, or members of one ensemble).
     split_seed: int | None = None
+    # Learning curves: train on this fraction of each class's training groups (drawn with the split seed);
+    # validation and test stay as they are, so runs at several fractions are measured on the same items.
+    train_fraction: float = 1.0
     aliases: dict[str, str] = field(default_factory=dict)
     # Train on these classes only (after aliases; empty: all). Recorded in the card's label rule, so the evaluator
     # leaves the other classes' items out of new data the same way.
@@ -61,6 +64,8 @@ class DataConfig:
             raise BadInputError(f"data.channels is {self.channels}", "use 1 (grayscale) or 3 (RGB backbones)")
         if min(self.image_size) < 8:
             raise BadInputError(f"data.image_size {self.image_size} is too small", "use at least 8x8 pixels")
+        if not 0 < self.train_fraction <= 1:
+            raise BadInputError(f"data.train_fraction is {self.train_fraction}", "use a fraction in (0, 1]")
         for name in ("val_fraction", "test_fraction"):
             value = getattr(self, name)
             if not 0 <= value < 1:

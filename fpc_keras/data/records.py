@@ -155,6 +155,24 @@ def assign_folds(records: Sequence[Record], folds: int, fold: int, val_fraction:
     return assign_splits(marked, val_fraction, 0.0, seed, quota=quota)
 
 
+def keep_training_fraction(records: Sequence[Record], fraction: float, seed: int) -> list[Record]:
+    """A learning curve's point: the training split cut to `fraction` of each class's training groups (at least
+    one a class; drawn with `seed`). Validation and test are untouched, so every fraction is measured on the same
+    items."""
+    if fraction >= 1:
+        return list(records)
+    by_label: dict[str | None, set[str]] = defaultdict(set)
+    for r in records:
+        if r.split == "train":
+            by_label[r.label].add(r.group)
+    rng = random.Random(seed)
+    kept = set()
+    for label in sorted(by_label, key=str):
+        groups = sorted(by_label[label])
+        kept.update(rng.sample(groups, max(1, round(fraction * len(groups)))))
+    return [r for r in records if r.split != "train" or r.group in kept]
+
+
 def split_counts(records: Sequence[Record]) -> dict[str, dict[str, int]]:
     counts: dict[str, Counter] = defaultdict(Counter)
     for record in records:

@@ -15,7 +15,7 @@ from ..card import make_card, typed_outputs, write_card
 from ..config import RunConfig, model_section_dict, save_config
 from ..data.datasets import read_records, split_records
 from ..data.duplicates import resolve_mode
-from ..data.records import Record, in_split, labels_of, split_counts
+from ..data.records import Record, in_split, keep_training_fraction, labels_of, split_counts
 from ..errors import BadInputError
 from ..evaluate import Predictor, evaluate, keras_predict_fn, summary_line
 from ..io import atomic_path, atomic_write_json, atomic_write_text
@@ -53,6 +53,7 @@ def train(config: RunConfig, progress: Progress = print) -> Path:
     records = split_records(records, config.data.val_fraction, config.data.test_fraction, config.split_seed,
                             config.data.folds, config.data.fold, config.data.duplicates,
                             config.data.duplicate_distance, config.data.split_quota)
+    records = keep_training_fraction(records, config.data.train_fraction, config.split_seed)
     if source is not None:
         records = final_fit_records(records)
     labels = list(task.load("labels") or labels_of(records))
