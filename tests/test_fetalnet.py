@@ -205,8 +205,8 @@ def test_challenge_rows_are_in_millimetres():
 
 
 def test_video_model_trains_on_sweeps_and_is_evaluated_on_them(tmp_path):
-    assert main(fetalnet_train_args(tmp_path, "fnv", 6, "data.clip_length=4", "model.temporal=convlstm", "train.epochs=1",
-                            "train.batch_size=2")) == 0
+    assert main(fetalnet_train_args(tmp_path, "fnv", 6, "data.clip_length=4", "model.temporal=convlstm",
+                                    "train.epochs=1", "train.batch_size=2")) == 0
     run = tmp_path / "runs" / "fnv"
     card = read_json(run / "model_card.json")
     assert card["preprocessing"]["clip_length"] == 4 and card["input"]["shape"] == [1, 4, 32, 32, 3]

@@ -13,13 +13,14 @@ from conftest import fetalnet_train_args, write_hc18
 
 
 def test_final_fit_trains_on_train_and_validation_for_the_source_runs_epochs(tmp_path):
-    assert main(fetalnet_train_args(tmp_path, "src", 12, "train.epochs=3", "train.batch_size=4", "train.finetune_blocks=1",
-                            "train.finetune_epochs=2")) == 0
+    assert main(fetalnet_train_args(tmp_path, "src", 12, "train.epochs=3", "train.batch_size=4",
+                                    "train.finetune_blocks=1", "train.finetune_epochs=2")) == 0
     source = read_json(tmp_path / "runs" / "src" / "model_card.json")
     expected = {name: phase["best_epoch"] + 1 for name, phase in source["training"]["phases"].items()
                 if phase["best_epoch"] >= 0}
-    assert main(fetalnet_train_args(tmp_path, "final", 12, "train.epochs=3", "train.batch_size=4", "train.finetune_blocks=1",
-                            "train.finetune_epochs=2", f"train.refit_from={tmp_path / 'runs' / 'src'}")) == 0
+    assert main(fetalnet_train_args(tmp_path, "final", 12, "train.epochs=3", "train.batch_size=4",
+                                    "train.finetune_blocks=1", "train.finetune_epochs=2",
+                                    f"train.refit_from={tmp_path / 'runs' / 'src'}")) == 0
     card = read_json(tmp_path / "runs" / "final" / "model_card.json")
     src_splits, splits = source["training"]["splits"], card["training"]["splits"]
     assert "val" not in splits and splits["test"] == src_splits["test"]
