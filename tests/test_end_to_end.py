@@ -80,8 +80,10 @@ def test_rerun_under_another_seed_or_model_is_refused_and_leaves_the_run_alone(t
 
 
 def test_a_training_fraction_trains_on_fewer_items_and_tests_on_the_same(trained, tmp_path):
+    from fpc_keras.export import train_records
+
     def rows(run, split):
-        return sorted(line for line in (run / "splits.csv").read_text().splitlines() if f",{split}," in line)
+        return sorted((r.source, r.label, r.group) for r in train_records(run) if r.split == split)
     run = train(load_config(None, trained_overrides(trained["data"], tmp_path / "runs", **{
         "name": "tiny_half", "data.train_fraction": "0.5", "train.epochs": "1"})), progress=lambda m: None)
     assert 0 < len(rows(run, "train")) < len(rows(trained["run"], "train"))
