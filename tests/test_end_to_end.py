@@ -91,6 +91,10 @@ def test_a_training_fraction_trains_on_fewer_items_and_tests_on_the_same(trained
     for split in ("val", "test"):
         assert rows(run, split) == rows(trained["run"], split)
     assert read_json(run / "results.json")["n"] == len(rows(run, "test"))
+    out = tmp_path / "train_split.json"  # the card's split rule rebuilds the kept training items, no others
+    assert main(["evaluate", "--model", str(run), "--data", f"folder:{trained['data']}", "--split", "train",
+                 "--out", str(out)]) == 0
+    assert read_json(out)["n"] == len(rows(run, "train"))
 
 
 @pytest.mark.parametrize("target", ["run", "keras"])

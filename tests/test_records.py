@@ -68,6 +68,14 @@ def test_a_training_fraction_keeps_whole_groups_of_each_class_and_leaves_val_and
     assert {r.label for r in smallest if r.split == "train"} == {"a", "b"}  # at least one group a class
 
 
+def test_a_training_fraction_counts_a_mixed_group_under_its_majority_label_as_the_splits_do():
+    pure = [Record(f"{c}{g}.png", c, f"{c}{g}", "train") for c in "ab" for g in range(10)]
+    mixed = [Record(f"m{g}_{i}.png", "aab"[i], f"m{g}", "train") for g in range(4) for i in range(3)]
+    for seed in range(10):
+        kept = _groups_by_split(keep_training_fraction(pure + mixed, 0.5, seed))["train"]
+        assert len(kept) == 7 + 5  # class a: 10 pure + 4 mixed groups; class b: 10
+
+
 def _one_sweep_class():
     """Class "s": one sweep of 42 frames (one group) and 8 single images; class "o": 50 single images."""
     sweep = [Record(f"s{i}.png", "s", "sweep") for i in range(42)]

@@ -255,6 +255,9 @@ def test_slowfast_starts_from_its_own_folds_fine_tuned_encoder_and_refuses_anoth
     other.model.num_classes = 3
     with pytest.raises(BadInputError, match="was split by"):
         fresh_model(other, print)
+    half = load_config(None, [*shared, "data.fold=1", "data.train_fraction=0.5", f"train.init_from={source}"])
+    half.model.num_classes = 3
+    fresh_model(half, print)  # a training fraction moves no item into test: accepted
 
 
 def test_balanced_draws_without_groups_are_the_class_balanced_stream_of_before():

@@ -86,8 +86,10 @@ def prepare_records(kind: str, path: str | Path, val_fraction: float, test_fract
                          resolve_mode(duplicates, kind, records), distance, quota)
 
 
-# The split rule of cards recorded before these keys existed: no near-duplicate grouping, quotas counted in groups.
-RULE_DEFAULTS = {"duplicates": "off", "duplicate_distance": DEFAULT_DISTANCE, "split_quota": "groups"}
+# The split rule of cards recorded before these keys existed: no near-duplicate grouping, quotas counted in groups,
+# all training groups.
+RULE_DEFAULTS = {"duplicates": "off", "duplicate_distance": DEFAULT_DISTANCE, "split_quota": "groups",
+                 "train_fraction": 1.0}
 
 
 def split_records(records: list[Record], val_fraction: float, test_fraction: float, seed: int, folds: int = 0,

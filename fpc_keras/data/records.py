@@ -108,10 +108,7 @@ def _divide(records: list[Record], fractions: dict[str, float], seed: int, quota
     groups: dict[str, list[Record]] = defaultdict(list)
     for record in records:
         groups[record.group].append(record)
-    by_label: dict[str, list[str]] = defaultdict(list)
-    for group, members in groups.items():
-        majority = Counter(str(r.label) for r in members).most_common(1)[0][0]
-        by_label[majority].append(group)
+    by_label = _groups_by_majority_label(groups)
     rng = random.Random(seed)
     split_of: dict[str, str] = {}
     for label in sorted(by_label):
@@ -127,6 +124,15 @@ def _divide(records: list[Record], fractions: dict[str, float], seed: int, quota
         for name in names:
             split_of[name] = "train"
     return [replace(r, split=split_of[r.group]) for r in records]
+
+
+def _groups_by_majority_label(groups: dict[str, list[Record]]) -> dict[str, list[str]]:
+    """Each group's name under its members' most common label: a class's groups, for splits and fractions."""
+    by_label: dict[str, list[str]] = defaultdict(list)
+    for group, members in groups.items():
+        majority = Counter(str(r.label) for r in members).most_common(1)[0][0]
+        by_label[majority].append(group)
+    return by_label
 
 
 def _take(names: list[str], sizes: dict[str, int], share: float) -> list[str]:
@@ -156,18 +162,19 @@ def assign_folds(records: Sequence[Record], folds: int, fold: int, val_fraction:
 
 
 def keep_training_fraction(records: Sequence[Record], fraction: float, seed: int) -> list[Record]:
-    """A learning curve's point: the training split cut to `fraction` of each class's training groups (at least
-    one a class; drawn with `seed`). Validation and test are untouched, so every fraction is measured on the same
+    """A learning curve's point: the training split cut to `fraction` of each class's training groups (a group
+    counted under its majority label, as the splits are stratified; at least one a class; drawn with `seed`). Validation and test are untouched, so every fraction is measured on the same
     items."""
     if fraction >= 1:
         return list(records)
-    by_label: dict[str | None, set[str]] = defaultdict(set)
+    training: dict[str, list[Record]] = defaultdict(list)
     for r in records:
         if r.split == "train":
-            by_label[r.label].add(r.group)
+            training[r.group].append(r)
+    by_label = _groups_by_majority_label(training)
     rng = random.Random(seed)
     kept = set()
-    for label in sorted(by_label, key=str):
+    for label in sorted(by_label):
         groups = sorted(by_label[label])
         kept.update(rng.sample(groups, max(1, round(fraction * len(groups)))))
     return [r for r in records if r.split != "train" or r.group in kept]

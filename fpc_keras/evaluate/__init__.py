@@ -17,7 +17,7 @@ import numpy as np
 
 from ..card import card_path_for, provenance, read_card, write_card
 from ..data.datasets import RULE_DEFAULTS, parse_data_spec, read_dataset, split_records
-from ..data.records import Record, in_split, keep_classes
+from ..data.records import Record, in_split, keep_classes, keep_training_fraction
 from ..errors import BadInputError
 from ..io import atomic_write_json, read_json
 from ..postprocess import choose_postprocessing, keep_candidates, settings
@@ -103,8 +103,9 @@ def _split_as_trained(records: list[Record], card: dict) -> list[Record]:
         raise BadInputError("this data has no split and the model card records no split rule",
                             "evaluate all items (leave out --split)")
     rule = {**RULE_DEFAULTS, **rule}
-    return split_records(records, rule["val_fraction"], rule["test_fraction"], rule["seed"], rule.get("folds", 0),
-                         rule.get("fold", 0), rule["duplicates"], rule["duplicate_distance"], rule["split_quota"])
+    records = split_records(records, rule["val_fraction"], rule["test_fraction"], rule["seed"], rule.get("folds", 0),
+                            rule.get("fold", 0), rule["duplicates"], rule["duplicate_distance"], rule["split_quota"])
+    return keep_training_fraction(records, rule["train_fraction"], rule["seed"])
 
 
 def _model_classes(records: list[Record], classes: Sequence[str], progress: Callable[[str], None]) -> list[Record]:

@@ -50,7 +50,7 @@ def split_rule(config: RunConfig) -> dict:
     return {"val_fraction": config.data.val_fraction, "folds": config.data.folds,
             "test_fraction": config.data.test_fraction, "fold": config.data.fold, "seed": config.split_seed,
             "duplicates": config.data.duplicates, "duplicate_distance": config.data.duplicate_distance,
-            "split_quota": config.data.split_quota}
+            "split_quota": config.data.split_quota, "train_fraction": config.data.train_fraction}
 
 
 def read_refit_source(config: RunConfig) -> dict:
@@ -72,9 +72,9 @@ def read_refit_source(config: RunConfig) -> dict:
 
 def check_split_as(config: RunConfig, card: dict, what: str) -> None:
     """Refuse to build on a run (`card`) that split the data by another rule: its training items may be this run's
-    test items."""
-    recorded = card.get("training", {}).get("split_rule", {})
-    if {**RULE_DEFAULTS, **recorded} != split_rule(config):
+    test items. The training fraction is left out: it draws from the training split and moves nothing into test."""
+    recorded = {**RULE_DEFAULTS, **card.get("training", {}).get("split_rule", {})}
+    if {**recorded, "train_fraction": 1.0} != {**split_rule(config), "train_fraction": 1.0}:
         raise BadInputError(f"{what} was split by {recorded}, this run by {split_rule(config)}",
                             "use the source run's data.val_fraction, data.test_fraction, data.folds, data.fold and "
                             "split seed (data.split_seed, else train.seed), so that its test split stays apart")
