@@ -86,13 +86,15 @@ def cross_validate(args: argparse.Namespace) -> None:
     name = args.name or "__".join(names)  # an ensemble's default starts as its first recipe's (the report's paper)
     store = Path(args.cv_store) / f"{name}_cv{args.folds}_quantisation"
 
+    def configs(fold: int) -> list[RunConfig]:
+        return [cv.fold_config(config, args.set, fold, args.folds, f"{member}_cv{args.folds}")
+                for config, member in zip(args.config, names)]
+
     def record(fold: int) -> dict:
-        configs = [cv.fold_config(config, args.set, fold, args.folds, f"{member}_cv{args.folds}")
-                   for config, member in zip(args.config, names)]
-        run_dir = trained_and_exported(configs, args.variants, f"{name}_cv{args.folds}_fold{fold}")
+        run_dir = trained_and_exported(configs(fold), args.variants, f"{name}_cv{args.folds}_fold{fold}")
         return quantisation_fold(run_dir, fold, args.folds, args.variants, flip=args.flip)
 
-    folds = cv.run_folds(store, args.folds, record)
+    folds = cv.run_folds(store, args.folds, record, recipe=cv.fold_recipe(configs(0)))
     pooled = pooled_quantisation(folds)
     text = pooled_quantisation_table(pooled)
     atomic_write_json(store / "pooled.json", pooled)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from fpc_keras.experiment import SHARED_DATA, segmentation_table  # first: starts TensorFlow quietly
 from fpc_keras import cv
-from fpc_keras.config import load_config
+from fpc_keras.config import RunConfig, load_config
 from fpc_keras.cv.segmentation import (paired_segmentation, paired_segmentation_table, pooled_segmentation,
                                        pooled_segmentation_table, segmentation_fold)
 from fpc_keras.data.hc18 import write_challenge_csv
@@ -43,11 +43,14 @@ CONFIGS = Path(__file__).resolve().parent / "configs" / "paper3"
 VARIANTS = ("fp32", "fp16", "int8")
 
 
-def run(config_name: str, data: str, runs: str, overrides: list[str]) -> Path:
+def config_of(config_name: str, data: str, runs: str, overrides: list[str]) -> RunConfig:
     kind, path = data.split(":", 1)
-    config = load_config(CONFIGS / config_name, [f"data.kind={kind}", f"data.path={path}", f"runs_dir={runs}",
-                                                 *overrides])
-    return train(config)
+    return load_config(CONFIGS / config_name, [f"data.kind={kind}", f"data.path={path}", f"runs_dir={runs}",
+                                               *overrides])
+
+
+def run(config_name: str, data: str, runs: str, overrides: list[str]) -> Path:
+    return train(config_of(config_name, data, runs, overrides))
 
 
 def main() -> None:
@@ -93,11 +96,14 @@ def cross_validate(args: argparse.Namespace) -> None:
     name = load_config(CONFIGS / "fetalnet_hc18.yaml", args.set).name
     store = Path(args.cv_store) / f"{name}_cv{args.folds}"
 
-    def record(fold: int) -> dict:
-        overrides = [*args.set, *cv.fold_overrides(fold, args.folds, store.name)]
-        return segmentation_fold(run("fetalnet_hc18.yaml", args.data, args.runs, overrides), fold, args.folds)
+    def overrides(fold: int) -> list[str]:
+        return [*args.set, *cv.fold_overrides(fold, args.folds, store.name)]
 
-    folds = cv.run_folds(store, args.folds, record, args.fold)
+    def record(fold: int) -> dict:
+        return segmentation_fold(run("fetalnet_hc18.yaml", args.data, args.runs, overrides(fold)), fold, args.folds)
+
+    recipe = cv.fold_recipe([config_of("fetalnet_hc18.yaml", args.data, args.runs, overrides(0))])
+    folds = cv.run_folds(store, args.folds, record, args.fold, recipe=recipe)
     table = pooled_segmentation_table(folds, pooled_segmentation(folds))
     atomic_write_text(store / "pooled.md", table)
     print(f"\n{name}, {args.folds}-fold cross-validation by subject ({store}):\n\n{table}")

@@ -81,6 +81,8 @@ def test_cross_validation_measures_each_image_once_and_pools_folds_run_apart(tmp
                             cwd=REPO)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "fold 0: stored in" in second.stdout
+    other = subprocess.run([*command, "--set", "train.epochs=2"], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert other.returncode != 0 and "train.epochs: 1 then, 2 now" in other.stdout + other.stderr
     folds = [read_json(store / f"fold{i}.json") for i in (0, 1)]
     tested = [[item["file"] for item in fold["items"]] for fold in folds]
     assert not set(tested[0]) & set(tested[1])

@@ -127,6 +127,18 @@ def config_to_dict(config: RunConfig) -> dict:
     return {k: _plain(v) for k, v in dataclasses.asdict(config).items()}
 
 
+def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """The keys (dotted) where two config trees differ, each as `key: OLD then, NEW now`."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} then, {b!r} now")
+    return out
+
+
 def model_section_dict(model: ModelConfig) -> dict:
     """The model's name and its architecture's section, as plain data: what a card records and a resume compares."""
     return section_of(_plain(dataclasses.asdict(model)))

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from ..config import RunConfig, load_config
+from ..config import RunConfig, config_differences, config_to_dict, load_config
 from ..errors import BadInputError
 from ..io import atomic_write_json, atomic_write_text, read_json
 
@@ -32,20 +32,51 @@ def fold_config(config: str | Path | None, overrides: Sequence[str], fold: int, 
     return load_config(config, [*overrides, *fold_overrides(fold, folds, name)])
 
 
+def fold_recipe(configs: Sequence[RunConfig]) -> list[dict]:
+    """What a fold's figures depend on, the same for every fold of one CV: each member config without its name,
+    fold, folders, bad-input policy and latency runs."""
+    recipes = []
+    for config in configs:
+        tree = config_to_dict(config)
+        data = {k: v for k, v in tree.pop("data").items() if k not in ("path", "fold", "on_bad_input")}
+        export = {k: v for k, v in tree.pop("export").items() if k != "latency_runs"}
+        recipes.append({**{k: v for k, v in tree.items() if k not in ("name", "runs_dir")}, "data": data,
+                        "export": export})
+    return recipes
+
+
 def run_folds(store: str | Path, folds: int, record: Callable[[int], dict], which: Iterable[int] | None = None,
-              progress: Progress = print) -> list[dict]:
+              progress: Progress = print, recipe: list[dict] | None = None) -> list[dict]:
     """Record each fold of `which` (default: every fold) that `store` lacks: `record(i)` trains and measures fold i
-    and returns its record, written atomically as `store/fold<i>.json`. Returns every stored fold, in fold order."""
+    and returns its record, written atomically as `store/fold<i>.json` with `recipe` (`fold_recipe`). A stored fold
+    is kept where it records the same recipe or none (stores from before recipes were recorded); another recipe is
+    refused, since pooling it would report the old recipe's figures under the new one's name. Returns every stored
+    fold, in fold order."""
     store = Path(store)
     for fold in which if which is not None else range(folds):
         if not 0 <= fold < folds:
             raise BadInputError(f"fold {fold} is outside 0..{folds - 1}", f"pick folds below {folds}")
         path = store / f"fold{fold}.json"
         if path.is_file():
+            _check_recipe(path, recipe)
             progress(f"fold {fold}: stored in {path}")
             continue
-        atomic_write_json(path, {"fold": fold, "folds": folds, **record(fold)})
+        atomic_write_json(path, {"fold": fold, "folds": folds, **({"recipe": recipe} if recipe else {}),
+                                 **record(fold)})
     return stored_folds(store)
+
+
+def _check_recipe(path: Path, recipe: list[dict] | None) -> None:
+    stored = read_json(path).get("recipe")
+    if not (stored and recipe) or stored == recipe:
+        return
+    changed = [f"{'' if len(recipe) == 1 else f'member {i}: '}{line}" for i, (old, new) in
+               enumerate(zip(stored, recipe)) for line in config_differences(old, new)]
+    if len(stored) != len(recipe):
+        changed.append(f"{len(stored)} member(s) then, {len(recipe)} now")
+    raise BadInputError(f"{path} was measured with another recipe ({'; '.join(changed)})",
+                        "give this CV its own name (--set name=NAME, or --name), or delete the store's fold files "
+                        "to run them again")
 
 
 def stored_folds(store: str | Path) -> list[dict]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from ..config import RunConfig, config_to_dict, load_config, model_section_dict
+from ..config import RunConfig, config_differences, config_to_dict, load_config, model_section_dict
 from ..data.datasets import RULE_DEFAULTS
 from ..data.records import Record
 from ..data.sources import data_source
@@ -20,7 +20,7 @@ def check_resumable(config: RunConfig) -> None:
     stored = config.run_dir / "config.yaml"
     if not (stored.is_file() and (config.run_dir / "checkpoints").is_dir()):
         return
-    changed = _differences(_recipe(load_config(stored)), _recipe(config))
+    changed = config_differences(_recipe(load_config(stored)), _recipe(config))
     if changed:
         raise BadInputError(f"{config.run_dir} was trained with another configuration ({'; '.join(changed)})",
                             "give the new run its own name (--set name=NAME), or delete the folder to train it again")
@@ -32,17 +32,6 @@ def _recipe(config: RunConfig) -> dict:
     tree = config_to_dict(config)
     data = {k: v for k, v in tree["data"].items() if k != "on_bad_input"}
     return {"data": data, "model": model_section_dict(config.model), "train": {"seed": tree["train"]["seed"]}}
-
-
-def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
-    out = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            out.append(f"{prefix}{key}: {a!r} then, {b!r} now")
-    return out
 
 
 def split_rule(config: RunConfig) -> dict:
