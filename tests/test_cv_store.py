@@ -23,7 +23,7 @@ def _record(calls):
 def test_a_stored_fold_is_reused_under_its_recipe_and_refused_under_another(tmp_path):
     calls = []
     cv.run_folds(tmp_path, 3, _record(calls), which=[0], progress=lambda _: None, recipe=_recipe("train.epochs=3"))
-    assert calls == [0] and read_json(tmp_path / "fold0.json")["recipe"] == _recipe("train.epochs=3")
+    assert calls == [0] and read_json(tmp_path / "fold0.json")["cv_recipe"] == _recipe("train.epochs=3")
     folds = cv.run_folds(tmp_path, 3, _record(calls), progress=lambda _: None, recipe=_recipe("train.epochs=3"))
     assert calls == [0, 1, 2] and [f["fold"] for f in folds] == [0, 1, 2]
     with pytest.raises(BadInputError, match="train.epochs: 3 then, 4 now") as caught:
@@ -43,4 +43,4 @@ def test_folds_stored_before_recipes_were_recorded_are_reused(tmp_path):
     (tmp_path / "fold0.json").write_text(json.dumps({"fold": 0, "folds": 2, "items": []}))
     calls = []
     cv.run_folds(tmp_path, 2, _record(calls), progress=lambda _: None, recipe=_recipe())
-    assert calls == [1] and "recipe" not in read_json(tmp_path / "fold0.json")
+    assert calls == [1] and "cv_recipe" not in read_json(tmp_path / "fold0.json")

@@ -178,7 +178,7 @@ def test_quantisation_cross_validation_of_an_ensemble_of_two_recipes(trained, tm
     assert len(files) == len(set(files)) == len(list(trained["data"].rglob("*.png")))
     card = read_json(tmp_path / "runs" / "tiny__tiny_b_cv2_fold1" / "model_card.json")
     assert [m["run"] for m in card["ensemble"]["members"]] == ["tiny_cv2_fold1", "tiny_b_cv2_fold1"]
-    recipe = read_json(store / "fold1.json")["recipe"]  # what a rerun under this store's name must match
+    recipe = read_json(store / "fold1.json")["cv_recipe"]  # what a rerun under this store's name must match
     assert len(recipe) == 2 and recipe[1]["model"]["attention"] == "none" != recipe[0]["model"]["attention"]
     pooled = read_json(store / "pooled.json")
     assert "int8" in pooled["variants"] and 0 <= pooled["val_macro_f1"] <= 1

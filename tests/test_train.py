@@ -243,6 +243,9 @@ def test_cross_validation_tests_every_item_once_and_chooses_on_mean_validation(f
 
     rights = [f"{int(np.trace(f['metrics']['confusion']['matrix']))}/{f['n']}" for f in folds]
     assert f"right per fold {', '.join(rights)}" in pooled_details([row])
+    with pytest.raises(BadInputError, match="train.epochs: 1 then, 2 now"):  # the stored folds are another recipe's
+        run_folds("cv", tiny_overrides(folder_dataset, tmp_path / "runs", **{"train.epochs": "2"}), folds=3,
+                  progress=lambda _: None)
 
 
 def test_feature_norm_starts_at_the_training_features_statistics():

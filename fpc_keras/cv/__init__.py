@@ -48,10 +48,10 @@ def fold_recipe(configs: Sequence[RunConfig]) -> list[dict]:
 def run_folds(store: str | Path, folds: int, record: Callable[[int], dict], which: Iterable[int] | None = None,
               progress: Progress = print, recipe: list[dict] | None = None) -> list[dict]:
     """Record each fold of `which` (default: every fold) that `store` lacks: `record(i)` trains and measures fold i
-    and returns its record, written atomically as `store/fold<i>.json` with `recipe` (`fold_recipe`). A stored fold
-    is kept where it records the same recipe or none (stores from before recipes were recorded); another recipe is
-    refused, since pooling it would report the old recipe's figures under the new one's name. Returns every stored
-    fold, in fold order."""
+    and returns its record, written atomically as `store/fold<i>.json` with `recipe` (`fold_recipe`) as `cv_recipe`.
+    A stored fold is kept where it records the same recipe or none (stores from before recipes were recorded);
+    another recipe is refused, since pooling it would report the old recipe's figures under the new one's name.
+    Returns every stored fold, in fold order."""
     store = Path(store)
     for fold in which if which is not None else range(folds):
         if not 0 <= fold < folds:
@@ -61,13 +61,13 @@ def run_folds(store: str | Path, folds: int, record: Callable[[int], dict], whic
             _check_recipe(path, recipe)
             progress(f"fold {fold}: stored in {path}")
             continue
-        atomic_write_json(path, {"fold": fold, "folds": folds, **({"recipe": recipe} if recipe else {}),
-                                 **record(fold)})
+        atomic_write_json(path, {"fold": fold, "folds": folds, **record(fold),
+                                 **({"cv_recipe": recipe} if recipe else {})})
     return stored_folds(store)
 
 
 def _check_recipe(path: Path, recipe: list[dict] | None) -> None:
-    stored = read_json(path).get("recipe")
+    stored = read_json(path).get("cv_recipe")
     if not (stored and recipe) or stored == recipe:
         return
     changed = [f"{'' if len(recipe) == 1 else f'member {i}: '}{line}" for i, (old, new) in

@@ -163,8 +163,8 @@ def assign_folds(records: Sequence[Record], folds: int, fold: int, val_fraction:
 
 def keep_training_fraction(records: Sequence[Record], fraction: float, seed: int) -> list[Record]:
     """A learning curve's point: the training split cut to `fraction` of each class's training groups (a group
-    counted under its majority label, as the splits are stratified; at least one a class; drawn with `seed`). Validation and test are untouched, so every fraction is measured on the same
-    items."""
+    counted under its majority label, as the splits are stratified; at least one a class; drawn with `seed`).
+    Validation and test are untouched, so every fraction is measured on the same items."""
     if fraction >= 1:
         return list(records)
     training: dict[str, list[Record]] = defaultdict(list)
