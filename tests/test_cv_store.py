@@ -31,6 +31,14 @@ def test_a_stored_fold_is_reused_under_its_recipe_and_refused_under_another(tmp_
     assert "fold0.json" in str(caught.value) and "--set name=" in caught.value.fix and calls == [0, 1, 2]
 
 
+def test_running_one_fold_checks_the_stored_folds_it_will_be_pooled_with(tmp_path):
+    calls = []
+    cv.run_folds(tmp_path, 3, _record(calls), which=[0], progress=lambda _: None, recipe=_recipe("train.epochs=3"))
+    with pytest.raises(BadInputError, match="train.epochs: 3 then, 4 now"):
+        cv.run_folds(tmp_path, 3, _record(calls), which=[1], progress=lambda _: None, recipe=_recipe("train.epochs=4"))
+    assert calls == [0]
+
+
 def test_a_recipe_leaves_out_what_does_not_change_a_folds_figures():
     base = _recipe()
     assert _recipe("name=other", "runs_dir=elsewhere", "data.path=/else", "data.on_bad_input=skip",

@@ -53,12 +53,13 @@ def run_folds(store: str | Path, folds: int, record: Callable[[int], dict], whic
     another recipe is refused, since pooling it would report the old recipe's figures under the new one's name.
     Returns every stored fold, in fold order."""
     store = Path(store)
+    for path in sorted(store.glob("fold*.json")):  # all are pooled, not only those of `which`
+        _check_recipe(path, recipe)
     for fold in which if which is not None else range(folds):
         if not 0 <= fold < folds:
             raise BadInputError(f"fold {fold} is outside 0..{folds - 1}", f"pick folds below {folds}")
         path = store / f"fold{fold}.json"
         if path.is_file():
-            _check_recipe(path, recipe)
             progress(f"fold {fold}: stored in {path}")
             continue
         atomic_write_json(path, {"fold": fold, "folds": folds, **record(fold),
