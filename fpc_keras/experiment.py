@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 
 from . import postprocess  # noqa: E402
 from .config import load_config  # noqa: E402
-from .cv import fold_overrides, fold_recipe  # noqa: E402
+from .cv import fold_config, fold_overrides, fold_recipe  # noqa: E402
 from .cv import run_folds as run_folds_of  # noqa: E402
 from .data.sources import SHARED_DATA  # noqa: E402,F401  (the experiment scripts' default data)
 from .errors import BadInputError  # noqa: E402
@@ -98,7 +98,7 @@ def run_folds(name: str, overrides: Sequence[str], folds: int, progress: Progres
         row = run_variant(f"{name}_fold{fold}", [*overrides, *fold_overrides(fold, folds, name)], progress, recipe)
         return {**row, "confusion": read_json(Path(row["folder"]) / "results.json")["metrics"]["confusion"]}
 
-    measured_as = fold_recipe([load_config(recipe, [*overrides, *fold_overrides(0, folds, name)])])
+    measured_as = fold_recipe([fold_config(recipe, overrides, 0, folds, name)])
     rows = run_folds_of(store, folds, record, progress=progress, recipe=measured_as)
     confusions = [r["confusion"] for r in rows]
     if any(c["labels"] != confusions[0]["labels"] for c in confusions):
