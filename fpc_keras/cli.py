@@ -1,4 +1,4 @@
-"""`fpc-keras train|evaluate|predict|postprocess|export|ensemble|report|gradcam|datasets`: argument parsing; the
+"""`fpc-keras train|evaluate|predict|postprocess|export|ensemble|familiarity|report|gradcam|datasets`: argument parsing; the
 work is in the library.
 
 Errors in the user's data, config or files print one message naming the file and the fix (exit code 2),
@@ -51,6 +51,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         if "items" not in results:
             raise BadInputError("--hc18-csv needs a segmentation model", "evaluate a HC18 segmenter on hc18: data")
         print(f"HC18 challenge CSV: {write_challenge_csv(args.hc18_csv, results['items'])}")
+
+
+def cmd_familiarity(args: argparse.Namespace) -> None:
+    from .familiarity import fit_beside
+
+    entry = fit_beside(args.model, args.data, false_alarm=args.false_alarm)
+    print(f"input check beside {args.model}: {entry['images']} images in {entry['groups']} groups, threshold "
+          f"{entry['threshold']:.4f} (median distance of a held-out group {entry['held_out_median']:.4f})")
 
 
 def cmd_ensemble(args: argparse.Namespace) -> None:
@@ -233,6 +241,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="run folders")
     p.add_argument("--out", required=True, help="the ensemble's run folder (its name is the folder's)")
     p.set_defaults(func=cmd_ensemble)
+
+    p = sub.add_parser("familiarity", help="fit the input check beside a model: flags inputs unlike every "
+                       "training image (an ImageNet encoder's embeddings; fpc-keras predict and tflite/run.py use it)")
+    p.add_argument("--model", required=True, help="a shipped model folder, run folder or model file")
+    p.add_argument("--data", required=True, metavar="KIND:PATH", help="the data the model was trained on")
+    p.add_argument("--false-alarm", type=float, default=0.01,
+                   help="share of new images like the training ones that the threshold may flag (default 0.01)")
+    p.set_defaults(func=cmd_familiarity)
 
     p = sub.add_parser("report", help="write the HTML report from the shipped models and runs/*/results.json")
     p.add_argument("--runs", default="runs")

@@ -29,6 +29,7 @@ from .tasks import task_of_card
 
 Progress = Callable[[str], None]
 DICOM = ".dcm"
+UNLIKE = "unlike_training"  # the input check's distance / threshold: above 1, unlike every training image
 PIXEL_HINT = ("give --pixel-mm MM (one size for every input), or --pixel-csv FILE (columns filename and pixel "
               "size in mm, e.g. HC18's pixel-size CSV), or DICOM files that state PixelSpacing")
 
@@ -93,13 +94,15 @@ def predict_inputs(predictor: Predictor, files: Sequence[Path], on_bad_input: st
     task = task_of_card(predictor.card)
     if task.name == "clip_segmentation":
         raise BadInputError(f"{predictor.path} segments clips (probe sweeps)", "predict with a frame segmenter")
+    check = _input_check(predictor)
     if task.postprocessing:  # a frame segmenter: masks, ellipses, HC in mm
-        measure = _segmenter(predictor, pixel_mm, pixel_csv or {}, overlays)
+        measure = _segmenter(predictor, pixel_mm, pixel_csv or {}, overlays, check)
         prediction = Prediction(["file", "hc_mm", "pixel_mm", "cx", "cy", "semi_axis_a", "semi_axis_b",
                                  "angle_deg"])
     else:
-        measure = _classifier(predictor, overlays)
+        measure = _classifier(predictor, overlays, check)
         prediction = Prediction(["file", "label", *[f"p_{label}" for label in predictor.labels]])
+    prediction.columns += [UNLIKE] if check else []
     every = max(10, len(files) // 10)
     for done, path in enumerate(files, start=1):
         try:
@@ -113,6 +116,18 @@ def predict_inputs(predictor: Predictor, files: Sequence[Path], on_bad_input: st
     return prediction
 
 
+def _input_check(predictor: Predictor) -> Callable[[np.ndarray], dict] | None:
+    """Per image: {UNLIKE: distance / threshold}, where the model has an input check beside it (`familiarity`);
+    None where it has none. Video models have none."""
+    from .familiarity import ENCODER_SIZE, beside
+
+    found = beside(predictor.path, predictor.card)
+    if found is None:
+        return None
+    resize = predictor.image_spec().resize
+    return lambda pixels: {UNLIKE: f"{found.ratio(fit_image(as_channels(pixels, 3), ENCODER_SIZE, resize)[None])[0]:.3f}"}
+
+
 def _images_of(path: Path) -> Iterator[tuple[str, np.ndarray]]:
     """(name, uint8 HxWxC) per image: one for an image file, one per frame for a DICOM cine."""
     if path.suffix.lower() != DICOM:
@@ -123,7 +138,8 @@ def _images_of(path: Path) -> Iterator[tuple[str, np.ndarray]]:
         yield (f"{path}#{number}" if len(frames) > 1 else str(path)), as_channels(frame, 3)
 
 
-def _classifier(predictor: Predictor, overlays: Path | None) -> Callable[[Path], list[dict]]:
+def _classifier(predictor: Predictor, overlays: Path | None,
+                check: Callable[[np.ndarray], dict] | None) -> Callable[[Path], list[dict]]:
     spec = predictor.image_spec()
     clip_length = int(predictor.card["preprocessing"].get("clip_length", 1))
     clips = int(predictor.card["preprocessing"].get("clips_per_video", 4))
@@ -141,7 +157,8 @@ def _classifier(predictor: Predictor, overlays: Path | None) -> Callable[[Path],
         rows = []
         for name, pixels in _images_of(path):
             x = fit_image(as_channels(pixels, spec.channels), spec.size, spec.resize)
-            rows.append(row(name, predictor.predict(x[None].astype(np.float32))[0]))
+            rows.append({**row(name, predictor.predict(x[None].astype(np.float32))[0]),
+                         **(check(pixels) if check else {})})
             if explain is not None:
                 explain(name, pixels, x)
         return rows
@@ -174,7 +191,7 @@ def _gradcam(predictor: Predictor, overlays: Path | None) -> Callable | None:
 
 
 def _segmenter(predictor: Predictor, pixel_mm: float | None, pixel_csv: dict[str, float],
-               overlays: Path | None) -> Callable[[Path], list[dict]]:
+               overlays: Path | None, check: Callable[[np.ndarray], dict] | None) -> Callable[[Path], list[dict]]:
     post = postprocess.settings(predictor.card)
     spec = predictor.image_spec()
 
@@ -192,7 +209,7 @@ def _segmenter(predictor: Predictor, pixel_mm: float | None, pixel_csv: dict[str
             probs = postprocess.mask_probabilities(predictor.predict, x[None].astype(np.float32), post["flip"])[0]
             mask, ellipse = postprocess.segment(probs, pixels.shape[:2], spec.resize, post["threshold"],
                                                 post["shape"])
-            rows.append(_biometry_row(name, ellipse, size))
+            rows.append({**_biometry_row(name, ellipse, size), **(check(pixels) if check else {})})
             if overlays is not None:
                 _save_png(overlays / f"{_stem(name)}_mask.png", _mask_overlay(pixels, mask))
         return rows

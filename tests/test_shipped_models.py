@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import REPO
@@ -130,3 +131,29 @@ def test_shipped_cv_card_is_its_committed_store(name):
     assert cv["top1"] == pooled["variants"][cv["variant"]]["top1"] and cv["n"] == pooled["n"]
     assert cv.get("recall") == pooled["variants"][cv["variant"]].get("recall")
     assert "test" not in card["training"]["splits"]
+
+
+CHECKED = {"busi_efficientnet_attention": "BUSI", "abdominal_efficientnet_attention": "abdominal_organs",
+           "abdominal_vgg16_frozen": "abdominal_organs", "hc18_fetalnet": "HC18"}
+OTHER_IMAGES = {"BUSI": "*/*.png", "abdominal_organs": "train/*.png", "HC18": "training_set/*_HC.png"}
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("name", sorted(CHECKED))
+def test_shipped_input_check_flags_the_other_datasets_images(name, shared_data):
+    """Each shipped image model's input check (fitted on its training data) flags images of the other datasets
+    (20 of each, every one unlike its training data) and passes its own training images."""
+    from fpc_keras.data.images import fit_image, read_image
+    from fpc_keras.familiarity import ENCODER_SIZE, beside
+
+    card = read_json(SHIPPED / name / "model_card.json")
+    check = beside(SHIPPED / name / "model.tflite", card)
+    resize = card["preprocessing"]["resize"]
+
+    def ratios(dataset: str):
+        files = sorted((shared_data / dataset).glob(OTHER_IMAGES[dataset]))[::15][:20]
+        return check.ratio(np.stack([fit_image(read_image(str(p), 3), ENCODER_SIZE, resize) for p in files]))
+
+    assert np.all(ratios(CHECKED[name]) < 1)
+    for dataset in set(OTHER_IMAGES) - {CHECKED[name]}:
+        assert np.all(ratios(dataset) > 1), dataset

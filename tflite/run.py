@@ -8,7 +8,8 @@
 The model card beside the model (`model_card.json`) gives the task, labels, preprocessing and post-processing.
 An INPUT is an image, a video, a DICOM still or cine, or a folder tree of them. Classifiers print the top classes
 per input (video classifiers average their clips); segmenters print the head circumference in mm and the fitted
-ellipse, from --pixel-mm, a --pixel-csv or the DICOM file's pixel size. `--csv` writes the rows of
+ellipse, from --pixel-mm, a --pixel-csv or the DICOM file's pixel size. Where the model folder has an input check
+(`fpc-keras familiarity`), an input unlike every training image is flagged. `--csv` writes the rows of
 `fpc-keras predict` instead. `--latency N` times N single-item runs on the fixed input the card's latency was timed
 on (after 3 warm-up runs) and prints the median and p90; `--record` writes them into the card, e.g. once timed on
 the target board or on a quiet machine. Needs numpy, Pillow and ai-edge-litert (or tflite-runtime) from
@@ -30,29 +31,34 @@ if (REPO / "fpc_keras").is_dir() and str(REPO) not in sys.path:
 from fpc_keras.card import read_card, write_card  # noqa: E402
 from fpc_keras.errors import exit_code_of  # noqa: E402
 from fpc_keras.litert import TFLiteModel  # noqa: E402
-from fpc_keras.predict import (Prediction, check_writable, collect_inputs, predict_inputs, read_pixel_csv,  # noqa: E402
-                               write_csv)
+from fpc_keras.predict import (UNLIKE, Prediction, check_writable, collect_inputs, predict_inputs,  # noqa: E402
+                               read_pixel_csv, write_csv)
 from fpc_keras.predictor import Predictor  # noqa: E402
 
 
 def result_of(row: dict, top: int) -> dict:
-    """A CSV row as the JSON line: the top classes, or the measurement."""
+    """A CSV row as the JSON line: the top classes, or the measurement; and the input check's ratio where the model
+    has one (`unlike_training`: above 1, the input is unlike every training image)."""
+    check = {UNLIKE: float(row[UNLIKE])} if row.get(UNLIKE) else {}
     if "label" in row:
         probs = sorted(((float(v), k[2:]) for k, v in row.items() if k.startswith("p_")), reverse=True)[:top]
-        return {"input": row["file"], "top": [{"label": label, "probability": p} for p, label in probs]}
+        return {"input": row["file"], "top": [{"label": label, "probability": p} for p, label in probs], **check}
     ellipse = [float(row[k]) for k in ("cx", "cy", "semi_axis_a", "semi_axis_b", "angle_deg")] if row.get("cx") else None
     return {"input": row["file"], "hc_mm": float(row["hc_mm"]) if row.get("hc_mm") else None,
-            "pixel_mm": float(row["pixel_mm"]), "ellipse": ellipse}
+            "pixel_mm": float(row["pixel_mm"]), "ellipse": ellipse, **check}
 
 
 def _line(result: dict) -> str:
+    warning = (f" [unlike the training images: {result[UNLIKE]:.2f}x the usual distance; the result may be "
+               "meaningless]" if result.get(UNLIKE, 0) > 1 else "")
     if "top" in result:
-        return f"{result['input']}: " + ", ".join(f"{t['label']} {t['probability']:.3f}" for t in result["top"])
+        return (f"{result['input']}: " + ", ".join(f"{t['label']} {t['probability']:.3f}" for t in result["top"])
+                + warning)
     if result["hc_mm"] is None:
-        return f"{result['input']}: no head found"
+        return f"{result['input']}: no head found" + warning
     cx, cy, a, b, angle = result["ellipse"]
     return (f"{result['input']}: head circumference {result['hc_mm']} mm (ellipse centre {cx:.1f}, {cy:.1f} px, "
-            f"semi-axes {a:.1f}, {b:.1f} px, angle {angle:.1f} deg)")
+            f"semi-axes {a:.1f}, {b:.1f} px, angle {angle:.1f} deg)" + warning)
 
 
 def timed(model: str, tflite: TFLiteModel, threads: int, runs: int, record: bool) -> dict:

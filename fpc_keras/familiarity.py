@@ -1,0 +1,189 @@
+"""Is an input like the images a model was trained on? A model labels anything it is given: the BUSI classifier calls
+a fetal head "malignant" with probability 0.8. This check says when an input is unlike every training image.
+
+How: a frozen ImageNet EfficientNet-Lite0 (`models.image_encoder`, int8 TFLite beside the model) embeds each image;
+an input's distance is 1 - its largest cosine similarity to the training images' embeddings (all 1,280 features:
+projecting them onto the training images' main directions throws away what makes other images different). The
+threshold is the (1 - false_alarm) quantile of the training images' own distances to the images of
+*other* near-duplicate groups, i.e. how far a new scan of a new patient usually lies; an input beyond it is flagged.
+The ratio distance / threshold is reported (`unlike_training`: above 1 = flagged).
+
+Files beside the model: `familiarity_encoder.tflite` and `familiarity.npz`; the card's `input_check` says how they
+were made. Only numpy and a TFLite interpreter are needed to use them (tflite/run.py); fitting needs TensorFlow.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .errors import BadInputError
+from .io import atomic_write_bytes
+
+ENCODER_FILE = "familiarity_encoder.tflite"
+REFERENCE_FILE = "familiarity.npz"
+ENCODER_SIZE = (224, 224)
+FALSE_ALARM = 0.01
+
+
+@dataclass
+class Reference:
+    items: np.ndarray  # (N, D): the training images' embeddings, unit length (float16 on disk)
+    threshold: float
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def nearest_distances(queries: np.ndarray, items: np.ndarray, excluded: np.ndarray | None = None,
+                      chunk: int = 1024) -> np.ndarray:
+    """1 - the largest cosine of each unit query row to the unit `items` rows; `excluded` (queries x items, bool,
+    optional) masks pairs out (the same near-duplicate group)."""
+    out = np.empty(len(queries), np.float32)
+    for start in range(0, len(queries), chunk):
+        similarity = queries[start:start + chunk] @ items.T
+        if excluded is not None:
+            similarity = np.where(excluded[start:start + chunk], -np.inf, similarity)
+        out[start:start + chunk] = 1.0 - similarity.max(axis=1)
+    return out
+
+
+def fit_reference(embeddings: np.ndarray, groups: Sequence[str],
+                  false_alarm: float = FALSE_ALARM) -> tuple[Reference, np.ndarray]:
+    """The reference of training embeddings (N, D) and each one's distance to the other groups' images, whose
+    (1 - false_alarm) quantile is the threshold. Near-duplicates of an image are left out of its own distance,
+    or the threshold would measure how alike the copies of one scan are, not how far a new scan lies."""
+    embeddings = np.asarray(embeddings, np.float32)
+    groups = np.asarray(groups)
+    if len(embeddings) < 10 or len(set(groups.tolist())) < 2:
+        raise BadInputError(f"{len(embeddings)} image(s) in {len(set(groups.tolist()))} group(s) cannot show how far "
+                            "a new image usually lies", "fit the check on the model's training data (10 images or more, "
+                            "2 groups or more)")
+    items = unit_rows(embeddings)
+    held_out = nearest_distances(items, items, excluded=groups[:, None] == groups[None, :])
+    threshold = float(np.quantile(held_out, 1.0 - false_alarm))
+    return Reference(items.astype(np.float16), threshold), held_out
+
+
+def distances(reference: Reference, embeddings: np.ndarray) -> np.ndarray:
+    return nearest_distances(unit_rows(np.asarray(embeddings, np.float32)), reference.items.astype(np.float32))
+
+
+def save_reference(path: str | Path, reference: Reference) -> None:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, items=reference.items, threshold=np.float32(reference.threshold))
+    atomic_write_bytes(Path(path), buffer.getvalue())
+
+
+def load_reference(path: str | Path) -> Reference:
+    try:
+        with np.load(path) as data:
+            return Reference(data["items"], float(data["threshold"]))
+    except (OSError, KeyError, ValueError) as exc:
+        raise BadInputError(f"{path} is not a familiarity reference ({exc})",
+                            "fit it again: fpc-keras familiarity --model MODEL --data KIND:PATH") from None
+
+
+class Familiarity:
+    """The check beside one model: `ratio(images)` -> distance / threshold per image (uint8 or float RGB 0-255,
+    already fitted to ENCODER_SIZE by the model's resize mode)."""
+
+    def __init__(self, encoder: Callable[[np.ndarray], np.ndarray], reference: Reference):
+        self.encoder, self.reference = encoder, reference
+
+    def ratio(self, images: np.ndarray) -> np.ndarray:
+        embeddings = np.concatenate([self.encoder(image[None].astype(np.float32)) for image in images])
+        return distances(self.reference, embeddings) / self.reference.threshold
+
+
+def beside(model_path: str | Path, card: dict, threads: int = 2) -> Familiarity | None:
+    """The familiarity check shipped beside a model (its card's `input_check`), or None where it has none."""
+    if "input_check" not in card:
+        return None
+    from .litert import TFLiteModel
+
+    folder = Path(model_path).parent if Path(model_path).suffix else Path(model_path)
+    encoder_file, reference_file = folder / ENCODER_FILE, folder / REFERENCE_FILE
+    for needed in (encoder_file, reference_file):
+        if not needed.is_file():
+            raise BadInputError(f"{needed} is missing, though the card has an input_check",
+                                f"copy the model's whole folder, or fit it again: fpc-keras familiarity --model {folder}")
+    encoder = TFLiteModel(encoder_file, threads)
+    return Familiarity(lambda batch: encoder(batch), load_reference(reference_file))
+
+
+def fit_beside(model_path: str | Path, data: str, progress: Callable[[str], None] = print,
+               false_alarm: float = FALSE_ALARM, weights: str = "imagenet") -> dict:
+    """Fit the check on the images of `data` (KIND:PATH: the data the model was trained on) and write it beside the
+    model at `model_path` (a shipped folder, a run folder or a model file): the int8 encoder, the reference and the
+    card's `input_check`. Returns that entry."""
+    from .card import read_card, write_card
+    from .data.sources import data_source
+    from .litert import TFLiteModel
+
+    path = Path(model_path)
+    folder = path if path.is_dir() else path.parent
+    card = read_card(folder)
+    if data.startswith("videos:") or card["task"] == "video":
+        raise BadInputError(f"{folder} is a video model; the input check embeds still images",
+                            "fit it beside an image classifier or segmenter")
+    records = grouped_records(data)
+    resize = card["preprocessing"]["resize"]
+    atomic_write_bytes(folder / ENCODER_FILE, int8_encoder(records, resize, weights, progress))
+    embeddings = embed_records(TFLiteModel(folder / ENCODER_FILE), records, resize, progress)
+    reference, held_out = fit_reference(embeddings, [r.group for r in records], false_alarm)
+    save_reference(folder / REFERENCE_FILE, reference)
+    entry = {"encoder": ENCODER_FILE, "reference": REFERENCE_FILE, "encoder_backbone": "efficientnet_lite0 (ImageNet)",
+             "data": data_source(data)["path"], "images": len(records), "groups": len({r.group for r in records}),
+             "threshold": round(reference.threshold, 6), "false_alarm": false_alarm,
+             "held_out_median": round(float(np.median(held_out)), 6),
+             "rule": "flag an input whose 1 - max cosine to the training images' embeddings exceeds the threshold, "
+                     "the (1 - false_alarm) quantile of the training images' distances to other near-duplicate groups"}
+    write_card(folder, {**card, "input_check": entry})
+    return entry
+
+
+def grouped_records(data: str) -> list:
+    """The images of `data` (KIND:PATH), near-duplicates joined into one group where the data has no subject ids
+    (as the splits join them)."""
+    from .data.datasets import parse_data_spec, read_records
+    from .data.duplicates import DEFAULT_DISTANCE, group_near_duplicates, resolve_mode
+
+    kind, root = parse_data_spec(data)
+    records = read_records(kind, root)
+    if resolve_mode("auto", kind, records) == "phash":
+        records = group_near_duplicates(records, DEFAULT_DISTANCE)
+    return records
+
+
+def encoder_grid(records: Sequence, resize: str) -> np.ndarray:
+    from .data.images import fit_image, read_image
+
+    return np.stack([fit_image(read_image(r.source, 3), ENCODER_SIZE, resize) for r in records]).astype(np.float32)
+
+
+def int8_encoder(records: Sequence, resize: str, weights: str = "imagenet",
+                 progress: Callable[[str], None] = print, samples: int = 64) -> bytes:
+    """The ImageNet EfficientNet-Lite0 encoder as int8 TFLite, calibrated on `samples` of the records' images."""
+    from .conversion import convert
+    from .models.image_encoder import build_image_encoder
+
+    progress("      converting the ImageNet EfficientNet-Lite0 encoder to int8")
+    chosen = np.random.default_rng(0).permutation(len(records))[:samples]
+    return convert(build_image_encoder(ENCODER_SIZE, weights=weights), "int8",
+                   encoder_grid([records[i] for i in chosen], resize))
+
+
+def embed_records(encoder: Callable[[np.ndarray], np.ndarray], records: Sequence, resize: str,
+                  progress: Callable[[str], None] = print, chunk: int = 256) -> np.ndarray:
+    """Embeddings of the records' images, read and embedded `chunk` at a time (a large dataset never sits in
+    memory as pixels)."""
+    out = []
+    for start in range(0, len(records), chunk):
+        out.append(encoder(encoder_grid(records[start:start + chunk], resize)))
+        progress(f"      embedded {min(start + chunk, len(records))}/{len(records)} images")
+    return np.concatenate(out)

@@ -1,0 +1,112 @@
+"""The input check (`fpc_keras.familiarity`): its threshold measures how far a new group lies, not how alike a scan's
+near-twins are; fitted beside a model on the BUSI sample the repo ships, the TF-free runner flags an image unlike
+them and passes theirs; its int8 encoder keeps the Keras encoder's embeddings; bad files are named."""
+import json
+import shutil
+
+import jsonschema
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO, run_blocked
+from fpc_keras.cli import main
+from fpc_keras.errors import BadInputError
+from fpc_keras.familiarity import (ENCODER_FILE, REFERENCE_FILE, distances, fit_beside, fit_reference, load_reference,
+                                   save_reference, unit_rows)
+
+BUSI_SAMPLE = REPO / "samples" / "busi_small"
+
+
+def _mixtures(rng, count: int, prototypes: np.ndarray) -> np.ndarray:
+    """Non-negative mixtures of `prototypes` (like post-ReLU features of one kind of image)."""
+    return rng.dirichlet(np.ones(len(prototypes)), count) @ prototypes
+
+
+def test_threshold_is_the_distance_to_other_groups_not_to_near_twins():
+    rng = np.random.default_rng(0)
+    prototypes = rng.random((4, 32))
+    scans = _mixtures(rng, 30, prototypes)
+    twins = np.repeat(scans, 3, axis=0) + rng.normal(0, 1e-3, (90, 32))  # 3 near-identical frames per scan
+    by_scan, _ = fit_reference(twins, np.repeat(np.arange(30), 3).astype(str))
+    by_frame, _ = fit_reference(twins, np.arange(90).astype(str))
+    assert by_scan.threshold > 10 * by_frame.threshold  # grouped: a new scan's distance, not a twin's
+    new_scans = distances(by_scan, _mixtures(rng, 200, prototypes))
+    assert np.mean(new_scans > by_scan.threshold) < 0.1
+    unlike = distances(by_scan, rng.random((20, 4)) @ rng.random((4, 32)) * (rng.random(32) > 0.5))
+    assert np.all(unlike > by_scan.threshold)
+
+
+def test_too_few_images_or_one_group_is_refused():
+    with pytest.raises(BadInputError, match="cannot show how far"):
+        fit_reference(np.ones((5, 8)), list("abcde"))
+    with pytest.raises(BadInputError, match="1 group"):
+        fit_reference(np.random.default_rng(0).random((20, 8)), ["one"] * 20)
+
+
+def test_reference_round_trip_and_a_corrupt_file_named(tmp_path):
+    reference, _ = fit_reference(np.random.default_rng(1).random((12, 8)), list("aabbccddeeff"))
+    save_reference(tmp_path / REFERENCE_FILE, reference)
+    loaded = load_reference(tmp_path / REFERENCE_FILE)
+    assert loaded.threshold == pytest.approx(reference.threshold) and loaded.items.shape == (12, 8)
+    (tmp_path / "bad.npz").write_bytes(b"not an archive")
+    with pytest.raises(BadInputError, match="bad.npz is not a familiarity reference"):
+        load_reference(tmp_path / "bad.npz")
+
+
+@pytest.fixture(scope="module")
+def checked(trained, exported, tmp_path_factory):
+    """The tiny shipped classifier with the input check fitted beside it on the repo's BUSI sample."""
+    folder = tmp_path_factory.mktemp("checked") / "model"
+    shutil.copytree(trained["root"] / "shipped", folder)
+    assert main(["familiarity", "--model", str(folder), "--data", f"folder:{BUSI_SAMPLE}"]) == 0
+    return folder
+
+
+def test_the_runner_flags_an_image_unlike_the_training_images(checked, trained, tmp_path):
+    card = json.loads((checked / "model_card.json").read_text())
+    schema = json.loads((REPO / "fpc_keras" / "card_schema.json").read_text())
+    jsonschema.validate(card, schema)
+    assert card["input_check"]["images"] == 72 and card["input_check"]["data"].startswith("folder:")
+    busi = sorted((BUSI_SAMPLE / "benign").glob("*.png"))[0]
+    unlike = tmp_path / "blob.png"
+    Image.fromarray(np.asarray(Image.open(sorted((trained["data"] / "beta").glob("*.png"))[0]).resize((256, 256)))
+                    ).save(unlike)
+    done = run_blocked(tmp_path, "--model", checked / "model.tflite", "--json", busi, unlike)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ratios = [json.loads(line)["unlike_training"] for line in done.stdout.strip().splitlines()]
+    assert ratios[0] < 0.05 and ratios[1] > 1  # a training image lies on the reference; the blob far beyond it
+    text = run_blocked(tmp_path, "--model", checked / "model.tflite", unlike)
+    assert "unlike the training images" in text.stdout
+    csv = tmp_path / "rows.csv"
+    assert run_blocked(tmp_path, "--model", checked / "model.tflite", "--csv", csv, busi).returncode == 0
+    assert csv.read_text().splitlines()[0].endswith(",unlike_training")
+
+
+def test_int8_encoder_keeps_the_keras_embeddings(checked):
+    """Parity of the exported encoder: its embeddings point where the Keras ImageNet encoder's do."""
+    import keras
+
+    from fpc_keras.data.images import fit_image, read_image
+    from fpc_keras.litert import TFLiteModel
+    from fpc_keras.models.image_encoder import build_image_encoder
+
+    images = np.stack([fit_image(read_image(str(p), 3), (224, 224), "pad")
+                       for p in sorted(BUSI_SAMPLE.rglob("*.png"))[::9]]).astype(np.float32)
+    float_embeddings = np.asarray(build_image_encoder()(keras.ops.convert_to_tensor(images), training=False))
+    int8_embeddings = TFLiteModel(checked / ENCODER_FILE)(images)
+    cosines = np.sum(unit_rows(float_embeddings) * unit_rows(int8_embeddings), axis=1)
+    assert cosines.min() > 0.97, cosines
+
+
+def test_a_missing_reference_or_a_video_model_is_named(checked, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(checked, broken)
+    (broken / REFERENCE_FILE).unlink()
+    done = run_blocked(tmp_path, "--model", broken / "model.tflite", sorted(BUSI_SAMPLE.rglob("*.png"))[0])
+    assert done.returncode == 2 and f"{broken / REFERENCE_FILE} is missing" in done.stderr
+    assert "Traceback" not in done.stderr
+    card = json.loads((broken / "model_card.json").read_text())
+    (broken / "model_card.json").write_text(json.dumps({**card, "task": "video"}))
+    with pytest.raises(BadInputError, match="is a video model"):
+        fit_beside(broken, f"folder:{BUSI_SAMPLE}")
