@@ -25,6 +25,7 @@ from .data.images import ImageSpec
 from .data.records import Record
 from .errors import BadInputError
 from .evaluate import class_probabilities, evaluate, fidelity, load_predictor, summary_line
+from .familiarity import carried_over
 from .io import atomic_write_bytes, atomic_write_json, read_json
 from .litert import TFLiteModel
 from .tasks import task_of_card
@@ -207,14 +208,15 @@ def shipped_variant(run_dir: str | Path, exported: Sequence[str]) -> str:
 def ship(variant_folder: str | Path, destination: str | Path, metrics: dict | None = None) -> Path:
     """Copy an exported variant (model.tflite + model_card.json) to e.g. tflite/models/<name>/, each file written
     atomically. A model already there is replaced, and the new card becomes its next major version
-    (`card.succeeding`). `metrics` (e.g. a cross-validation's) join the card's before its one write."""
+    (`card.succeeding`); its input check stays where it still applies (`familiarity.carried_over`). `metrics` (e.g. a cross-validation's) join the card's before its one write."""
     variant_folder, destination = Path(variant_folder), Path(destination)
     destination.mkdir(parents=True, exist_ok=True)
     card = read_card(variant_folder / "model.tflite")
     if metrics:
         card["metrics"] = {**card.get("metrics", {}), **metrics}
     if (destination / CARD_NAME).is_file():
-        card = succeeding(card, read_card(destination / "model.tflite"))
+        previous = read_card(destination / "model.tflite")
+        card = carried_over(succeeding(card, previous), previous, destination)
     atomic_write_bytes(destination / "model.tflite", (variant_folder / "model.tflite").read_bytes())
     write_card(destination, card)
     return destination

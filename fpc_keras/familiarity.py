@@ -116,6 +116,21 @@ def beside(model_path: str | Path, card: dict, threads: int = 2) -> Familiarity 
     return Familiarity(lambda batch: encoder(batch), load_reference(reference_file))
 
 
+def carried_over(card: dict, previous: dict, folder: Path) -> dict:
+    """The card of a model replacing `previous` in `folder`: the input check fitted there stays where the new model
+    trained on the same data and resizes as the old one did (what the check depends on); else its files are removed
+    (a stale check would judge inputs against another model's training images)."""
+    check = previous.get("input_check")
+    if not check:
+        return card
+    if check["data"] == card.get("training", {}).get("data") and \
+            previous["preprocessing"]["resize"] == card["preprocessing"]["resize"]:
+        return {**card, "input_check": check}
+    for name in (ENCODER_FILE, REFERENCE_FILE):
+        (folder / name).unlink(missing_ok=True)
+    return card
+
+
 def fit_beside(model_path: str | Path, data: str, progress: Callable[[str], None] = print,
                false_alarm: float = FALSE_ALARM, weights: str = "imagenet") -> dict:
     """Fit the check on the images of `data` (KIND:PATH: the data the model was trained on) and write it beside the

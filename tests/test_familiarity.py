@@ -12,8 +12,8 @@ from PIL import Image
 from conftest import REPO, run_blocked
 from fpc_keras.cli import main
 from fpc_keras.errors import BadInputError
-from fpc_keras.familiarity import (ENCODER_FILE, REFERENCE_FILE, distances, fit_beside, fit_reference, load_reference,
-                                   save_reference, unit_rows)
+from fpc_keras.familiarity import (ENCODER_FILE, REFERENCE_FILE, carried_over, distances, fit_beside, fit_reference,
+                                   load_reference, save_reference, unit_rows)
 
 BUSI_SAMPLE = REPO / "samples" / "busi_small"
 
@@ -110,3 +110,20 @@ def test_a_missing_reference_or_a_video_model_is_named(checked, tmp_path):
     (broken / "model_card.json").write_text(json.dumps({**card, "task": "video"}))
     with pytest.raises(BadInputError, match="is a video model"):
         fit_beside(broken, f"folder:{BUSI_SAMPLE}")
+
+
+def test_a_replacing_model_keeps_the_check_only_where_it_still_applies(checked, exported, tmp_path):
+    """The check depends on the training data and the resize mode: shipping a model trained on other data over a
+    checked one removes the check's files; the same data and resize keep it."""
+    from fpc_keras.export import ship
+
+    folder = tmp_path / "model"
+    shutil.copytree(checked, folder)
+    card = json.loads((folder / "model_card.json").read_text())
+    same = {**card, "input_check": {**card["input_check"], "data": card["training"]["data"]}}
+    new = {key: value for key, value in card.items() if key != "input_check"}
+    assert carried_over(new, same, folder)["input_check"] == same["input_check"]
+    assert (folder / ENCODER_FILE).is_file()
+    ship(exported["int8"], folder)  # trained on the tiny generated data, not on the BUSI sample
+    assert "input_check" not in json.loads((folder / "model_card.json").read_text())
+    assert not (folder / ENCODER_FILE).exists() and not (folder / REFERENCE_FILE).exists()
