@@ -73,9 +73,9 @@ def run(args: argparse.Namespace) -> None:
             other = other_records(spec)
             rows.append((spec, len(other), np.mean(distances(reference, embed_records(encoder, other, args.resize,
                                                                                      quiet)) > reference.threshold)))
-    print(f"\nInput check fitted on {args.data} ({len(records)} images, {len(set(groups))} groups), false-alarm "
+    print(f"\nInput check fitted on {args.data} ({len(records)} items, {len(set(groups))} groups), false-alarm "
           f"target {args.false_alarm}, threshold on all of it {reference.threshold:.4f}:\n")
-    print("| images | n | flagged |\n|---|---|---|")
+    print("| data | n | flagged |\n|---|---|---|")
     for name, n, share in rows:
         print(f"| {name} | {n} | {100 * share:.1f} % |")
 

@@ -57,7 +57,7 @@ def cmd_familiarity(args: argparse.Namespace) -> None:
     from .familiarity import fit_beside
 
     entry = fit_beside(args.model, args.data, false_alarm=args.false_alarm)
-    print(f"input check beside {args.model}: {entry['images']} images in {entry['groups']} groups, threshold "
+    print(f"input check beside {args.model}: {entry['items']} items in {entry['groups']} groups, threshold "
           f"{entry['threshold']:.4f} (median distance of a held-out group {entry['held_out_median']:.4f})")
 
 

@@ -8,6 +8,7 @@ threshold is the (1 - false_alarm) quantile of the training images' own distance
 *other* near-duplicate groups, i.e. how far a new scan of a new patient usually lies; an input beyond it is flagged.
 The ratio distance / threshold is reported (`unlike_training`: above 1 = flagged).
 
+A video is embedded as the mean of VIDEO_FRAMES evenly spaced frames' embeddings.
 Files beside the model: `familiarity_encoder.tflite` and `familiarity.npz`; the card's `input_check` says how they
 were made. Only numpy and a TFLite interpreter are needed to use them (tflite/run.py); fitting needs TensorFlow.
 """
@@ -27,6 +28,7 @@ ENCODER_FILE = "familiarity_encoder.tflite"
 REFERENCE_FILE = "familiarity.npz"
 ENCODER_SIZE = (224, 224)
 FALSE_ALARM = 0.01
+VIDEO_FRAMES = 4  # a video is embedded as the mean of this many evenly spaced frames
 
 
 @dataclass
@@ -60,9 +62,9 @@ def fit_reference(embeddings: np.ndarray, groups: Sequence[str],
     embeddings = np.asarray(embeddings, np.float32)
     groups = np.asarray(groups)
     if len(embeddings) < 10 or len(set(groups.tolist())) < 2:
-        raise BadInputError(f"{len(embeddings)} image(s) in {len(set(groups.tolist()))} group(s) cannot show how far "
-                            "a new image usually lies", "fit the check on the model's training data (10 images or more, "
-                            "2 groups or more)")
+        raise BadInputError(f"{len(embeddings)} image(s) in {len(set(groups.tolist()))} group(s) cannot show how "
+                            "far a new image usually lies",
+                            "fit the check on the model's training data (10 images or more, 2 groups or more)")
     items = unit_rows(embeddings)
     held_out = nearest_distances(items, items, excluded=groups[:, None] == groups[None, :])
     threshold = float(np.quantile(held_out, 1.0 - false_alarm))
@@ -99,6 +101,10 @@ class Familiarity:
         embeddings = np.concatenate([self.encoder(image[None].astype(np.float32)) for image in images])
         return distances(self.reference, embeddings) / self.reference.threshold
 
+    def video_ratio(self, source: str, resize: str) -> float:
+        return float(distances(self.reference, video_embedding(self.encoder, source, resize)[None])[0]
+                     / self.reference.threshold)
+
 
 def beside(model_path: str | Path, card: dict, threads: int = 2) -> Familiarity | None:
     """The familiarity check shipped beside a model (its card's `input_check`), or None where it has none."""
@@ -110,8 +116,8 @@ def beside(model_path: str | Path, card: dict, threads: int = 2) -> Familiarity 
     encoder_file, reference_file = folder / ENCODER_FILE, folder / REFERENCE_FILE
     for needed in (encoder_file, reference_file):
         if not needed.is_file():
-            raise BadInputError(f"{needed} is missing, though the card has an input_check",
-                                f"copy the model's whole folder, or fit it again: fpc-keras familiarity --model {folder}")
+            raise BadInputError(f"{needed} is missing, though the card has an input_check", "copy the model's "
+                                f"whole folder, or fit it again: fpc-keras familiarity --model {folder}")
     encoder = TFLiteModel(encoder_file, threads)
     return Familiarity(lambda batch: encoder(batch), load_reference(reference_file))
 
@@ -143,9 +149,6 @@ def fit_beside(model_path: str | Path, data: str, progress: Callable[[str], None
     path = Path(model_path)
     folder = path if path.is_dir() else path.parent
     card = read_card(folder)
-    if data.startswith("videos:") or card["task"] == "video":
-        raise BadInputError(f"{folder} is a video model; the input check embeds still images",
-                            "fit it beside an image classifier or segmenter")
     records = grouped_records(data)
     resize = card["preprocessing"]["resize"]
     atomic_write_bytes(folder / ENCODER_FILE, int8_encoder(records, resize, weights, progress))
@@ -153,7 +156,7 @@ def fit_beside(model_path: str | Path, data: str, progress: Callable[[str], None
     reference, held_out = fit_reference(embeddings, [r.group for r in records], false_alarm)
     save_reference(folder / REFERENCE_FILE, reference)
     entry = {"encoder": ENCODER_FILE, "reference": REFERENCE_FILE, "encoder_backbone": "efficientnet_lite0 (ImageNet)",
-             "data": data_source(data)["path"], "images": len(records), "groups": len({r.group for r in records}),
+             "data": data_source(data)["path"], "items": len(records), "groups": len({r.group for r in records}),
              "threshold": round(reference.threshold, 6), "false_alarm": false_alarm,
              "held_out_median": round(float(np.median(held_out)), 6),
              "rule": "flag an input whose 1 - max cosine to the training images' embeddings exceeds the threshold, "
@@ -175,10 +178,31 @@ def grouped_records(data: str) -> list:
     return records
 
 
+def is_video(source: str) -> bool:
+    from .data.folders import VIDEO_EXTENSIONS
+
+    return Path(source).suffix.lower() in VIDEO_EXTENSIONS
+
+
+def check_frames(source: str, resize: str) -> np.ndarray:
+    """The VIDEO_FRAMES evenly spaced frames of a video the check embeds (float, ENCODER_SIZE)."""
+    from .data.video import read_video
+
+    frames = read_video(source, ENCODER_SIZE, 3, resize)
+    chosen = np.linspace(0, len(frames) - 1, VIDEO_FRAMES + 2)[1:-1].round().astype(int)
+    return frames[chosen].astype(np.float32)
+
+
+def video_embedding(encoder: Callable[[np.ndarray], np.ndarray], source: str, resize: str) -> np.ndarray:
+    return encoder(check_frames(source, resize)).mean(axis=0)
+
+
 def encoder_grid(records: Sequence, resize: str) -> np.ndarray:
+    """One image per record on the encoder's grid: the image, or a video's middle checked frame."""
     from .data.images import fit_image, read_image
 
-    return np.stack([fit_image(read_image(r.source, 3), ENCODER_SIZE, resize) for r in records]).astype(np.float32)
+    return np.stack([check_frames(r.source, resize)[VIDEO_FRAMES // 2] if is_video(r.source)
+                     else fit_image(read_image(r.source, 3), ENCODER_SIZE, resize) for r in records]).astype(np.float32)
 
 
 def int8_encoder(records: Sequence, resize: str, weights: str = "imagenet",
@@ -195,10 +219,12 @@ def int8_encoder(records: Sequence, resize: str, weights: str = "imagenet",
 
 def embed_records(encoder: Callable[[np.ndarray], np.ndarray], records: Sequence, resize: str,
                   progress: Callable[[str], None] = print, chunk: int = 256) -> np.ndarray:
-    """Embeddings of the records' images, read and embedded `chunk` at a time (a large dataset never sits in
-    memory as pixels)."""
+    """Embeddings of the records' images (a video's: the mean over its checked frames), read and embedded `chunk`
+    at a time (a large dataset never sits in memory as pixels)."""
     out = []
     for start in range(0, len(records), chunk):
-        out.append(encoder(encoder_grid(records[start:start + chunk], resize)))
-        progress(f"      embedded {min(start + chunk, len(records))}/{len(records)} images")
+        part = records[start:start + chunk]
+        out.append(np.stack([video_embedding(encoder, r.source, resize) for r in part]) if is_video(part[0].source)
+                   else encoder(encoder_grid(part, resize)))
+        progress(f"      embedded {min(start + chunk, len(records))}/{len(records)} items")
     return np.concatenate(out)

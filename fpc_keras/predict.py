@@ -116,16 +116,21 @@ def predict_inputs(predictor: Predictor, files: Sequence[Path], on_bad_input: st
     return prediction
 
 
-def _input_check(predictor: Predictor) -> Callable[[np.ndarray], dict] | None:
-    """Per image: {UNLIKE: distance / threshold}, where the model has an input check beside it (`familiarity`);
-    None where it has none. Video models have none."""
+def _input_check(predictor: Predictor) -> Callable | None:
+    """{UNLIKE: distance / threshold} of an image's pixels or a video's path, where the model has an input check
+    beside it (`familiarity`); None where it has none."""
     from .familiarity import ENCODER_SIZE, beside
 
     found = beside(predictor.path, predictor.card)
     if found is None:
         return None
     resize = predictor.image_spec().resize
-    return lambda pixels: {UNLIKE: f"{found.ratio(fit_image(as_channels(pixels, 3), ENCODER_SIZE, resize)[None])[0]:.3f}"}
+    if task_of_card(predictor.card).inputs == "video":
+        return lambda path: {UNLIKE: f"{found.video_ratio(str(path), resize):.3f}"}
+
+    def image_check(pixels: np.ndarray) -> dict:
+        return {UNLIKE: f"{found.ratio(fit_image(as_channels(pixels, 3), ENCODER_SIZE, resize)[None])[0]:.3f}"}
+    return image_check
 
 
 def _images_of(path: Path) -> Iterator[tuple[str, np.ndarray]]:
@@ -138,8 +143,7 @@ def _images_of(path: Path) -> Iterator[tuple[str, np.ndarray]]:
         yield (f"{path}#{number}" if len(frames) > 1 else str(path)), as_channels(frame, 3)
 
 
-def _classifier(predictor: Predictor, overlays: Path | None,
-                check: Callable[[np.ndarray], dict] | None) -> Callable[[Path], list[dict]]:
+def _classifier(predictor: Predictor, overlays: Path | None, check: Callable | None) -> Callable[[Path], list[dict]]:
     spec = predictor.image_spec()
     clip_length = int(predictor.card["preprocessing"].get("clip_length", 1))
     clips = int(predictor.card["preprocessing"].get("clips_per_video", 4))
@@ -153,7 +157,8 @@ def _classifier(predictor: Predictor, overlays: Path | None,
     def measure(path: Path) -> list[dict]:
         if videos:
             frames = read_video(str(path), spec.size, spec.channels, spec.resize).astype(np.float32)
-            return [row(str(path), predictor.predict(model_clips(frames, clip_length, clips)).mean(axis=0))]
+            return [{**row(str(path), predictor.predict(model_clips(frames, clip_length, clips)).mean(axis=0)),
+                     **(check(path) if check else {})}]
         rows = []
         for name, pixels in _images_of(path):
             x = fit_image(as_channels(pixels, spec.channels), spec.size, spec.resize)

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, run_blocked
+from conftest import REPO, run_blocked, video_frames, write_mp4
 from fpc_keras.cli import main
 from fpc_keras.errors import BadInputError
-from fpc_keras.familiarity import (ENCODER_FILE, REFERENCE_FILE, carried_over, distances, fit_beside, fit_reference,
-                                   load_reference, save_reference, unit_rows)
+from fpc_keras.familiarity import (ENCODER_FILE, REFERENCE_FILE, carried_over, distances, fit_reference, load_reference,
+                                   save_reference, unit_rows)
 
 BUSI_SAMPLE = REPO / "samples" / "busi_small"
 
@@ -67,7 +67,7 @@ def test_the_runner_flags_an_image_unlike_the_training_images(checked, trained, 
     card = json.loads((checked / "model_card.json").read_text())
     schema = json.loads((REPO / "fpc_keras" / "card_schema.json").read_text())
     jsonschema.validate(card, schema)
-    assert card["input_check"]["images"] == 72 and card["input_check"]["data"].startswith("folder:")
+    assert card["input_check"]["items"] == 72 and card["input_check"]["data"].startswith("folder:")
     busi = sorted((BUSI_SAMPLE / "benign").glob("*.png"))[0]
     unlike = tmp_path / "blob.png"
     Image.fromarray(np.asarray(Image.open(sorted((trained["data"] / "beta").glob("*.png"))[0]).resize((256, 256)))
@@ -99,17 +99,38 @@ def test_int8_encoder_keeps_the_keras_embeddings(checked):
     assert cosines.min() > 0.97, cosines
 
 
-def test_a_missing_reference_or_a_video_model_is_named(checked, tmp_path):
+def test_a_missing_reference_is_named(checked, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(checked, broken)
     (broken / REFERENCE_FILE).unlink()
     done = run_blocked(tmp_path, "--model", broken / "model.tflite", sorted(BUSI_SAMPLE.rglob("*.png"))[0])
     assert done.returncode == 2 and f"{broken / REFERENCE_FILE} is missing" in done.stderr
     assert "Traceback" not in done.stderr
-    card = json.loads((broken / "model_card.json").read_text())
-    (broken / "model_card.json").write_text(json.dumps({**card, "task": "video"}))
-    with pytest.raises(BadInputError, match="is a video model"):
-        fit_beside(broken, f"folder:{BUSI_SAMPLE}")
+
+
+def test_a_video_is_embedded_as_the_mean_of_its_checked_frames(tmp_path):
+    """A video's embedding is the mean over VIDEO_FRAMES evenly spaced frames (the first and last left out), so a
+    still video embeds as its frame does; an undecodable video is named."""
+    from fpc_keras.data.records import Record
+    from fpc_keras.familiarity import VIDEO_FRAMES, Familiarity, embed_records
+
+    def encoder(batch):  # a stand-in: the mean brightness of each third of the width
+        return np.stack([[b[:, i * 75:(i + 1) * 75].mean() for i in range(3)] for b in batch])
+
+    frames = video_frames(n=14, h=48, w=48)
+    write_mp4(tmp_path / "moving.mp4", frames)
+    write_mp4(tmp_path / "still.mp4", np.repeat(frames[:1], 14, axis=0))
+    records = [Record(str(tmp_path / name), None, name) for name in ("moving.mp4", "still.mp4")]
+    embedded = embed_records(encoder, records, "pad", progress=lambda _: None)
+    assert embedded.shape == (2, 3) and VIDEO_FRAMES == 4
+    still_frame = encoder(np.stack([np.asarray(Image.fromarray(frames[0]).resize((224, 224)), np.float32)]))[0]
+    assert embedded[1] == pytest.approx(still_frame, rel=0.1)
+    assert not np.allclose(embedded[0], embedded[1], rtol=0.05)
+    reference, _ = fit_reference(np.random.default_rng(0).random((12, 3)), list("aabbccddeeff"))
+    assert Familiarity(encoder, reference).video_ratio(str(tmp_path / "moving.mp4"), "pad") > 0
+    (tmp_path / "broken.mp4").write_bytes(b"not a video")
+    with pytest.raises(BadInputError, match="broken.mp4"):
+        embed_records(encoder, [Record(str(tmp_path / "broken.mp4"), None, "b")], "pad", progress=lambda _: None)
 
 
 def test_a_replacing_model_keeps_the_check_only_where_it_still_applies(checked, exported, tmp_path):
