@@ -10,6 +10,8 @@ from PIL import Image
 
 from conftest import REPO
 from fpc_keras.cli import main
+from fpc_keras.io import read_json
+from fpc_keras.report import fmt, shipped_latency_points, shipped_models
 from fpc_keras.report.papers import ABDOMINAL_TEST
 
 
@@ -24,6 +26,10 @@ def test_report_has_every_paper_table_and_a_page_per_run(trained, exported, tmp_
     page = out.read_text()
     for shipped in ("abdominal_vgg16_frozen (int8)", "hc18_fetalnet (int8)", "pocus_slowfast (int8)"):
         assert f"shipped tflite/models/{shipped}" in page, shipped  # beside the papers with no local run
+    pocus = read_json(REPO / "tflite" / "models" / "pocus_slowfast" / "model_card.json")["metrics"]["cv"]["top1"]
+    assert fmt(pocus) in page.split("shipped tflite/models/pocus_slowfast")[1].split("</tr>")[0]  # as video top-1
+    assert {p["run"] for p in shipped_latency_points(shipped_models(REPO / "tflite" / "models"))} == {
+        f"shipped {path.parent.name}" for path in (REPO / "tflite" / "models").glob("*/model_card.json")}
     assert "No run of this model yet" not in page  # the tiny run is paper 1's; the shipped models cover 2-4
     assert "floor: EfficientNet-Lite0 fine-tuned, 18 epochs (issue 27)" in page  # beside paper 1
     assert "floor: Li et al. 2021, frozen ImageNet CNN + PCA + kNN" in page and ABDOMINAL_TEST in page
