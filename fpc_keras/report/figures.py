@@ -144,10 +144,13 @@ def latency_accuracy_figure(points: list[dict], metric: str) -> str | None:
         if any(p["variant"] == variant for p in points):
             axis.plot([], [], marker, color="gray", label=variant)
     axis.set_xscale("log")
-    axis.set_xlabel("median latency per item (ms, TFLite at the card's threads; log scale)")
+    axis.set_xlabel("median latency per item (ms: an image, or one clip of a video model; TFLite at the card's "
+                    "threads; log scale)")
     axis.set_ylabel(metric)
-    axis.legend(fontsize=7, loc="lower right")
+    axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: points can lie anywhere
+    axis.margins(x=0.25, y=0.08)  # room for the labels right of the last points
     axis.grid(alpha=0.3, which="both")
+    figure.tight_layout()
     return _data_uri(figure)
 
 
