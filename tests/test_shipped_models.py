@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, run_blocked
 from fpc_keras.cli import main
 from fpc_keras.io import read_json
 
@@ -163,7 +163,7 @@ def test_shipped_input_check_flags_the_other_datasets_images(name, shared_data):
 def test_shipped_video_input_check_passes_its_videos_and_flags_still_scans(shared_data, tmp_path):
     """The POCUS model's input check (mean embedding of 4 frames per video) passes its own training videos and flags
     most still-image "videos" of breast and fetal-head scans (measured: 75 % and 90 %; this check is weaker than the
-    image models' ones, and the test pins that it still separates)."""
+    image models' ones, and the test pins that it still separates); the TF-free runner prints the warning."""
     from conftest import write_mp4
     from fpc_keras.data.images import read_image
     from fpc_keras.familiarity import beside
@@ -180,3 +180,6 @@ def test_shipped_video_input_check_passes_its_videos_and_flags_still_scans(share
             write_mp4(video, np.repeat(read_image(str(image), 3)[None], 12, axis=0))
             stills.append(check.video_ratio(str(video), resize))
     assert np.mean(np.array(stills) > 1) >= 0.5, stills
+    flagged = max(tmp_path.glob("*.mp4"), key=lambda v: check.video_ratio(str(v), resize))
+    done = run_blocked(tmp_path, "--model", SHIPPED / "pocus_slowfast" / "model.tflite", flagged)  # no TensorFlow
+    assert done.returncode == 0 and "unlike the training images" in done.stdout, done.stderr
