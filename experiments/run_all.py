@@ -26,6 +26,9 @@ EXPERIMENTS = {
     "slowfast": ["video_classification.py", "--ship", "tflite/models/pocus_slowfast"],
     "benchmark_edge": ["benchmark_edge.py", "--model", "runs/fpc_abdominal_efficientnet_lite0_mhsa"],
     "benchmark_pipeline": ["benchmark_pipeline.py"],
+    "input_check": ["input_check.py", "--data", "folder:../shared/data/BUSI", "--other", "hc18:../shared/data/HC18",
+                    "prefix:../shared/data/abdominal_organs", "../shared/data/FETAL_PLANES_DB/Images",
+                    "../shared/data/echo_views"],
 }
 
 
