@@ -101,9 +101,11 @@ class Familiarity:
         embeddings = np.concatenate([self.encoder(image[None].astype(np.float32)) for image in images])
         return distances(self.reference, embeddings) / self.reference.threshold
 
-    def video_ratio(self, source: str, resize: str) -> float:
-        return float(distances(self.reference, video_embedding(self.encoder, source, resize)[None])[0]
-                     / self.reference.threshold)
+    def video_ratio(self, source: str, resize: str, decoded: np.ndarray | None = None) -> float:
+        """A video's distance / threshold; `decoded`: its frames already read on the encoder's grid (RGB,
+        ENCODER_SIZE, by `resize`), which spares a second decoding."""
+        frames = check_frames(source, resize) if decoded is None else evenly_spaced(decoded)
+        return float(distances(self.reference, self.encoder(frames).mean(axis=0)[None])[0] / self.reference.threshold)
 
 
 def beside(model_path: str | Path, card: dict, threads: int = 2) -> Familiarity | None:
@@ -188,7 +190,11 @@ def check_frames(source: str, resize: str) -> np.ndarray:
     """The VIDEO_FRAMES evenly spaced frames of a video the check embeds (float, ENCODER_SIZE)."""
     from .data.video import read_video
 
-    frames = read_video(source, ENCODER_SIZE, 3, resize)
+    return evenly_spaced(read_video(source, ENCODER_SIZE, 3, resize))
+
+
+def evenly_spaced(frames: np.ndarray) -> np.ndarray:
+    """VIDEO_FRAMES of `frames`, evenly spaced, the first and last left out (float)."""
     chosen = np.linspace(0, len(frames) - 1, VIDEO_FRAMES + 2)[1:-1].round().astype(int)
     return frames[chosen].astype(np.float32)
 

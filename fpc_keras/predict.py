@@ -117,16 +117,21 @@ def predict_inputs(predictor: Predictor, files: Sequence[Path], on_bad_input: st
 
 
 def _input_check(predictor: Predictor) -> Callable | None:
-    """{UNLIKE: distance / threshold} of an image's pixels or a video's path, where the model has an input check
-    beside it (`familiarity`); None where it has none."""
+    """{UNLIKE: distance / threshold} of an image's pixels, or of a video (its path and the frames the model read),
+    where the model has an input check beside it (`familiarity`); None where it has none."""
     from .familiarity import ENCODER_SIZE, beside
 
     found = beside(predictor.path, predictor.card)
     if found is None:
         return None
-    resize = predictor.image_spec().resize
+    spec = predictor.image_spec()
+    resize = spec.resize
     if task_of_card(predictor.card).inputs == "video":
-        return lambda path: {UNLIKE: f"{found.video_ratio(str(path), resize):.3f}"}
+        on_grid = tuple(spec.size) == ENCODER_SIZE and spec.channels == 3
+
+        def video_check(path: Path, frames: np.ndarray) -> dict:  # the model's frames, where on the encoder's grid
+            return {UNLIKE: f"{found.video_ratio(str(path), resize, frames if on_grid else None):.3f}"}
+        return video_check
 
     def image_check(pixels: np.ndarray) -> dict:
         return {UNLIKE: f"{found.ratio(fit_image(as_channels(pixels, 3), ENCODER_SIZE, resize)[None])[0]:.3f}"}
@@ -158,7 +163,7 @@ def _classifier(predictor: Predictor, overlays: Path | None, check: Callable | N
         if videos:
             frames = read_video(str(path), spec.size, spec.channels, spec.resize).astype(np.float32)
             return [{**row(str(path), predictor.predict(model_clips(frames, clip_length, clips)).mean(axis=0)),
-                     **(check(path) if check else {})}]
+                     **(check(path, frames) if check else {})}]
         rows = []
         for name, pixels in _images_of(path):
             x = fit_image(as_channels(pixels, spec.channels), spec.size, spec.resize)

@@ -148,3 +148,20 @@ def test_a_replacing_model_keeps_the_check_only_where_it_still_applies(checked, 
     ship(exported["int8"], folder)  # trained on the tiny generated data, not on the BUSI sample
     assert "input_check" not in json.loads((folder / "model_card.json").read_text())
     assert not (folder / ENCODER_FILE).exists() and not (folder / REFERENCE_FILE).exists()
+
+
+def test_a_video_check_reuses_the_frames_the_model_read(tmp_path):
+    """Frames already decoded on the encoder's grid give the ratio a second decoding would (no second decode)."""
+    from fpc_keras.data.video import read_video
+    from fpc_keras.familiarity import ENCODER_SIZE, Familiarity
+
+    def encoder(batch):
+        return np.stack([[b[:, i * 75:(i + 1) * 75].mean() + 1 for i in range(3)] for b in batch])
+
+    write_mp4(tmp_path / "moving.mp4", video_frames(n=14, h=48, w=48))
+    reference, _ = fit_reference(np.random.default_rng(0).random((12, 3)), list("aabbccddeeff"))
+    check = Familiarity(encoder, reference)
+    decoded = read_video(str(tmp_path / "moving.mp4"), ENCODER_SIZE, 3, "pad").astype(np.float32)
+    missing = str(tmp_path / "gone.mp4")  # with frames given, the file is not read again
+    assert check.video_ratio(missing, "pad", decoded) == pytest.approx(
+        check.video_ratio(str(tmp_path / "moving.mp4"), "pad"), rel=1e-6)
