@@ -77,7 +77,7 @@ def test_the_runner_flags_an_image_unlike_the_training_images(checked, trained, 
     ratios = [json.loads(line)["unlike_training"] for line in done.stdout.strip().splitlines()]
     assert ratios[0] < 0.05 and ratios[1] > 1  # a training image lies on the reference; the blob far beyond it
     text = run_blocked(tmp_path, "--model", checked / "model.tflite", unlike)
-    assert "unlike the training images" in text.stdout
+    assert "unlike the training data" in text.stdout
     csv = tmp_path / "rows.csv"
     assert run_blocked(tmp_path, "--model", checked / "model.tflite", "--csv", csv, busi).returncode == 0
     assert csv.read_text().splitlines()[0].endswith(",unlike_training")

@@ -182,4 +182,4 @@ def test_shipped_video_input_check_passes_its_videos_and_flags_still_scans(share
     assert np.mean(np.array(stills) > 1) >= 0.5, stills
     flagged = max(tmp_path.glob("*.mp4"), key=lambda v: check.video_ratio(str(v), resize))
     done = run_blocked(tmp_path, "--model", SHIPPED / "pocus_slowfast" / "model.tflite", flagged)  # no TensorFlow
-    assert done.returncode == 0 and "unlike the training images" in done.stdout, done.stderr
+    assert done.returncode == 0 and "unlike the training data" in done.stdout, done.stderr

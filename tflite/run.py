@@ -49,7 +49,7 @@ def result_of(row: dict, top: int) -> dict:
 
 
 def _line(result: dict) -> str:
-    warning = (f" [unlike the training images: {result[UNLIKE]:.2f}x the usual distance; the result may be "
+    warning = (f" [unlike the training data: {result[UNLIKE]:.2f}x the usual distance; the result may be "
                "meaningless]" if result.get(UNLIKE, 0) > 1 else "")
     if "top" in result:
         return (f"{result['input']}: " + ", ".join(f"{t['label']} {t['probability']:.3f}" for t in result["top"])
