@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 import fpc_keras.experiment  # noqa: F401  (first: starts TensorFlow without its C++ start-up lines)
-from fpc_keras.data.folders import IMAGE_EXTENSIONS
+from fpc_keras.data.folders import IMAGE_EXTENSIONS, files_under
 from fpc_keras.data.records import Record
 from fpc_keras.errors import BadInputError, exit_code_of
 from fpc_keras.familiarity import FALSE_ALARM, distances, embed_records, fit_reference, grouped_records, int8_encoder
@@ -27,7 +27,7 @@ from fpc_keras.litert import TFLiteModel
 
 def other_records(spec: str) -> list[Record]:
     if Path(spec).is_dir():
-        files = sorted(p for p in Path(spec).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        files = files_under(Path(spec), IMAGE_EXTENSIONS)
         if not files:
             raise BadInputError(f"{spec} holds no image", "give a folder of images or KIND:PATH")
         return [Record(str(p), None, p.stem) for p in files]

@@ -98,14 +98,14 @@ class Familiarity:
         self.encoder, self.reference = encoder, reference
 
     def ratio(self, images: np.ndarray) -> np.ndarray:
-        embeddings = np.concatenate([self.encoder(image[None].astype(np.float32)) for image in images])
-        return distances(self.reference, embeddings) / self.reference.threshold
+        return distances(self.reference, self.encoder(np.asarray(images, np.float32))) / self.reference.threshold
 
     def video_ratio(self, source: str, resize: str, decoded: np.ndarray | None = None) -> float:
         """A video's distance / threshold; `decoded`: its frames already read on the encoder's grid (RGB,
         ENCODER_SIZE, by `resize`), which spares a second decoding."""
         frames = check_frames(source, resize) if decoded is None else evenly_spaced(decoded)
-        return float(distances(self.reference, self.encoder(frames).mean(axis=0)[None])[0] / self.reference.threshold)
+        return float(distances(self.reference, video_embedding(self.encoder, frames)[None])[0]
+                     / self.reference.threshold)
 
 
 def beside(model_path: str | Path, card: dict, threads: int = 2) -> Familiarity | None:
@@ -120,8 +120,7 @@ def beside(model_path: str | Path, card: dict, threads: int = 2) -> Familiarity 
         if not needed.is_file():
             raise BadInputError(f"{needed} is missing, though the card has an input_check", "copy the model's "
                                 f"whole folder, or fit it again: fpc-keras familiarity --model {folder}")
-    encoder = TFLiteModel(encoder_file, threads)
-    return Familiarity(lambda batch: encoder(batch), load_reference(reference_file))
+    return Familiarity(TFLiteModel(encoder_file, threads), load_reference(reference_file))
 
 
 def carried_over(card: dict, previous: dict, folder: Path) -> dict:
@@ -199,8 +198,8 @@ def evenly_spaced(frames: np.ndarray) -> np.ndarray:
     return frames[chosen].astype(np.float32)
 
 
-def video_embedding(encoder: Callable[[np.ndarray], np.ndarray], source: str, resize: str) -> np.ndarray:
-    return encoder(check_frames(source, resize)).mean(axis=0)
+def video_embedding(encoder: Callable[[np.ndarray], np.ndarray], frames: np.ndarray) -> np.ndarray:
+    return encoder(frames).mean(axis=0)
 
 
 def encoder_grid(records: Sequence, resize: str) -> np.ndarray:
@@ -230,7 +229,8 @@ def embed_records(encoder: Callable[[np.ndarray], np.ndarray], records: Sequence
     out = []
     for start in range(0, len(records), chunk):
         part = records[start:start + chunk]
-        out.append(np.stack([video_embedding(encoder, r.source, resize) for r in part]) if is_video(part[0].source)
+        out.append(np.stack([video_embedding(encoder, check_frames(r.source, resize)) for r in part])
+                   if is_video(part[0].source)
                    else encoder(encoder_grid(part, resize)))
         progress(f"      embedded {min(start + chunk, len(records))}/{len(records)} items")
     return np.concatenate(out)

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import postprocess
 from .data.dicom import dicom_frames, dicom_pixel_mm
-from .data.folders import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from .data.folders import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, files_under
 from .data.images import as_channels, fit_image, read_image
 from .data.video import model_clips, read_video
 from .errors import BadInputError
@@ -52,8 +52,7 @@ def collect_inputs(path: str | Path, card: dict) -> list[Path]:
     if path.is_file():
         return [path]
     wanted = (*VIDEO_EXTENSIONS, DICOM) if inputs == "video" else (*IMAGE_EXTENSIONS, DICOM)
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in wanted
-                   and not p.name.startswith("."))
+    files = files_under(path, wanted)
     if not files:
         raise BadInputError(f"{path} holds no {inputs} file "
                             f"({', '.join(sorted(set(wanted)))})", "give a folder that holds the scans, or a file")

@@ -36,7 +36,8 @@ def group_of(path: Path, rule: str) -> str:
     return stem or path.stem
 
 
-def _files(root: Path, extensions: tuple[str, ...]) -> list[Path]:
+def files_under(root: Path, extensions: tuple[str, ...]) -> list[Path]:
+    """The files under `root` (any depth, hidden ones left out) whose suffix is one of `extensions`, sorted."""
     if not root.is_dir():
         raise BadInputError(f"dataset folder not found: {root}", "give the folder that holds the images or videos")
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in extensions
@@ -49,7 +50,7 @@ def read_folder(root: str | Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS
     root = Path(root)
     table = {k.lower(): v.lower() for k, v in (aliases or {}).items()}
     records = []
-    for path in _files(root, extensions):
+    for path in files_under(root, extensions):
         relative = path.relative_to(root)
         if len(relative.parts) < 2:
             continue
@@ -64,7 +65,7 @@ def read_prefix(root: str | Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS
     """Files anywhere under `root`, class from the file-name prefix."""
     root = Path(root)
     records, unlabeled = [], []
-    for path in _files(root, extensions):
+    for path in files_under(root, extensions):
         label = prefix_label(path.name, aliases)
         if label is None:
             unlabeled.append(path.name)

@@ -13,6 +13,7 @@ from ..errors import BadInputError
 from ..io import atomic_write_text, read_json
 from ..metrics import headline_metric
 from ..postprocess import invokes_per_item
+from ..tasks import task_of_card
 from .duplicates import duplicate_sections
 from .figures import (bland_altman_figure, confusion_figure, history_figure, image_file_uri, latency_accuracy_figure,
                       overlay_figure, reliability_figure)
@@ -89,7 +90,8 @@ def card_estimate(card: dict) -> tuple[dict, str]:
     cv = card["metrics"].get("cv")
     if not cv:
         return card["metrics"].get("test") or {}, "test"
-    return ({**cv, "video_top1": cv["top1"]} if card.get("task") == "video" and "top1" in cv else cv,
+    video = task_of_card(card).inputs == "video"
+    return ({**cv, "video_top1": cv["top1"]} if video and "top1" in cv else cv,
             f"{cv['folds']}-fold CV of its recipe")
 
 
