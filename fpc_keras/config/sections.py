@@ -119,6 +119,9 @@ class TrainConfig:
     # Phase 2's batch size (0: train.batch_size): a head on cached features takes batches of 64 rows, a network
     # fine-tuned on 4-frame clips far fewer.
     finetune_batch_size: int = 0
+    # Phase 2 of a classifier: also train the unfrozen blocks' BatchNormalization (scale, offset and running
+    # statistics re-estimated on ultrasound batches) instead of keeping ImageNet's.
+    finetune_batchnorm: bool = False
     # Multi-task models (fetalnet): loss weights of the mask (Dice + cross-entropy) and of the plane classifier.
     mask_weight: float = 1.0
     plane_weight: float = 0.2

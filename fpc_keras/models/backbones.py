@@ -117,9 +117,10 @@ def backbone_layers(model: keras.Model) -> list[keras.layers.Layer]:
 BLOCK = re.compile(r"^(block\d+[a-z]?_|conv\d)")
 
 
-def set_backbone_trainable(model: keras.Model, top_blocks: int | None) -> int:
+def set_backbone_trainable(model: keras.Model, top_blocks: int | None, batchnorm: bool = False) -> int:
     """Freeze the backbone (top_blocks=0), unfreeze its last `top_blocks` blocks plus the top conv, or all
-    of it (None). BatchNormalization stays frozen when fine-tuning on small data. Returns trainable layers."""
+    of it (None). BatchNormalization stays frozen (ImageNet statistics, inference mode) unless `batchnorm`.
+    Returns the number of trainable layers."""
     layers = backbone_layers(model)
     blocks = []
     for layer in layers:
@@ -132,7 +133,7 @@ def set_backbone_trainable(model: keras.Model, top_blocks: int | None) -> int:
         match = BLOCK.match(layer.name)
         wanted = top_blocks is None or bool(top_blocks and ((match and match.group(1) in chosen)
                                                             or layer.name.startswith("top_")))
-        layer.trainable = wanted and not isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = wanted and (batchnorm or not isinstance(layer, keras.layers.BatchNormalization))
         count += int(layer.trainable and bool(layer.weights))
     return count
 

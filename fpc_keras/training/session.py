@@ -62,8 +62,9 @@ class TaskSession:
             # A copy trains, so that `model` keeps phase 1's best weights should phase 2 never beat them.
             fitted = keras.models.clone_model(model)
             fitted.set_weights(model.get_weights())
-            unfrozen = set_backbone_trainable(fitted, t.finetune_blocks)
-            self.progress(f"      {phase.name}: fine-tuning the top {t.finetune_blocks} blocks ({unfrozen} layers)")
+            unfrozen = set_backbone_trainable(fitted, t.finetune_blocks, t.finetune_batchnorm)
+            self.progress(f"      {phase.name}: fine-tuning the top {t.finetune_blocks} blocks ({unfrozen} layers"
+                          + (", batch norm included)" if t.finetune_batchnorm else ")"))
             fitted = compile_classifier(fitted, finetune_rate(t, train_items), t.label_smoothing, t.ema_momentum,
                                         t.finetune_weight_decay)
         if not phase.state["done"]:
