@@ -73,7 +73,7 @@ def test_corrupt_image_error_and_skip(trained, tmp_path, capsys):
     bad = data / "beta" / "broken scan.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     err = _error_of(["evaluate", "--model", str(trained["run"]), "--data", f"folder:{data}"], capsys)
-    assert str(bad) in err and "on_bad_input=skip" in err and err.count("\n") <= 3
+    assert str(bad) in err and "--on-bad-input skip" in err and err.count("\n") <= 3
     out = tmp_path / "r.json"
     assert main(["evaluate", "--model", str(trained["run"]), "--data", f"folder:{data}", "--on-bad-input", "skip",
                  "--out", str(out)]) == 0

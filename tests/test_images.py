@@ -45,7 +45,7 @@ def test_unreadable_files_name_the_file(tmp_path, content, words):
     with pytest.raises(BadInputError) as info:
         read_image(str(path))
     assert str(path) in str(info.value) and words in str(info.value)
-    assert "on_bad_input=skip" in str(info.value)
+    assert "data.on_bad_input=skip" in str(info.value)
 
 
 def test_truncated_png(tmp_path):

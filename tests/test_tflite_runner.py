@@ -30,6 +30,16 @@ def test_tflite_runner_needs_no_tensorflow(trained, exported, tmp_path):
         assert got == pytest.approx(dict(zip(["alpha", "beta", "gamma"], expected.tolist())), abs=1e-4)
     bad = run_blocked(tmp_path, "--model", tflite, tmp_path / "missing.png", also_blocked=("scipy",))
     assert bad.returncode == 2 and "input not found" in bad.stderr and "Traceback" not in bad.stderr
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    stops = run_blocked(tmp_path, "--model", tflite, broken, images[0], also_blocked=("scipy",))
+    assert stops.returncode == 2 and str(broken) in stops.stderr and "--on-bad-input skip" in stops.stderr
+    assert not stops.stdout.strip()  # the first input stopped the run
+    goes_on = run_blocked(tmp_path, "--model", tflite, "--on-bad-input", "skip", "--json", broken, images[0],
+                          also_blocked=("scipy",))
+    assert goes_on.returncode == 0, goes_on.stderr[-2000:]
+    assert [json.loads(line)["input"] for line in goes_on.stdout.strip().splitlines()] == [str(images[0])]
+    assert f"skipped {broken}" in goes_on.stderr and "1 unreadable input(s) skipped" in goes_on.stderr
     model = tmp_path / "timed" / "model.tflite"
     shutil.copytree(exported["fp32"], model.parent)
     timing = run_blocked(tmp_path, "--model", model, "--threads", "1", "--latency", "7", "--record", "--json",

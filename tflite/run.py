@@ -83,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--csv", metavar="OUT", help="write the rows of `fpc-keras predict` to OUT")
     parser.add_argument("--latency", type=int, metavar="N", help="time N single-item runs at --threads; print ms")
     parser.add_argument("--record", action="store_true", help="with --latency: write the timing into the card")
+    parser.add_argument("--on-bad-input", choices=("error", "skip"), default="error",
+                        help="stop at an unreadable input (default) or list it and go on with the others")
     parser.add_argument("inputs", nargs="*")
     args = parser.parse_args(argv)
     if not args.inputs and not args.latency:
@@ -106,15 +108,20 @@ def _run(args: argparse.Namespace) -> None:
     everything = Prediction([])
     for path in (p for source in args.inputs for p in collect_inputs(source, card)):
         start = time.perf_counter()
-        done = predict_inputs(predictor, [path], "error", args.pixel_mm, pixel_csv, progress=lambda _: None)
+        done = predict_inputs(predictor, [path], args.on_bad_input, args.pixel_mm, pixel_csv, progress=lambda _: None)
         everything.columns = done.columns
         everything.rows.extend(done.rows)
+        everything.bad.update(done.bad)
+        for source, why in done.bad.items():
+            print(f"skipped {source}: {why}", file=sys.stderr, flush=True)
         for row in done.rows if not args.csv else []:
             result = {**result_of(row, args.top), "ms": round(1000 * (time.perf_counter() - start), 1)}
             print(json.dumps(result) if args.json else _line(result), flush=True)
     if args.csv:
         write_csv(everything, Path(args.csv))
         print(f"{len(everything.rows)} row(s) -> {args.csv}")
+    if everything.bad:
+        print(f"{len(everything.bad)} unreadable input(s) skipped", file=sys.stderr)
 
 
 if __name__ == "__main__":

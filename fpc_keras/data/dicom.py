@@ -12,7 +12,8 @@ import numpy as np
 
 from ..errors import BadInputError
 
-DECODE_HINT = "re-encode it (e.g. ffmpeg -i in.avi out.mp4), or set data.on_bad_input=skip to count and skip it"
+DECODE_HINT = ("re-encode it (e.g. ffmpeg -i in.avi out.mp4), or count and skip such files: --on-bad-input skip on the "
+               "command line, data.on_bad_input=skip in a config")
 CENTIMETRES = 3  # PhysicalUnitsXDirection code for cm
 
 

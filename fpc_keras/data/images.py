@@ -19,7 +19,8 @@ from ..errors import BadInputError
 ZIP_SEPARATOR = "::"  # "archive.zip::member/path.png" addresses a file inside a zip without unpacking it
 MAX_PIXELS = 100_000_000
 MIN_SIDE = 8  # smaller is no scan (a thumbnail, a tracking pixel, a failed export)
-SKIP_HINT = "replace or remove the file, or set data.on_bad_input=skip to count and skip such files"
+SKIP_HINT = ("replace or remove the file, or count and skip such files: --on-bad-input skip on the command line, "
+             "data.on_bad_input=skip in a config")
 
 
 def read_bytes(source: str) -> bytes:
