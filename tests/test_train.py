@@ -167,10 +167,12 @@ def test_uncached_training_from_images(folder_dataset, tmp_path, monkeypatch, mi
     assert set(blended) == ({0.4} if mixup != "0" else set())
 
 
-def test_mixup_is_refused_where_it_is_not_implemented(tmp_path):
+@pytest.mark.parametrize("option, message", [("train.mixup=0.2", "train.mixup is 0.2 for a video run"),
+                                             ("train.horizontal_flip=true", "train.horizontal_flip is set for a video")])
+def test_image_classifier_options_are_refused_where_they_are_not_implemented(tmp_path, option, message):
     config = load_config(None, ["data.kind=videos", f"data.path={tmp_path}", f"runs_dir={tmp_path / 'runs'}",
-                                "train.mixup=0.2"])
-    with pytest.raises(BadInputError, match="train.mixup is 0.2 for a video run"):
+                                option])
+    with pytest.raises(BadInputError, match=message):
         train(config, progress=lambda m: None)
 
 
@@ -321,3 +323,17 @@ def test_phase_2_trains_the_unfrozen_blocks_batch_norm_only_when_asked(folder_da
              if not all(np.array_equal(a, b) for a, b in zip(tuned.get_layer(name).get_weights(),
                                                               imagenet.get_layer(name).get_weights()))}
     assert moved == ({"block7a_bn"} if batchnorm else set())
+
+
+def test_horizontal_flip_reaches_every_augmentation_of_an_image_classifier(folder_dataset, tmp_path, monkeypatch):
+    """`train.horizontal_flip`: the cached augmented copies of phase 1 and phase 2's image batches both mirror."""
+    import fpc_keras.training.classification as classification
+
+    built = []
+    real = classification.build_augmenter
+    monkeypatch.setattr(classification, "build_augmenter", lambda **kw: built.append(kw) or real(**kw))
+    config = load_config(None, tiny_overrides(folder_dataset, tmp_path / "runs", **{
+        "train.epochs": "1", "train.feature_copies": "1", "train.finetune_blocks": "1", "train.finetune_epochs": "1",
+        "train.horizontal_flip": "true"}))
+    train(config, progress=lambda _: None)
+    assert len(built) == 2 and all(kw["horizontal_flip"] for kw in built), built

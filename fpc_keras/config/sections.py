@@ -88,6 +88,9 @@ class TrainConfig:
     # Against class imbalance: loss weights inversely proportional to class counts, or class-balanced sampling.
     balance: str = "class_weights"
     augment: bool = True
+    # Image classifiers: also mirror training images left-right at random (where the anatomy has no fixed side on
+    # the screen, e.g. breast lesions); off by default.
+    horizontal_flip: bool = False
     # Mixup while a classifier trains on images (phase 2, or a phase 1 that does not cache features): pairs of a
     # batch's images and one-hot labels blended with weights drawn from Beta(mixup, mixup), e.g. 0.2; 0 off.
     mixup: float = 0.0

@@ -72,7 +72,7 @@ class ClassificationSession(TaskSession):
         with self.phase1.timed():
             x_train = [cache.features(self.train_records)]
             for copy in range(1, t.feature_copies + 1):
-                augment = build_augmenter(seed=t.seed + 100 * copy)
+                augment = build_augmenter(seed=t.seed + 100 * copy, horizontal_flip=t.horizontal_flip)
                 x_train.append(cache.features(self.train_records, augment, f"augment{copy}-{augment.fingerprint}"))
             x_train = StackedRows(x_train)  # memory-mapped, never copied into one array
             x_val = cache.features(self.val_records)
@@ -86,7 +86,7 @@ class ClassificationSession(TaskSession):
 
     def _fit_on_images(self, model: keras.Model, epochs: int, phase: "Phase", batch_size: int) -> None:
         t = self.config.train
-        augment = build_augmenter(seed=t.seed) if t.augment else None
+        augment = build_augmenter(seed=t.seed, horizontal_flip=t.horizontal_flip) if t.augment else None
         data = image_dataset(self.train_records, self.spec, self.labels, batch_size, shuffle=True, seed=t.seed,
                              augment=augment, skip_log=self.skip_log, balanced=t.balance == "sampling",
                              mixup_alpha=t.mixup)

@@ -33,6 +33,9 @@ def _check_task_options(config: RunConfig, task: str) -> None:
     if t.mixup and task != "classification":
         raise BadInputError(f"train.mixup is {t.mixup} for a {task} run",
                             "mixup is implemented for image classifiers; set train.mixup=0")
+    if t.horizontal_flip and task != "classification":
+        raise BadInputError(f"train.horizontal_flip is set for a {task} run",
+                            "mirroring is implemented for image classifiers; set train.horizontal_flip=false")
     if t.refit_from and (task != "segmentation" or config.model.temporal != "none"):
         raise BadInputError(f"train.refit_from is set for a {task} run (temporal {config.model.temporal})",
                             "a final fit is implemented for segmentation frame models (fetalnet, temporal none)")
