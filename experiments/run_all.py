@@ -29,6 +29,7 @@ EXPERIMENTS = {
     "input_check": ["input_check.py", "--data", "folder:../shared/data/BUSI", "--other", "hc18:../shared/data/HC18",
                     "prefix:../shared/data/abdominal_organs", "../shared/data/FETAL_PLANES_DB/Images",
                     "../shared/data/echo_views"],
+    "cv_agreement": ["cv_agreement.py", "reports/cv/paper1_busi_*_cv5_quantisation"],
 }
 
 

@@ -1,0 +1,79 @@
+"""Where several recipes' cross-validations of one dataset agree: each run's top-1, their majority vote, and how
+many items (nearly) every recipe gets wrong. Those bound what another recipe of the same kind can gain; --csv lists
+them for a label audit. Prints markdown.
+
+    python experiments/cv_agreement.py reports/cv/paper1_busi_*_cv5_quantisation --csv busi_hard.csv
+
+Stores that do not hold every fold, or test other items, are named and left out (--strict: refused).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import io
+import sys
+from pathlib import Path
+
+from fpc_keras.cv import stored_folds
+from fpc_keras.cv.agreement import hard_items, load_agreement, summary, summary_table
+from fpc_keras.errors import BadInputError, exit_code_of
+from fpc_keras.io import atomic_write_text
+
+
+def expand(patterns: list[str]) -> list[str]:
+    """Store folders, with shell patterns (`reports/cv/paper1_busi_*`) expanded here as well as by a shell."""
+    found = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
+        if not matches:
+            raise BadInputError(f"no CV store matches {pattern}", "give store folders under reports/cv/")
+        found += matches
+    return found
+
+
+def comparable(paths: list[str]) -> list[str]:
+    """The stores with every fold of the item set most of them test; the others are named on stderr."""
+    complete, sets = [], {}
+    for path in paths:
+        folds = stored_folds(path)
+        if not folds or len(folds) != folds[0]["folds"]:
+            print(f"left out {path}: {len(folds)} fold(s) stored", file=sys.stderr)
+            continue
+        complete.append(path)
+        sets[path] = frozenset(item["file"] for fold in folds for item in fold["items"])
+    if not sets:
+        raise BadInputError("no store holds every fold of its CV", "give finished CV stores (reports/cv/...)")
+    common = max(set(sets.values()), key=lambda s: sum(v == s for v in sets.values()))
+    for path in complete:
+        if sets[path] != common:
+            print(f"left out {path}: it tests {len(sets[path])} other items", file=sys.stderr)
+    return [path for path in complete if sets[path] == common]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("stores", nargs="+", help="CV store folders (fold<i>.json)")
+    parser.add_argument("--model", default="float", help="which predictions to compare: float, int8, ...")
+    parser.add_argument("--share", type=float, default=0.8, help="--csv lists items wrong in this share of runs")
+    parser.add_argument("--csv", metavar="OUT", help="write the hard items (file, label, usual prediction)")
+    parser.add_argument("--strict", action="store_true", help="refuse incomplete or mismatched stores")
+    args = parser.parse_args(argv)
+
+    def run() -> None:
+        stores = expand(args.stores) if args.strict else comparable(expand(args.stores))
+        agreed = load_agreement(stores, args.model)
+        print(summary_table(summary(agreed)))
+        if args.csv:
+            hard = hard_items(agreed, args.share)
+            text = io.StringIO()
+            writer = csv.DictWriter(text, ["file", "label", "usual_prediction", "runs_wrong", "runs"])
+            writer.writeheader()
+            writer.writerows(hard)
+            atomic_write_text(Path(args.csv), text.getvalue())
+            print(f"\n{len(hard)} item(s) wrong in at least {args.share:.0%} of the runs -> {args.csv}")
+    return exit_code_of(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Several recipes' CVs of one dataset compared item by item (`cv.agreement`, experiments/cv_agreement.py)."""
+import csv
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from fpc_keras.cv.agreement import agreement, hard_items, summary
+from fpc_keras.errors import BadInputError
+from fpc_keras.io import atomic_write_json
+
+LABELS = {"a.png": "x", "b.png": "x", "c.png": "y", "d.png": "y"}
+
+
+def _folds(predicted: dict[str, str], folds: int = 2) -> list[dict]:
+    """`predicted` (file -> float label) as the fold records of a `folds`-fold CV."""
+    files = sorted(predicted)
+    return [{"fold": k, "folds": folds,
+             "items": [{"file": f, "label": LABELS[f], "float": predicted[f], "int8": predicted[f]}
+                       for f in files[k::folds]]} for k in range(folds)]
+
+
+RUNS = {"one": {"a.png": "x", "b.png": "y", "c.png": "x", "d.png": "y"},  # b, c wrong
+        "two": {"a.png": "x", "b.png": "y", "c.png": "x", "d.png": "x"},  # b, c, d wrong
+        "three": {"a.png": "x", "b.png": "x", "c.png": "x", "d.png": "y"}}  # c wrong
+
+
+def test_items_every_run_gets_wrong_and_the_vote():
+    agreed = agreement({name: _folds(p) for name, p in RUNS.items()})
+    s = summary(agreed)
+    assert s["top1"] == {"one": 0.5, "two": 0.25, "three": 0.75}
+    assert s["vote_top1"] == 0.5  # a right, b voted y (wrong), c voted x (wrong), d voted y (right)
+    assert s["right_in_every_run"] == 1  # a
+    assert s["wrong_in_share"][1.0] == {"items": 1, "by_label": {"y": 1}}  # c
+    assert s["wrong_in_share"][0.5]["items"] == 2  # b (2 of 3) and c
+    assert hard_items(agreed, 0.6) == [
+        {"file": "b.png", "label": "x", "usual_prediction": "y", "runs_wrong": 2, "runs": 3},
+        {"file": "c.png", "label": "y", "usual_prediction": "x", "runs_wrong": 3, "runs": 3}]
+
+
+def test_incomplete_or_other_item_sets_are_refused():
+    whole = _folds(RUNS["one"])
+    with pytest.raises(BadInputError, match="holds 1 of 2 folds"):
+        agreement({"one": whole, "part": whole[:1]})
+    other = _folds({k: v for k, v in RUNS["two"].items() if k != "d.png"})
+    with pytest.raises(BadInputError, match="test different items"):
+        agreement({"one": whole, "other": other})
+    with pytest.raises(BadInputError, match="recorded no 'fp16'"):
+        agreement({"one": whole, "two": _folds(RUNS["two"])}, model="fp16")
+    with pytest.raises(BadInputError, match="1 CV store"):
+        agreement({"one": whole})
+
+
+def test_script_leaves_out_unfinished_stores_and_writes_the_hard_items(tmp_path):
+    for name, predicted in RUNS.items():
+        for fold in _folds(predicted):
+            atomic_write_json(tmp_path / f"{name}_cv2_quantisation" / f"fold{fold['fold']}.json", fold)
+    atomic_write_json(tmp_path / "unfinished_cv2_quantisation" / "fold0.json", _folds(RUNS["one"])[0])
+    out = tmp_path / "hard.csv"
+    done = subprocess.run([sys.executable, str(REPO / "experiments" / "cv_agreement.py"),
+                           str(tmp_path / "*_cv2_quantisation"), "--share", "1", "--csv", str(out)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "left out" in done.stderr and "unfinished" in done.stderr
+    assert "| majority vote of the 3 runs | 50.00 |" in done.stdout
+    assert [row["file"] for row in csv.DictReader(out.open())] == ["c.png"]
+    strict = subprocess.run([sys.executable, str(REPO / "experiments" / "cv_agreement.py"), "--strict",
+                             str(tmp_path / "*_cv2_quantisation")], capture_output=True, text=True, timeout=60)
+    assert strict.returncode == 2 and "holds 1 of 2 folds" in strict.stderr and "Traceback" not in strict.stderr
