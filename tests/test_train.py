@@ -168,7 +168,7 @@ def test_uncached_training_from_images(folder_dataset, tmp_path, monkeypatch, mi
 
 
 @pytest.mark.parametrize("option, message", [("train.mixup=0.2", "train.mixup is 0.2 for a video run"),
-                                             ("train.horizontal_flip=true", "train.horizontal_flip is set for a video")])
+                                             ("train.horizontal_flip=true", "horizontal_flip is set for a video")])
 def test_image_classifier_options_are_refused_where_they_are_not_implemented(tmp_path, option, message):
     config = load_config(None, ["data.kind=videos", f"data.path={tmp_path}", f"runs_dir={tmp_path / 'runs'}",
                                 option])

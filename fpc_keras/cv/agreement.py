@@ -94,9 +94,10 @@ def summary_table(s: dict) -> str:
     """Markdown: one row per run, the vote, then the counts of items wrong in a share of the runs."""
     lines = ["| run | top-1 % |", "|---|---|"]
     lines += [f"| {run} | {100 * top1:.2f} |" for run, top1 in s["top1"].items()]
+    right = s["right_in_every_run"]
     lines += [f"| majority vote of the {len(s['runs'])} runs | {100 * s['vote_top1']:.2f} |", "",
               f"| of {s['items']} items | items | % | by label |", "|---|---|---|---|",
-              f"| right in every run | {s['right_in_every_run']} | {100 * s['right_in_every_run'] / s['items']:.1f} | |"]
+              f"| right in every run | {right} | {100 * right / s['items']:.1f} | |"]
     for share, counted in s["wrong_in_share"].items():
         labels = ", ".join(f"{k} {v}" for k, v in sorted(counted["by_label"].items()))
         lines.append(f"| wrong in at least {share:.0%} of the runs | {counted['items']} | "
