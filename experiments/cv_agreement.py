@@ -15,7 +15,7 @@ import io
 import sys
 from pathlib import Path
 
-from fpc_keras.cv import stored_folds
+from fpc_keras.cv import complete, stored_folds
 from fpc_keras.cv.agreement import hard_items, load_agreement, summary, summary_table
 from fpc_keras.errors import BadInputError, exit_code_of
 from fpc_keras.io import atomic_write_text
@@ -34,21 +34,20 @@ def expand(patterns: list[str]) -> list[str]:
 
 def comparable(paths: list[str]) -> list[str]:
     """The stores with every fold of the item set most of them test; the others are named on stderr."""
-    complete, sets = [], {}
+    sets = {}  # finished store -> the items it tests
     for path in paths:
         folds = stored_folds(path)
-        if not folds or len(folds) != folds[0]["folds"]:
+        if not complete(folds):
             print(f"left out {path}: {len(folds)} fold(s) stored", file=sys.stderr)
             continue
-        complete.append(path)
         sets[path] = frozenset(item["file"] for fold in folds for item in fold["items"])
     if not sets:
         raise BadInputError("no store holds every fold of its CV", "give finished CV stores (reports/cv/...)")
     common = max(set(sets.values()), key=lambda s: sum(v == s for v in sets.values()))
-    for path in complete:
-        if sets[path] != common:
-            print(f"left out {path}: it tests {len(sets[path])} other items", file=sys.stderr)
-    return [path for path in complete if sets[path] == common]
+    for path, items in sets.items():
+        if items != common:
+            print(f"left out {path}: it tests {len(items)} other items", file=sys.stderr)
+    return [path for path, items in sets.items() if items == common]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -113,8 +113,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     prediction = predict_inputs(predictor, files, args.on_bad_input, args.pixel_mm, pixel_csv,
                                 Path(args.overlays) if args.overlays else None,
                                 lambda line: print(line, file=sys.stderr))
-    for source, why in prediction.bad.items():
-        print(f"skipped {source}: {why}", file=sys.stderr)
+    prediction.report_skipped()
     write_csv(prediction, out)
     print(f"{len(prediction.rows)} row(s) -> {out}" + (f"; {len(prediction.bad)} unreadable file(s) skipped"
                                                         if prediction.bad else ""))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -40,6 +41,11 @@ class Prediction:
     columns: list[str]
     rows: list[dict] = field(default_factory=list)
     bad: dict[str, str] = field(default_factory=dict)
+
+    def report_skipped(self) -> None:
+        """Each unreadable file and why, one line each on stderr."""
+        for source, why in self.bad.items():
+            print(f"skipped {source}: {why}", file=sys.stderr)
 
 
 def collect_inputs(path: str | Path, card: dict) -> list[Path]:
@@ -88,8 +94,11 @@ def read_pixel_csv(path: str | Path) -> dict[str, float]:
 
 def predict_inputs(predictor: Predictor, files: Sequence[Path], on_bad_input: str = "error",
                    pixel_mm: float | None = None, pixel_csv: dict[str, float] | None = None,
-                   overlays: Path | None = None, progress: Progress = print) -> Prediction:
-    """Every file through the model; unreadable ones stop the run (`error`) or are listed (`skip`)."""
+                   overlays: Path | None = None, progress: Progress = print,
+                   on_file: Callable[[Path, list[dict]], None] | None = None) -> Prediction:
+    """Every file through the model; unreadable ones stop the run (`error`) or are listed (`skip`). `on_file(path,
+    rows)` after each file read, for a caller that shows results as they come (the model and its input check are
+    set up once for all the files)."""
     task = task_of_card(predictor.card)
     if task.name == "clip_segmentation":
         raise BadInputError(f"{predictor.path} segments clips (probe sweeps)", "predict with a frame segmenter")
@@ -105,11 +114,15 @@ def predict_inputs(predictor: Predictor, files: Sequence[Path], on_bad_input: st
     every = max(10, len(files) // 10)
     for done, path in enumerate(files, start=1):
         try:
-            prediction.rows.extend(measure(path))
+            rows = measure(path)
         except BadInputError as exc:
             if on_bad_input != "skip":
                 raise
             prediction.bad[str(path)] = exc.what
+            rows = []
+        prediction.rows.extend(rows)
+        if on_file and rows:
+            on_file(path, rows)
         if done % every == 0 or done == len(files):
             progress(f"      {done}/{len(files)} inputs ({len(prediction.bad)} unreadable)")
     return prediction

@@ -31,7 +31,7 @@ if (REPO / "fpc_keras").is_dir() and str(REPO) not in sys.path:
 from fpc_keras.card import read_card, write_card  # noqa: E402
 from fpc_keras.errors import exit_code_of  # noqa: E402
 from fpc_keras.litert import TFLiteModel  # noqa: E402
-from fpc_keras.predict import (UNLIKE, Prediction, check_writable, collect_inputs, predict_inputs,  # noqa: E402
+from fpc_keras.predict import (UNLIKE, check_writable, collect_inputs, predict_inputs,  # noqa: E402
                                read_pixel_csv, write_csv)
 from fpc_keras.predictor import Predictor  # noqa: E402
 
@@ -105,18 +105,19 @@ def _run(args: argparse.Namespace) -> None:
     card = read_card(args.model)
     predictor = Predictor(args.model, card, tflite)
     pixel_csv = read_pixel_csv(args.pixel_csv) if args.pixel_csv else None
-    everything = Prediction([])
-    for path in (p for source in args.inputs for p in collect_inputs(source, card)):
-        start = time.perf_counter()
-        done = predict_inputs(predictor, [path], args.on_bad_input, args.pixel_mm, pixel_csv, progress=lambda _: None)
-        everything.columns = done.columns
-        everything.rows.extend(done.rows)
-        everything.bad.update(done.bad)
-        for source, why in done.bad.items():
-            print(f"skipped {source}: {why}", file=sys.stderr, flush=True)
-        for row in done.rows if not args.csv else []:
-            result = {**result_of(row, args.top), "ms": round(1000 * (time.perf_counter() - start), 1)}
+    paths = [p for source in args.inputs for p in collect_inputs(source, card)]
+    clock = [time.perf_counter()]
+
+    def show(path: Path, rows: list[dict]) -> None:  # each input's rows as it is done, with the time it took
+        now = time.perf_counter()
+        for row in rows:
+            result = {**result_of(row, args.top), "ms": round(1000 * (now - clock[0]), 1)}
             print(json.dumps(result) if args.json else _line(result), flush=True)
+        clock[0] = now
+
+    everything = predict_inputs(predictor, paths, args.on_bad_input, args.pixel_mm, pixel_csv,
+                                progress=lambda _: None, on_file=None if args.csv else show)
+    everything.report_skipped()
     if args.csv:
         write_csv(everything, Path(args.csv))
         print(f"{len(everything.rows)} row(s) -> {args.csv}")

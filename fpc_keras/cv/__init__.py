@@ -85,6 +85,11 @@ def stored_folds(store: str | Path) -> list[dict]:
     return sorted((read_json(path) for path in Path(store).glob("fold*.json")), key=lambda f: f["fold"])
 
 
+def complete(folds: Sequence[dict]) -> bool:
+    """Whether `folds` (one store's records) hold every fold of their K-fold split."""
+    return bool(folds) and len(folds) == folds[0]["folds"]
+
+
 def check_one_split(folds: Sequence[dict]) -> None:
     """Refuse folds of different K, or the same fold twice: pooling them would test some items twice."""
     if len({f["folds"] for f in folds}) > 1 or len({f["fold"] for f in folds}) < len(folds):

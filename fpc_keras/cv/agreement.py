@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..errors import BadInputError
-from . import check_one_split, stored_folds
+from . import check_one_split, complete, stored_folds
 
 SHARES = (1.0, 0.8, 0.5)  # "wrong in at least this share of the runs"
 
@@ -40,7 +40,7 @@ def agreement(stores: Mapping[str, Sequence[dict]], model: str = "float") -> Agr
     by_run: dict[str, dict[str, dict]] = {}
     for name, folds in stores.items():
         check_one_split(folds)
-        if not folds or len(folds) != folds[0]["folds"]:
+        if not complete(folds):
             raise BadInputError(f"{name} holds {len(folds)} of {folds[0]['folds'] if folds else '?'} folds",
                                 "compare CVs that have every fold")
         by_run[name] = {item["file"]: item for fold in folds for item in fold["items"]}

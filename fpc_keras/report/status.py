@@ -64,10 +64,11 @@ def cv_row(store: Path, root: Path) -> str:
     """One cross-validation store as a row of the index, pooled over the folds it holds (every image tested once):
     its folds, items, headline figures and, for classifiers, the folds' mean validation macro-F1 (what a choice
     among recipes reads)."""
+    from ..cv import stored_folds
     from ..cv.classification import pooled_quantisation
     from ..cv.segmentation import pooled_segmentation
 
-    folds = [read_json(path) for path in sorted(store.glob("fold*.json"))]
+    folds = stored_folds(store)
     pooled_path = store / "pooled.json"
     classifier = any("float" in item for fold in folds for item in fold.get("items", []))
     validation = "-"
@@ -102,10 +103,11 @@ def cv_count(stores: list[Path]) -> str:
     """The README's cross-validation cell: how many stores a paper has, how many complete, where they are listed."""
     if not stores:
         return "none stored"
-    complete = sum(len(list(store.glob("fold*.json"))) == read_json(next(store.glob("fold*.json")))["folds"]
-                   for store in stores)
+    from ..cv import complete, stored_folds
+
+    done = sum(complete(stored_folds(store)) for store in stores)
     plural = "s" if len(stores) != 1 else ""
-    return f"{len(stores)} store{plural} ({complete} with every fold), one row each in `reports/cv.md`"
+    return f"{len(stores)} store{plural} ({done} with every fold), one row each in `reports/cv.md`"
 
 
 def cv_stores(root: Path) -> dict[str, list[Path]]:
