@@ -52,3 +52,14 @@ def test_folds_stored_before_recipes_were_recorded_are_reused(tmp_path):
     calls = []
     cv.run_folds(tmp_path, 2, _record(calls), progress=lambda _: None, recipe=_recipe())
     assert calls == [1] and "cv_recipe" not in read_json(tmp_path / "fold0.json")
+
+
+def test_folds_stored_before_an_option_existed_stand_for_its_default_only(tmp_path):
+    recipe = _recipe()
+    del recipe[0]["train"]["horizontal_flip"]  # as recorded before the option was added
+    (tmp_path / "fold0.json").write_text(json.dumps({"fold": 0, "folds": 2, "items": [], "cv_recipe": recipe}))
+    calls = []
+    cv.run_folds(tmp_path, 2, _record(calls), progress=lambda _: None, recipe=_recipe())
+    assert calls == [1]
+    with pytest.raises(BadInputError, match="train.horizontal_flip: False then, True now"):
+        cv.run_folds(tmp_path, 2, _record(calls), progress=lambda _: None, recipe=_recipe("train.horizontal_flip=true"))

@@ -69,7 +69,10 @@ def run_folds(store: str | Path, folds: int, record: Callable[[int], dict], whic
 
 def _check_recipe(path: Path, recipe: list[dict] | None) -> None:
     stored = read_json(path).get("cv_recipe")
-    if not (stored and recipe) or stored == recipe:
+    if not (stored and recipe):
+        return
+    stored = [_with_defaults(member, fold_recipe([RunConfig()])[0]) for member in stored]
+    if stored == recipe:
         return
     changed = [f"{'' if len(recipe) == 1 else f'member {i}: '}{line}" for i, (old, new) in
                enumerate(zip(stored, recipe)) for line in config_differences(old, new)]
@@ -78,6 +81,13 @@ def _check_recipe(path: Path, recipe: list[dict] | None) -> None:
     raise BadInputError(f"{path} was measured with another recipe ({'; '.join(changed)})",
                         "give this CV its own name (--set name=NAME, or --name), or delete the store's fold files "
                         "to run them again")
+
+
+def _with_defaults(stored: dict, defaults: dict) -> dict:
+    """`stored` (a recipe recorded by an earlier version of the suite) with the options added since at their
+    defaults: a new option defaults to the behaviour it was added beside, so the folds it was measured with stand."""
+    nested = lambda k, v: isinstance(v, dict) and isinstance(defaults.get(k), dict)  # noqa: E731
+    return {**defaults, **{k: _with_defaults(v, defaults[k]) if nested(k, v) else v for k, v in stored.items()}}
 
 
 def stored_folds(store: str | Path) -> list[dict]:
