@@ -15,8 +15,7 @@ import io
 import sys
 from pathlib import Path
 
-from fpc_keras.cv import complete, stored_folds
-from fpc_keras.cv.agreement import hard_items, load_agreement, summary, summary_table
+from fpc_keras.cv.agreement import by_item_set, hard_items, load_agreement, summary, summary_table
 from fpc_keras.errors import BadInputError, exit_code_of
 from fpc_keras.io import atomic_write_text
 
@@ -34,20 +33,15 @@ def expand(patterns: list[str]) -> list[str]:
 
 def comparable(paths: list[str]) -> list[str]:
     """The stores with every fold of the item set most of them test; the others are named on stderr."""
-    sets = {}  # finished store -> the items it tests
-    for path in paths:
-        folds = stored_folds(path)
-        if not complete(folds):
-            print(f"left out {path}: {len(folds)} fold(s) stored", file=sys.stderr)
-            continue
-        sets[path] = frozenset(item["file"] for fold in folds for item in fold["items"])
-    if not sets:
+    groups, left_out = by_item_set(paths)
+    for path, why in left_out.items():
+        print(f"left out {path}: {why}", file=sys.stderr)
+    if not groups:
         raise BadInputError("no store holds every fold of its CV", "give finished CV stores (reports/cv/...)")
-    common = max(set(sets.values()), key=lambda s: sum(v == s for v in sets.values()))
-    for path, items in sets.items():
-        if items != common:
-            print(f"left out {path}: it tests {len(items)} other items", file=sys.stderr)
-    return [path for path, items in sets.items() if items == common]
+    for other in groups[1:]:
+        for path in other:
+            print(f"left out {path}: it tests other items than {groups[0][0]}", file=sys.stderr)
+    return groups[0]
 
 
 def main(argv: list[str] | None = None) -> int:

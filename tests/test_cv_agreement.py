@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from conftest import REPO
-from fpc_keras.cv.agreement import agreement, hard_items, summary
+from fpc_keras.cv.agreement import agreement, by_item_set, hard_items, summary
 from fpc_keras.errors import BadInputError
 from fpc_keras.io import atomic_write_json
 
@@ -68,3 +68,35 @@ def test_script_leaves_out_unfinished_stores_and_writes_the_hard_items(tmp_path)
     strict = subprocess.run([sys.executable, str(REPO / "experiments" / "cv_agreement.py"), "--strict",
                              str(tmp_path / "*_cv2_quantisation")], capture_output=True, text=True, timeout=60)
     assert strict.returncode == 2 and "holds 1 of 2 folds" in strict.stderr and "Traceback" not in strict.stderr
+
+
+def _write_stores(folder, runs):
+    for name, predicted in runs.items():
+        for fold in _folds(predicted):
+            atomic_write_json(folder / f"{name}_cv2_quantisation" / f"fold{fold['fold']}.json", fold)
+
+
+def test_stores_are_grouped_by_the_items_they_test(tmp_path):
+    _write_stores(tmp_path, {**RUNS, "other": {"a.png": "x", "b.png": "x"}})
+    atomic_write_json(tmp_path / "unfinished" / "fold0.json", _folds(RUNS["one"])[0])
+    atomic_write_json(tmp_path / "segmentation" / "fold0.json", {"fold": 0, "folds": 1, "items": [{"file": "a.png"}]})
+    groups, left_out = by_item_set(sorted(tmp_path.iterdir()))
+    assert [[p.split("/")[-1].split("_")[0] for p in g] for g in groups] == [["one", "three", "two"], ["other"]]
+    assert left_out == {str(tmp_path / "segmentation"): "not a classification CV (no labels)",
+                        str(tmp_path / "unfinished"): "1 fold(s) stored"}
+
+
+def test_the_report_shows_what_every_recipe_gets_wrong(tmp_path):
+    from fpc_keras.report import build_report
+
+    _write_stores(tmp_path / "reports" / "cv", RUNS)
+    page = build_report(tmp_path / "runs", tmp_path / "reports" / "index.html", lambda _: None,
+                        tmp_path / "no_models").read_text()
+    section = page[page.index('id="agreement"'):]
+    assert "<h3>4 items (x, y), 3 CVs</h3>" in section
+    assert "<td>majority vote of the 3 runs</td><td>50.00</td>" in section
+    assert "<td>wrong in at least 100% of the runs</td><td>1</td><td>25.0</td><td>y 1</td>" in section
+    _write_stores(tmp_path / "reports" / "cv", {"four": RUNS["one"]})
+    page = build_report(tmp_path / "runs", tmp_path / "reports" / "index.html", lambda _: None,
+                        tmp_path / "no_models").read_text()
+    assert "<h3>4 items (x, y), 4 CVs</h3>" in page

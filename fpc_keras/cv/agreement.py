@@ -62,6 +62,22 @@ def load_agreement(paths: Sequence[str | Path], model: str = "float") -> Agreeme
     return agreement({Path(p).name.removesuffix("_quantisation"): stored_folds(p) for p in paths}, model)
 
 
+def by_item_set(paths: Sequence[str | Path]) -> tuple[list[list[str]], dict[str, str]]:
+    """The finished classification CV stores among `paths`, grouped by the items they test (the group of most
+    stores first), and why each other store was left out."""
+    sets: dict[frozenset, list[str]] = {}
+    left_out = {}
+    for path in map(str, paths):
+        folds = stored_folds(path)
+        if not complete(folds):
+            left_out[path] = f"{len(folds)} fold(s) stored"
+        elif not all("label" in item for fold in folds for item in fold["items"]):
+            left_out[path] = "not a classification CV (no labels)"
+        else:
+            sets.setdefault(frozenset(item["file"] for fold in folds for item in fold["items"]), []).append(path)
+    return sorted(sets.values(), key=len, reverse=True), left_out
+
+
 def majority_vote(a: Agreement) -> list[str]:
     """Per item, the label most runs gave (ties: the earliest run's among the tied)."""
     return [Counter(row).most_common(1)[0][0] for row in a.predictions.tolist()]

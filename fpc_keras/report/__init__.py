@@ -9,6 +9,7 @@ from typing import Callable
 import jinja2
 import yaml
 
+from ..cv.agreement import by_item_set, load_agreement, summary, summary_table
 from ..errors import BadInputError
 from ..io import atomic_write_text, read_json
 from ..metrics import headline_metric
@@ -226,6 +227,20 @@ def cross_validation_tables(folder: str | Path) -> list[dict]:
         if folder.is_dir() else []
 
 
+def agreement_tables(folder: str | Path, least: int = 3) -> list[dict]:
+    """Per item set that `least` or more finished classification CVs in `folder` test (one dataset): each run's
+    top-1, their majority vote, and how many items (nearly) every recipe gets wrong (`cv.agreement`)."""
+    stores = sorted(p for p in Path(folder).iterdir() if any(p.glob("fold*.json"))) if Path(folder).is_dir() else []
+    tables = []
+    for group in by_item_set(stores)[0]:
+        if len(group) >= least:
+            agreed = load_agreement(group)
+            parts = summary_table(summary(agreed)).split("\n\n")
+            tables.append({"title": f"{len(agreed.files)} items ({', '.join(sorted(set(agreed.labels)))}), "
+                                    f"{len(group)} CVs", "html": [markdown_table_html(part) for part in parts]})
+    return tables
+
+
 def markdown_table_html(text: str) -> str:
     """A pipe table (the only markdown the CV stores hold) as an HTML table; **bold** cells stay bold."""
     rows = [[html.escape(cell.strip()) for cell in line.strip().strip("|").split("|")]
@@ -276,6 +291,7 @@ def build_report(runs_dir: str | Path = "runs", out: str | Path = "reports/index
     page = environment.get_template(TEMPLATE.name).render(
         tables=comparison_tables(runs, shipped), runs=runs, experiments=experiment_tables(runs_dir),
         cross_validations=cross_validation_tables(out.parent / "cv"),
+        agreements=agreement_tables(out.parent / "cv"),
         duplicates=duplicate_sections(out.parent / "duplicates"),
         trade_offs=[(metric, figure) for metric, figure in trade_offs if figure])
     atomic_write_text(out, page)
