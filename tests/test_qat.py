@@ -158,3 +158,14 @@ def test_distillation_brings_the_fake_quantised_model_towards_float_and_leaves_i
     norms, moved, before, after = map(float, done.stdout.split()[-4:])
     assert norms >= 1 and moved == 0.0
     assert after < before / 2, (before, after)
+
+
+def test_qat_distils_on_mirrored_images_only_where_the_run_trained_on_them(tmp_path):
+    from fpc_keras.config import load_config, save_config
+    from fpc_keras.qat import distillation_augmenter
+
+    assert not distillation_augmenter(tmp_path).horizontal_flip  # no config.yaml: an ensemble of runs
+    save_config(load_config(None, ["train.horizontal_flip=true"]), tmp_path / "config.yaml")
+    assert distillation_augmenter(tmp_path).horizontal_flip
+    save_config(load_config(None, []), tmp_path / "config.yaml")
+    assert not distillation_augmenter(tmp_path).horizontal_flip

@@ -98,6 +98,16 @@ def distil(student, teacher, images, epochs: int, optimizer, temperature: float 
               flush=True)
 
 
+def distillation_augmenter(run_dir: str | Path):
+    """The augmentation QAT distils on: the suite's, mirrored where the run trained on mirrored images (its
+    `config.yaml`; a run without one, such as an ensemble of runs, is not mirrored)."""
+    from ..config import load_config
+    from ..data.augment import build_augmenter
+
+    config = Path(run_dir) / "config.yaml"
+    return build_augmenter(seed=0, horizontal_flip=config.is_file() and load_config(config).train.horizontal_flip)
+
+
 def qat_tflite(run_dir: str | Path, epochs: int, learning_rate: float, representative_samples: int,
                batch_size: int = 16) -> bytes:
     """Fine-tune the run's model with fake quantisation on its training split; return int8 `.tflite` bytes."""
@@ -107,7 +117,6 @@ def qat_tflite(run_dir: str | Path, epochs: int, learning_rate: float, represent
 
     from ..card import read_card
     from ..data.images import ImageSpec
-    from ..data.augment import build_augmenter
     from ..data.pipeline import image_dataset
     from ..conversion import run_converter
     from ..export import representative_images, train_records
@@ -123,7 +132,7 @@ def qat_tflite(run_dir: str | Path, epochs: int, learning_rate: float, represent
     model = quantize_aware(teacher)
     representative = representative_images(train, spec, representative_samples)
     calibrate(model, [representative[i:i + batch_size] for i in range(0, len(representative), batch_size)] * 3)
-    images = image_dataset(train, spec, batch_size=batch_size, shuffle=True, augment=build_augmenter(seed=0))
+    images = image_dataset(train, spec, batch_size=batch_size, shuffle=True, augment=distillation_augmenter(run_dir))
     distil(model, teacher, images.map(lambda x, _: x), epochs, tf_keras.optimizers.Adam(learning_rate))
     # A fixed batch of 1 keeps every shape static: tf_keras' Dense on 4-D tensors otherwise leaves dynamic
     # Shape/Gather/Pack ops that the XNNPACK delegate refuses.
