@@ -34,6 +34,11 @@ def test_official_split_is_kept_and_val_comes_from_train_groups():
     assert val and val <= {f"p{g}" for g in range(20)}
 
 
+def test_a_given_validation_split_is_used_as_it_is():
+    records = [Record(f"{g}.png", "a", f"p{g}", ("train", "val", "test")[g % 3]) for g in range(30)]
+    assert assign_splits(records, val_fraction=0.25, test_fraction=0.5, seed=0) == records
+
+
 def test_validator_lists_the_leaking_groups():
     records = [Record("1.png", "a", "patient7", "train"), Record("2.png", "a", "patient7", "test"),
                Record("3.png", "a", "patient8", "train")]

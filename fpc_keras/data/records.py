@@ -92,10 +92,13 @@ def assign_splits(records: Sequence[Record], val_fraction: float, test_fraction:
                   keep_existing: bool = True, quota: str = "groups") -> list[Record]:
     """Give every record a split by whole groups, stratified by each group's majority label.
 
-    Records that already have a split (an official one) keep it where `keep_existing`; then only the records
-    of the `train` split are divided into train and val (validation carved from the training groups). `quota`:
-    whether a split's fraction of a label counts its groups, or its items (see `_take`).
+    Records that already have a split (an official one) keep it where `keep_existing`; then, unless some record
+    is already `val` (a given validation split is used as it is), the records of the `train` split are divided
+    into train and val (validation carved from the training groups). `quota`: whether a split's fraction of a
+    label counts its groups, or its items (see `_take`).
     """
+    if keep_existing and any(r.split == "val" for r in records):
+        return list(records)
     if keep_existing and any(r.split for r in records):
         train = [r for r in records if r.split == "train"]
         others = [r for r in records if r.split != "train"]
