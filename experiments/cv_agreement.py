@@ -15,7 +15,8 @@ import io
 import sys
 from pathlib import Path
 
-from fpc_keras.cv.agreement import by_item_set, hard_items, load_agreement, summary, summary_table
+from fpc_keras.cv import stored_folds
+from fpc_keras.cv.agreement import by_item_set, hard_items, store_agreement, summary, summary_table
 from fpc_keras.errors import BadInputError, exit_code_of
 from fpc_keras.io import atomic_write_text
 
@@ -31,8 +32,9 @@ def expand(patterns: list[str]) -> list[str]:
     return found
 
 
-def comparable(paths: list[str]) -> list[str]:
-    """The stores with every fold of the item set most of them test; the others are named on stderr."""
+def comparable(paths: list[str]) -> dict[str, list[dict]]:
+    """The stores (folder -> fold records) with every fold of the item set most of them test; the others are named
+    on stderr."""
     groups, left_out = by_item_set(paths)
     for path, why in left_out.items():
         print(f"left out {path}: {why}", file=sys.stderr)
@@ -40,7 +42,7 @@ def comparable(paths: list[str]) -> list[str]:
         raise BadInputError("no store holds every fold of its CV", "give finished CV stores (reports/cv/...)")
     for other in groups[1:]:
         for path in other:
-            print(f"left out {path}: it tests other items than {groups[0][0]}", file=sys.stderr)
+            print(f"left out {path}: it tests other items than {next(iter(groups[0]))}", file=sys.stderr)
     return groups[0]
 
 
@@ -54,8 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def run() -> None:
-        stores = expand(args.stores) if args.strict else comparable(expand(args.stores))
-        agreed = load_agreement(stores, args.model)
+        paths = expand(args.stores)
+        stores = {path: stored_folds(path) for path in paths} if args.strict else comparable(paths)
+        agreed = store_agreement(stores, args.model)
         print(summary_table(summary(agreed)))
         if args.csv:
             hard = hard_items(agreed, args.share)

@@ -71,7 +71,8 @@ def _check_recipe(path: Path, recipe: list[dict] | None) -> None:
     stored = read_json(path).get("cv_recipe")
     if not (stored and recipe):
         return
-    stored = [_with_defaults(member, fold_recipe([RunConfig()])[0]) for member in stored]
+    defaults = fold_recipe([RunConfig()])[0]
+    stored = [_with_defaults(member, defaults) for member in stored]
     if stored == recipe:
         return
     changed = [f"{'' if len(recipe) == 1 else f'member {i}: '}{line}" for i, (old, new) in

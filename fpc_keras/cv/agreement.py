@@ -57,15 +57,15 @@ def agreement(stores: Mapping[str, Sequence[dict]], model: str = "float") -> Agr
                      np.array([[by_run[run][f][model] for run in by_run] for f in files]))
 
 
-def load_agreement(paths: Sequence[str | Path], model: str = "float") -> Agreement:
-    """`agreement` of the CV stores in `paths` (folders of fold<i>.json), each named by its folder."""
-    return agreement({Path(p).name.removesuffix("_quantisation"): stored_folds(p) for p in paths}, model)
+def store_agreement(stores: Mapping[str, Sequence[dict]], model: str = "float") -> Agreement:
+    """`agreement` of CV stores read from disk (store folder -> its fold records), each named by its folder."""
+    return agreement({Path(p).name.removesuffix("_quantisation"): folds for p, folds in stores.items()}, model)
 
 
-def by_item_set(paths: Sequence[str | Path]) -> tuple[list[list[str]], dict[str, str]]:
-    """The finished classification CV stores among `paths`, grouped by the items they test (the group of most
-    stores first), and why each other store was left out."""
-    sets: dict[frozenset, list[str]] = {}
+def by_item_set(paths: Sequence[str | Path]) -> tuple[list[dict[str, list[dict]]], dict[str, str]]:
+    """The finished classification CV stores among `paths` (each: folder -> its fold records, read once), grouped
+    by the items they test (the group of most stores first), and why each other store was left out."""
+    sets: dict[frozenset, dict[str, list[dict]]] = {}
     left_out = {}
     for path in map(str, paths):
         folds = stored_folds(path)
@@ -74,7 +74,7 @@ def by_item_set(paths: Sequence[str | Path]) -> tuple[list[list[str]], dict[str,
         elif not all("label" in item for fold in folds for item in fold["items"]):
             left_out[path] = "not a classification CV (no labels)"
         else:
-            sets.setdefault(frozenset(item["file"] for fold in folds for item in fold["items"]), []).append(path)
+            sets.setdefault(frozenset(item["file"] for fold in folds for item in fold["items"]), {})[path] = folds
     return sorted(sets.values(), key=len, reverse=True), left_out
 
 

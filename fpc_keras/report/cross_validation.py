@@ -6,7 +6,7 @@ import html
 import re
 from pathlib import Path
 
-from ..cv.agreement import by_item_set, load_agreement, summary, summary_table
+from ..cv.agreement import by_item_set, store_agreement, summary, summary_table
 
 
 def cross_validation_tables(folder: str | Path) -> list[dict]:
@@ -22,11 +22,11 @@ def cross_validation_tables(folder: str | Path) -> list[dict]:
 def agreement_tables(folder: str | Path, least: int = 3) -> list[dict]:
     """Per item set that `least` or more finished classification CVs in `folder` test (one dataset): each run's
     top-1, their majority vote, and how many items (nearly) every recipe gets wrong (`cv.agreement`)."""
-    stores = sorted(p for p in Path(folder).iterdir() if any(p.glob("fold*.json"))) if Path(folder).is_dir() else []
+    entries = sorted(Path(folder).iterdir()) if Path(folder).is_dir() else []  # non-stores: left out by by_item_set
     tables = []
-    for group in by_item_set(stores)[0]:
+    for group in by_item_set(entries)[0]:
         if len(group) >= least:
-            agreed = load_agreement(group)
+            agreed = store_agreement(group)
             parts = summary_table(summary(agreed)).split("\n\n")
             tables.append({"title": f"{len(agreed.files)} items ({', '.join(sorted(set(agreed.labels)))}), "
                                     f"{len(group)} CVs", "html": [markdown_table_html(part) for part in parts]})
