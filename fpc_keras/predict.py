@@ -97,8 +97,8 @@ def predict_inputs(predictor: Predictor, files: Sequence[Path], on_bad_input: st
                    overlays: Path | None = None, progress: Progress = print,
                    on_file: Callable[[Path, list[dict]], None] | None = None) -> Prediction:
     """Every file through the model; unreadable ones stop the run (`error`) or are listed (`skip`). `on_file(path,
-    rows)` after each file read, for a caller that shows results as they come (the model and its input check are
-    set up once for all the files)."""
+    rows)` after each file (no rows where it was skipped), for a caller that shows results as they come (the model
+    and its input check are set up once for all the files)."""
     task = task_of_card(predictor.card)
     if task.name == "clip_segmentation":
         raise BadInputError(f"{predictor.path} segments clips (probe sweeps)", "predict with a frame segmenter")
@@ -121,7 +121,7 @@ def predict_inputs(predictor: Predictor, files: Sequence[Path], on_bad_input: st
             prediction.bad[str(path)] = exc.what
             rows = []
         prediction.rows.extend(rows)
-        if on_file and rows:
+        if on_file:
             on_file(path, rows)
         if done % every == 0 or done == len(files):
             progress(f"      {done}/{len(files)} inputs ({len(prediction.bad)} unreadable)")

@@ -109,6 +109,7 @@ def _run(args: argparse.Namespace) -> None:
     clock = [time.perf_counter()]
 
     def show(path: Path, rows: list[dict]) -> None:  # each input's rows as it is done, with the time it took
+        # (a skipped input has none, but its time is not counted in the next one's)
         now = time.perf_counter()
         for row in rows:
             result = {**result_of(row, args.top), "ms": round(1000 * (now - clock[0]), 1)}
