@@ -3,7 +3,9 @@ import csv
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import REPO
 from fpc_keras.cv.agreement import agreement, by_item_set, hard_items, summary
@@ -100,3 +102,23 @@ def test_the_report_shows_what_every_recipe_gets_wrong(tmp_path):
     page = build_report(tmp_path / "runs", tmp_path / "reports" / "index.html", lambda _: None,
                         tmp_path / "no_models").read_text()
     assert "<h3>4 items (x, y), 4 CVs</h3>" in page
+    assert 'class="gallery"' not in page  # no dataset folder known: names only, in the CSV
+
+
+def test_the_report_draws_the_items_every_recipe_gets_wrong_from_the_dataset(tmp_path, capsys):
+    from fpc_keras.cli import main
+    from fpc_keras.report import build_report
+
+    rng = np.random.default_rng(0)
+    for name, label in LABELS.items():  # a class-per-folder dataset holding the stores' files
+        (tmp_path / "data" / label).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (32, 32), np.uint8)).save(tmp_path / "data" / label / name)
+    _write_stores(tmp_path / "reports" / "cv", RUNS)
+    assert main(["datasets", f"folder:{tmp_path / 'data'}", "--duplicates",
+                 "--out", str(tmp_path / "reports" / "duplicates" / "data.json")]) == 0
+    capsys.readouterr()
+    page = build_report(tmp_path / "runs", tmp_path / "reports" / "index.html", lambda _: None,
+                        tmp_path / "no_models").read_text()
+    gallery = page[page.index('class="gallery"'):page.index('id="near-duplicates"')]
+    assert gallery.count("<figure>") == 1 and 'alt="c.png"' in gallery  # c: the one item wrong in every run
+    assert "y &rarr; x" in gallery and "data:image/png;base64," in gallery

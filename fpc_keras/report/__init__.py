@@ -250,11 +250,12 @@ def build_report(runs_dir: str | Path = "runs", out: str | Path = "reports/index
     shipped = shipped_models(models_dir)
     points = latency_points(runs) + shipped_latency_points(shipped)
     trade_offs = [(metric, latency_accuracy_figure(points, metric)) for metric in ("top1", "dice")]
+    duplicates = duplicate_sections(out.parent / "duplicates")
     page = environment.get_template(TEMPLATE.name).render(
         tables=comparison_tables(runs, shipped), runs=runs, experiments=experiment_tables(runs_dir),
         cross_validations=cross_validation_tables(out.parent / "cv"),
-        agreements=agreement_tables(out.parent / "cv"),
-        duplicates=duplicate_sections(out.parent / "duplicates"),
+        agreements=agreement_tables(out.parent / "cv", roots=[d["root"] for d in duplicates if d["root_found"]]),
+        duplicates=duplicates,
         trade_offs=[(metric, figure) for metric, figure in trade_offs if figure])
     atomic_write_text(out, page)
     return out

@@ -1,12 +1,17 @@
 """The report's cross-validation sections, read from the CV stores kept beside it (`reports/cv/<name>/`): each
-store's tables, and per dataset what every recipe gets wrong."""
+store's tables, and per dataset what every recipe gets wrong, with thumbnails of those items where the dataset is on
+this machine."""
 from __future__ import annotations
 
 import html
 import re
 from pathlib import Path
+from typing import Sequence
 
-from ..cv.agreement import by_item_set, store_agreement, summary, summary_table
+from ..cv.agreement import Agreement, by_item_set, hard_items, store_agreement, summary, summary_table
+from .duplicates import thumbnail_uri
+
+SHOWN_WRONG = 60  # thumbnails of the items every run gets wrong, per dataset
 
 
 def cross_validation_tables(folder: str | Path) -> list[dict]:
@@ -19,9 +24,10 @@ def cross_validation_tables(folder: str | Path) -> list[dict]:
         if folder.is_dir() else []
 
 
-def agreement_tables(folder: str | Path, least: int = 3) -> list[dict]:
+def agreement_tables(folder: str | Path, least: int = 3, roots: Sequence[str | Path] = ()) -> list[dict]:
     """Per item set that `least` or more finished classification CVs in `folder` test (one dataset): each run's
-    top-1, their majority vote, and how many items (nearly) every recipe gets wrong (`cv.agreement`)."""
+    top-1, their majority vote, how many items (nearly) every recipe gets wrong (`cv.agreement`), and those wrong in
+    every run drawn from whichever of the dataset folders `roots` holds them."""
     entries = sorted(Path(folder).iterdir()) if Path(folder).is_dir() else []  # non-stores: left out by by_item_set
     tables = []
     for group in by_item_set(entries)[0]:
@@ -29,8 +35,22 @@ def agreement_tables(folder: str | Path, least: int = 3) -> list[dict]:
             agreed = store_agreement(group)
             parts = summary_table(summary(agreed)).split("\n\n")
             tables.append({"title": f"{len(agreed.files)} items ({', '.join(sorted(set(agreed.labels)))}), "
-                                    f"{len(group)} CVs", "html": [markdown_table_html(part) for part in parts]})
+                                    f"{len(group)} CVs", "html": [markdown_table_html(part) for part in parts],
+                           "wrong_in_every_run": summary(agreed)["wrong_in_share"][1.0]["items"],
+                           "wrong": wrong_everywhere(agreed, roots)})
     return tables
+
+
+def wrong_everywhere(agreed: Agreement, roots: Sequence[str | Path]) -> list[dict]:
+    """The first SHOWN_WRONG items every run gets wrong (file, label, the label most runs gave), each with a
+    thumbnail from the first of `roots` that holds all of them by file name (the stores keep names, never pixels);
+    none where no root does."""
+    hard = hard_items(agreed, 1.0)[:SHOWN_WRONG]
+    for root in map(Path, roots):
+        found = {path.name: path for path in root.rglob("*") if path.is_file()} if root.is_dir() else {}
+        if hard and all(item["file"] in found for item in hard):
+            return [{**item, "png": thumbnail_uri(found[item["file"]])} for item in hard]
+    return []
 
 
 def markdown_table_html(text: str) -> str:

@@ -29,7 +29,8 @@ def duplicate_sections(folder: str | Path) -> list[dict]:
                                                       if len(c["labels"]) == 1]
         strips = [{"labels": "/".join(c["labels"]), "size": len(c["items"]), "png": strip(root, c["items"])}
                   for c in clusters] if root.is_dir() else []
-        sections.append({**summary, "name": path.stem, "root_found": root.is_dir(), "strips": strips})
+        sections.append({**summary, "name": path.stem, "root": str(root), "root_found": root.is_dir(),
+                         "strips": strips})
     return sections
 
 
@@ -37,8 +38,21 @@ def strip(root: Path, items: list[str]) -> str:
     """The first images of a cluster side by side, as a PNG data URI."""
     canvas = Image.new("L", (THUMB * min(len(items), PER_CLUSTER), THUMB))
     for index, item in enumerate(items[:PER_CLUSTER]):
-        pixels = read_image(str(root / item), 1)[..., 0]
-        canvas.paste(Image.fromarray(np.ascontiguousarray(pixels)).resize((THUMB, THUMB)), (index * THUMB, 0))
+        canvas.paste(grey_thumbnail(root / item), (index * THUMB, 0))
+    return png_uri(canvas)
+
+
+def thumbnail_uri(path: str | Path) -> str:
+    """One image, THUMB pixels a side in grey, as a PNG data URI."""
+    return png_uri(grey_thumbnail(Path(path)))
+
+
+def grey_thumbnail(path: Path) -> Image.Image:
+    pixels = read_image(str(path), 1)[..., 0]
+    return Image.fromarray(np.ascontiguousarray(pixels)).resize((THUMB, THUMB))
+
+
+def png_uri(canvas: Image.Image) -> str:
     buffer = io.BytesIO()
     canvas.save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
