@@ -31,7 +31,7 @@ FETAL_PLANES = ["data.test_fraction=0.0"]  # official Train split; validation pa
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_arguments(parser, DATASETS)
     parser.add_argument("--backbone", default="vgg16", choices=("vgg16", "caffenet"))
     parser.add_argument("--heads", nargs="+", default=list(HEADS), choices=list(HEADS))

@@ -45,7 +45,7 @@ from fpc_keras.training import train
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="run folder (exports missing from it are made first)")
     parser.add_argument("--variants", nargs="+", default=["fp32", "fp16", "int8"])
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])

@@ -20,7 +20,7 @@ from fpc_keras.training.averaging import compile_classifier
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--folder", default="/tmp/fpc_pipeline_images")
     parser.add_argument("--count", type=int, default=12400)
     parser.add_argument("--size", type=int, nargs=2, default=[400, 300], metavar=("WIDTH", "HEIGHT"))

@@ -47,7 +47,7 @@ def comparable(paths: list[str]) -> dict[str, list[dict]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("stores", nargs="+", help="CV store folders (fold<i>.json)")
     parser.add_argument("--model", default="float", help="which predictions to compare: float, int8, ...")
     parser.add_argument("--share", type=float, default=0.8, help="--csv lists items wrong in this share of runs")

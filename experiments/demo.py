@@ -16,7 +16,7 @@ CONFIG = Path(__file__).with_name("configs") / "demo.yaml"
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--runs", default="runs")
     args = parser.parse_args()

@@ -54,7 +54,7 @@ def run(config_name: str, data: str, runs: str, overrides: list[str]) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=f"hc18:{SHARED_DATA / 'HC18'}", metavar="hc18:PATH")
     parser.add_argument("--runs", default="runs")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override both runs")

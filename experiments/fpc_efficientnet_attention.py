@@ -53,7 +53,7 @@ def run_dataset(name: str, spec: str, args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_arguments(parser, DATASETS)
     parser.add_argument("--backbones", nargs="+", default=list(BACKBONES))
     parser.add_argument("--attentions", nargs="+", default=list(ATTENTIONS))

@@ -47,7 +47,7 @@ def held_out_flags(embeddings: np.ndarray, groups: np.ndarray, folds: int, false
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, metavar="KIND:PATH", help="the training data")
     parser.add_argument("--other", nargs="+", default=[], help="other data: KIND:PATH or a folder of images")
     parser.add_argument("--resize", default="pad", help="the model's resize mode (its card's preprocessing)")

@@ -42,7 +42,7 @@ def commands(only: list[str] | None) -> list[tuple[str, list[str]]]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="+", metavar="NAME", help=f"some of: {', '.join(EXPERIMENTS)}")
     parser.add_argument("--runs", default="runs")
     parser.add_argument("--out", default="reports/index.html")

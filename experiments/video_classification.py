@@ -57,7 +57,7 @@ def export_chosen(folder: str) -> dict[str, Path]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_arguments(parser, DATASETS)
     parser.add_argument("--slow", nargs="+", default=list(SLOW_PATHWAYS), choices=list(SLOW_PATHWAYS),
                         help="slow pathways to compare")

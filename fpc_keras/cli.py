@@ -1,5 +1,4 @@
-"""`fpc-keras train|evaluate|predict|postprocess|export|ensemble|familiarity|report|gradcam|datasets`: argument parsing; the
-work is in the library.
+"""The `fpc-keras` command: argument parsing only; the work is in the library.
 
 Errors in the user's data, config or files print one message naming the file and the fix (exit code 2),
 never a TensorFlow traceback. Heavy modules are imported inside the commands, so `--help` is instant.
@@ -13,6 +12,9 @@ from typing import Sequence
 
 from .config import QUANT_VARIANTS, ExportConfig
 from .errors import BadInputError, exit_code_of
+
+DESCRIPTION = ("Train, evaluate, export and report the fpc_keras ultrasound models (one subcommand each; "
+               "`fpc-keras COMMAND --help`). Bad input stops with one line naming the file and the fix (exit 2).")
 
 
 def _aliases(pairs: Sequence[str]) -> dict[str, str]:
@@ -182,7 +184,7 @@ class _Version(argparse.Action):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fpc-keras", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="fpc-keras", description=DESCRIPTION)
     parser.add_argument("--version", action=_Version)
     parser.add_argument("--verbose", action="store_true",
                         help="show TensorFlow's start-up messages (hidden by default)")

@@ -1,4 +1,6 @@
 """The experiment scripts as users run them, on the real label files with stand-in images (tiny settings)."""
+import importlib.util
+import inspect
 import subprocess
 import sys
 import zipfile
@@ -79,6 +81,23 @@ def test_run_all_covers_every_experiment_script():
                          cwd=REPO, capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "unknown experiment" in bad.stderr
 
+
+SCRIPTS = sorted([*(REPO / "experiments").glob("*.py"), REPO / "tflite" / "run.py"])
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_every_script_s_help_says_what_it_does_in_whole_sentences(script, monkeypatch, capsys):
+    """`--help` opens with the docstring's first paragraph, not a line cut mid-sentence."""
+    spec = importlib.util.spec_from_file_location(f"script_{script.stem}", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(sys, "argv", [script.name, "--help"])
+    with pytest.raises(SystemExit) as exit_:
+        module.main(["--help"]) if "argv" in inspect.signature(module.main).parameters else module.main()
+    assert exit_.value.code == 0
+    description = capsys.readouterr().out.split("\n\n")[1]
+    assert "".join(description.split()) == "".join(module.__doc__.split("\n\n")[0].split())  # wrapped anywhere
+    assert description.rstrip().endswith("."), description
 
 
 @pytest.mark.parametrize("script", ["benchmark_edge.py", "video_classification.py"])

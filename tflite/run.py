@@ -73,7 +73,7 @@ def timed(model: str, tflite: TFLiteModel, threads: int, runs: int, record: bool
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="model.tflite with model_card.json beside it")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--top", type=int, default=2, help="classes to print per input")

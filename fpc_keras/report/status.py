@@ -143,7 +143,7 @@ def updated(text: str, table: str, path: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("readme", type=Path)
     parser.add_argument("--index", type=Path, default=REPO / "reports" / "cv.md",
                         help="the index of every CV store (default: reports/cv.md)")
