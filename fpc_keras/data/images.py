@@ -6,6 +6,7 @@ the same pixels wherever it runs. Every failure names the file and the fix.
 from __future__ import annotations
 
 import io
+import re
 import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
@@ -68,7 +69,7 @@ def read_image(source: str, channels: int = 3) -> np.ndarray:
         raise BadInputError(f"{source} is too large to decode safely ({exc})",
                             "downsize the image before training, or " + SKIP_HINT) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise BadInputError(f"{source} cannot be decoded as an image ({exc})", SKIP_HINT) from None
+        raise BadInputError(f"{source} cannot be decoded as an image ({_reason(exc)})", SKIP_HINT) from None
     if array.ndim == 2:
         array = array[:, :, None]
     if channels == 0:  # as decoded: gray stays one channel
@@ -86,7 +87,12 @@ def image_size_of(source: str) -> tuple[int, int]:
         with Image.open(io.BytesIO(read_bytes(source))) as image:
             return image.size[1], image.size[0]
     except (UnidentifiedImageError, OSError) as exc:
-        raise BadInputError(f"{source} cannot be decoded as an image ({exc})", SKIP_HINT) from None
+        raise BadInputError(f"{source} cannot be decoded as an image ({_reason(exc)})", SKIP_HINT) from None
+
+
+def _reason(exc: Exception) -> str:
+    """The decoder's message without the in-memory buffer it names (`<_io.BytesIO object at 0x...>`)."""
+    return re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(exc))
 
 
 def _to_uint8(image: Image.Image) -> np.ndarray:
