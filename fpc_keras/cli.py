@@ -257,11 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", default="tflite/models", help="the shipped models, shown beside the runs")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("gradcam", help="save a Grad-CAM / Grad-CAM++ / Score-CAM overlay for one image")
-    p.add_argument("--model", required=True, help="run folder or .keras file")
+    p = sub.add_parser("gradcam", help="save a Grad-CAM / Grad-CAM++ / Score-CAM / occlusion overlay for one image")
+    p.add_argument("--model", required=True, help="run folder or .keras file (--method occlusion: also .tflite)")
     p.add_argument("--image", required=True)
     p.add_argument("--out", required=True, help="output PNG")
-    p.add_argument("--method", choices=("gradcam", "gradcam++", "scorecam"), default="gradcam")
+    p.add_argument("--method", choices=("gradcam", "gradcam++", "scorecam", "occlusion"), default="gradcam",
+                   help="occlusion: forward passes only (about 170 at 224 px), so it explains a .tflite model too")
     p.add_argument("--class", dest="class_name", help="class to explain (default: the predicted one)")
     p.set_defaults(func=cmd_gradcam)
 
@@ -271,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the CSV to write, e.g. predictions.csv")
     p.add_argument("--pixel-mm", type=float, help="segmenters: mm per pixel for every input without its own")
     p.add_argument("--pixel-csv", help="segmenters: CSV of filename and pixel size(mm) (e.g. HC18's)")
-    p.add_argument("--overlays", metavar="DIR", help="save mask overlays (segmenters) or Grad-CAM (Keras classifiers)")
+    p.add_argument("--overlays", metavar="DIR", help="save mask overlays (segmenters), Grad-CAM (Keras image "
+                   "classifiers) or occlusion maps (.tflite image classifiers)")
     p.add_argument("--on-bad-input", choices=("error", "skip"), default="error",
                    help="skip: list and count unreadable files instead of stopping")
     p.add_argument("--threads", type=int, default=2, help="TFLite interpreter threads")

@@ -1,4 +1,5 @@
-"""Grad-CAM, Grad-CAM++ and Score-CAM (tf-keras-vis) on the backbone's feature map, saved as overlays.
+"""Grad-CAM, Grad-CAM++ and Score-CAM (tf-keras-vis) on the backbone's feature map, and occlusion sensitivity
+(`saliency.py`, for .tflite models too), saved as overlays.
 
 The backbone's layers live in the classifier's own graph, ending in `backbone_features`, so tf-keras-vis can
 reach that feature map without the "Graph disconnected" error of nested backbones.
@@ -9,7 +10,6 @@ from pathlib import Path
 
 import keras
 import numpy as np
-from matplotlib import colormaps
 from PIL import Image
 
 from .card import read_card
@@ -17,9 +17,11 @@ from .data.images import ImageSpec, read_image, unfit_image
 from .errors import BadInputError
 from .io import atomic_path
 from .models.backbones import FEATURES_LAYER
+from .saliency import occlusion_map, overlay
 from .tasks import task_of_card
 
-METHODS = ("gradcam", "gradcam++", "scorecam")
+CAMS = ("gradcam", "gradcam++", "scorecam")  # need the Keras model
+METHODS = (*CAMS, "occlusion")
 
 
 def heatmap(model: keras.Model, image: np.ndarray, class_index: int, method: str = "gradcam") -> np.ndarray:
@@ -31,7 +33,7 @@ def heatmap(model: keras.Model, image: np.ndarray, class_index: int, method: str
 
     kinds = {"gradcam": Gradcam, "gradcam++": GradcamPlusPlus, "scorecam": Scorecam}
     if method not in kinds:
-        raise BadInputError(f"unknown explanation method {method!r}", f"use one of: {', '.join(METHODS)}")
+        raise BadInputError(f"unknown class-activation method {method!r}", f"use one of: {', '.join(CAMS)}")
     names = {layer.name for layer in model.layers}
     if FEATURES_LAYER not in names:
         raise BadInputError(f"model {model.name} has no `{FEATURES_LAYER}` layer", "explain models built by fpc_keras")
@@ -46,33 +48,33 @@ def heatmap(model: keras.Model, image: np.ndarray, class_index: int, method: str
     return (cam - cam.min()) / span if span > 0 else np.zeros_like(cam)
 
 
-def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.4) -> np.ndarray:
-    """The heat map (jet) blended over an RGB or gray uint8 image of the same size."""
-    rgb = np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image
-    colours = (colormaps["jet"](cam)[:, :, :3] * 255).astype(np.float32)
-    return np.clip((1 - alpha) * rgb.astype(np.float32) + alpha * colours, 0, 255).astype(np.uint8)
-
-
 def explain_file(model_path: str | Path, image_path: str, out: str | Path, method: str = "gradcam",
                  class_name: str | None = None) -> dict:
-    """Explain one image with a run folder or .keras model; writes the overlay PNG at the original size."""
+    """Explain one image with a run folder, .keras or (occlusion only) .tflite model; writes the overlay PNG at the
+    original size."""
     from .evaluate import load_predictor
 
+    if method not in METHODS:
+        raise BadInputError(f"unknown explanation method {method!r}", f"use one of: {', '.join(METHODS)}")
     predictor = load_predictor(model_path)
-    if not predictor.path.endswith(".keras"):
-        raise BadInputError("Grad-CAM needs the Keras model (run folder or .keras), not a .tflite file",
-                            "give the run folder the .tflite was exported from")
-    from . import models  # noqa: F401
-
-    model = keras.saving.load_model(predictor.path, compile=False)
+    if method != "occlusion" and not predictor.path.endswith(".keras"):
+        raise BadInputError(f"{method} needs the Keras model (run folder or .keras), not a .tflite file",
+                            "give the run folder the .tflite was exported from, or use --method occlusion")
+    if task_of_card(predictor.card).name != "classification":
+        raise BadInputError(f"{model_path} is a {predictor.task} model", "explain an image classifier")
     spec = predictor.image_spec()
     x = spec.load(image_path).astype(np.float32)
-    probs = np.asarray(model(x[None], training=False))[0]
+    probs = np.asarray(predictor.predict(x[None]))[0]
     labels = predictor.labels
     if class_name is not None and class_name not in labels:
         raise BadInputError(f"class {class_name!r} is not one of the model's {labels}", "pick one of those")
     target = labels.index(class_name) if class_name else int(probs.argmax())
-    cam = heatmap(model, x, target, method)
+    if method == "occlusion":
+        cam = occlusion_map(predictor.predict, x, target)
+    else:
+        from . import models  # noqa: F401
+
+        cam = heatmap(keras.saving.load_model(predictor.path, compile=False), x, target, method)
     original = read_image(image_path, 3)
     cam_full = np.clip(unfit_image(cam, original.shape[:2], spec.resize), 0, 1)
     with atomic_path(out, suffix=".png") as tmp:

@@ -165,7 +165,7 @@ def _classifier(predictor: Predictor, overlays: Path | None, check: Callable | N
     clip_length = int(predictor.card["preprocessing"].get("clip_length", 1))
     clips = int(predictor.card["preprocessing"].get("clips_per_video", 4))
     videos = task_of_card(predictor.card).inputs == "video"
-    explain = _gradcam(predictor, overlays)
+    explain = _explainer(predictor, overlays)
 
     def row(name: str, probs: np.ndarray) -> dict:
         return {"file": name, "label": predictor.labels[int(np.argmax(probs))],
@@ -187,28 +187,33 @@ def _classifier(predictor: Predictor, overlays: Path | None, check: Callable | N
     return measure
 
 
-def _gradcam(predictor: Predictor, overlays: Path | None) -> Callable | None:
-    """Grad-CAM overlays for a Keras classifier (a .tflite holds no gradients: its overlays are refused)."""
+def _explainer(predictor: Predictor, overlays: Path | None) -> Callable | None:
+    """Overlays for an image classifier: Grad-CAM from a Keras model, occlusion sensitivity from a .tflite (it holds
+    no gradients; `saliency.py`, forward passes only)."""
     if overlays is None:
         return None
-    if not predictor.path.endswith(".keras"):
-        raise BadInputError("--overlays draws Grad-CAM, which needs the Keras model, not a .tflite file",
-                            "give the run folder the .tflite was exported from, or leave out --overlays")
-    import keras
     from PIL import Image
 
-    from . import models  # noqa: F401  (registers custom layers)
     from .data.images import unfit_image
-    from .explain import heatmap, overlay
+    from .saliency import occlusion_map, overlay
 
-    model = keras.saving.load_model(predictor.path, compile=False)
     resize = predictor.image_spec().resize
+    if predictor.path.endswith(".keras"):
+        import keras
+
+        from . import models  # noqa: F401  (registers custom layers)
+        from .explain import heatmap
+
+        model = keras.saving.load_model(predictor.path, compile=False)
+        method, explain = "gradcam", lambda x, target: heatmap(model, x, target, "gradcam")
+    else:
+        method, explain = "occlusion", lambda x, target: occlusion_map(predictor.predict, x, target)
 
     def draw(name: str, pixels: np.ndarray, x: np.ndarray) -> None:
         x = x.astype(np.float32)
-        target = int(np.argmax(np.asarray(model(x[None], training=False))[0]))
-        cam = np.clip(unfit_image(heatmap(model, x, target, "gradcam"), pixels.shape[:2], resize), 0, 1)
-        _save_png(overlays / f"{_stem(name)}_gradcam.png", Image.fromarray(overlay(pixels, cam)))
+        target = int(np.argmax(np.asarray(predictor.predict(x[None]))[0]))
+        cam = np.clip(unfit_image(explain(x, target), pixels.shape[:2], resize), 0, 1)
+        _save_png(overlays / f"{_stem(name)}_{method}.png", Image.fromarray(overlay(pixels, cam)))
     return draw
 
 

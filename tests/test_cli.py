@@ -98,6 +98,22 @@ def test_gradcam_overlay(trained, tmp_path, capsys, method):
     assert f"{method} for class gamma" in capsys.readouterr().out
 
 
+def test_occlusion_explains_an_int8_tflite_model_and_the_cams_refuse_one(trained, exported, tmp_path, capsys):
+    image = next((trained["data"] / "beta").glob("*.png"))
+    tflite = exported["int8"] / "model.tflite"
+    out = tmp_path / "occlusion.png"
+    assert main(["gradcam", "--model", str(tflite), "--image", str(image), "--out", str(out),
+                 "--method", "occlusion"]) == 0
+    assert Image.open(out).size == Image.open(image).size and np.asarray(Image.open(out)).std() > 0
+    assert "occlusion for class" in capsys.readouterr().out
+    assert main(["gradcam", "--model", str(tflite), "--image", str(image), "--out", str(out)]) == 2
+    assert "use --method occlusion" in capsys.readouterr().err
+    for model, drawn in ((tflite, "occlusion"), (trained["run"], "gradcam")):  # predict --overlays: the same maps
+        assert main(["predict", "--model", str(model), "--input", str(image), "--out", str(tmp_path / "p.csv"),
+                     "--overlays", str(tmp_path / drawn)]) == 0
+        assert Image.open(tmp_path / drawn / f"{image.stem}_{drawn}.png").size == Image.open(image).size
+
+
 def test_heatmap_follows_the_evidence():
     """Red evidence top-left, green distractor bottom-right; the class-1 score reads only the red channel:
     Grad-CAM must light up the red region, not the green one."""

@@ -7,6 +7,7 @@ import subprocess
 import keras
 import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import REPO, RUNNER, run_blocked
 from fpc_keras.io import read_json
@@ -28,6 +29,11 @@ def test_tflite_runner_needs_no_tensorflow(trained, exported, tmp_path):
         expected = np.asarray(model(ImageSpec((32, 32), 3, "pad").load(str(image))[None].astype("float32")))[0]
         got = {t["label"]: t["probability"] for t in line["top"]}
         assert got == pytest.approx(dict(zip(["alpha", "beta", "gamma"], expected.tolist())), abs=1e-4)
+    maps = run_blocked(tmp_path, "--model", tflite, "--overlays", tmp_path / "maps", images[0],
+                       also_blocked=("scipy",))  # occlusion: forward passes only, so without TensorFlow too
+    assert maps.returncode == 0, maps.stderr[-2000:]
+    drawn = Image.open(tmp_path / "maps" / f"{images[0].stem}_occlusion.png")
+    assert drawn.size == Image.open(images[0]).size and np.asarray(drawn).std() > 0
     bad = run_blocked(tmp_path, "--model", tflite, tmp_path / "missing.png", also_blocked=("scipy",))
     assert bad.returncode == 2 and "input not found" in bad.stderr and "Traceback" not in bad.stderr
     broken = tmp_path / "broken.png"

@@ -3,18 +3,21 @@
     python tflite/run.py --model tflite/models/NAME/model.tflite [--threads 2] [--json] INPUT...
     python tflite/run.py --model tflite/models/hc18_fetalnet/model.tflite --pixel-mm 0.12 scan.png
     python tflite/run.py --model tflite/models/NAME/model.tflite --csv predictions.csv FOLDER
+    python tflite/run.py --model tflite/models/NAME/model.tflite --overlays maps/ scan.png
     python tflite/run.py --model tflite/models/NAME/model.tflite --threads 4 --latency 50 [--record]
 
-The model card beside the model (`model_card.json`) gives the task, labels, preprocessing and post-processing.
-An INPUT is an image, a video, a DICOM still or cine, or a folder tree of them. Classifiers print the top classes
-per input (video classifiers average their clips); segmenters print the head circumference in mm and the fitted
-ellipse, from --pixel-mm, a --pixel-csv or the DICOM file's pixel size. Where the model folder has an input check
-(`fpc-keras familiarity`), an input unlike every training image is flagged. `--csv` writes the rows of
-`fpc-keras predict` instead. `--latency N` times N single-item runs on the fixed input the card's latency was timed
-on (after 3 warm-up runs) and prints the median and p90; `--record` writes them into the card, e.g. once timed on
-the target board or on a quiet machine. Needs numpy, Pillow and ai-edge-litert (or tflite-runtime) from
-requirements.txt, scipy for segmenters, imageio[ffmpeg] for videos and pydicom for DICOM; it imports the small
-TF-free modules of fpc_keras from this repository (or an installed fpc_keras).
+The model card beside the model (`model_card.json`) gives the task, labels, preprocessing and post-processing. An
+INPUT is an image, a video, a DICOM still or cine, or a folder tree of them. Classifiers print the top classes per
+input (video classifiers average their clips); segmenters print the head circumference in mm and the fitted ellipse,
+from --pixel-mm, a --pixel-csv or the DICOM file's pixel size. Where the model folder has an input check (`fpc-keras
+familiarity`), an input unlike every training image is flagged. `--csv` writes the rows of `fpc-keras predict`
+instead. `--overlays DIR` saves, per image, a classifier's occlusion map (`fpc_keras/saliency.py`: where covering
+the image lowers the predicted class) or a segmenter's mask over the image. `--latency N` times N single-item runs
+on the fixed input the card's latency was timed on (after 3 warm-up runs) and prints the median and p90; `--record`
+writes them into the card, e.g. once timed on the target board or on a quiet machine. Needs numpy, Pillow and
+ai-edge-litert (or tflite-runtime) from requirements.txt, scipy for segmenters, imageio[ffmpeg] for videos and
+pydicom for DICOM; it imports the small TF-free modules of fpc_keras from this repository (or an installed
+fpc_keras).
 """
 from __future__ import annotations
 
@@ -85,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--record", action="store_true", help="with --latency: write the timing into the card")
     parser.add_argument("--on-bad-input", choices=("error", "skip"), default="error",
                         help="stop at an unreadable input (default) or list it and go on with the others")
+    parser.add_argument("--overlays", metavar="DIR", help="save each image's occlusion map (classifiers: where "
+                        "covering the image lowers the predicted class; about 170 runs an image) or mask (segmenters)")
     parser.add_argument("inputs", nargs="*")
     args = parser.parse_args(argv)
     if not args.inputs and not args.latency:
@@ -117,7 +122,8 @@ def _run(args: argparse.Namespace) -> None:
         clock[0] = now
 
     everything = predict_inputs(predictor, paths, args.on_bad_input, args.pixel_mm, pixel_csv,
-                                progress=lambda _: None, on_file=None if args.csv else show)
+                                Path(args.overlays) if args.overlays else None, progress=lambda _: None,
+                                on_file=None if args.csv else show)
     everything.report_skipped()
     if args.csv:
         write_csv(everything, Path(args.csv))
