@@ -8,6 +8,10 @@ threshold is the (1 - false_alarm) quantile of the training images' own distance
 *other* near-duplicate groups, i.e. how far a new scan of a new patient usually lies; an input beyond it is flagged.
 The ratio distance / threshold is reported (`unlike_training`: above 1 = flagged).
 
+The same reference says when an input is (nearly) one of the training images: `seen_items` counts the inputs
+closer to a training image than all but SEEN_SHARE of the training images are to other groups' images, so that
+`fpc-keras evaluate` can say when a score is not a held-out one.
+
 A video is embedded as the mean of VIDEO_FRAMES evenly spaced frames' embeddings.
 Files beside the model: `familiarity_encoder.tflite` and `familiarity.npz`; the card's `input_check` says how they
 were made. Only numpy and a TFLite interpreter are needed to use them (tflite/run.py); fitting needs TensorFlow.
@@ -29,6 +33,8 @@ REFERENCE_FILE = "familiarity.npz"
 ENCODER_SIZE = (224, 224)
 FALSE_ALARM = 0.01
 VIDEO_FRAMES = 4  # a video is embedded as the mean of this many evenly spaced frames
+SEEN_SHARE = 0.01  # "seen": closer to a training image than all but this share of new scans (other groups) are
+EXACT_COPY = 0.002  # an image's distance to itself through the int8 encoder and the float16 reference: about 2e-4
 
 
 @dataclass
@@ -138,6 +144,22 @@ def carried_over(card: dict, previous: dict, folder: Path) -> dict:
     return card
 
 
+def seen_items(model_path: str | Path, card: dict, records: Sequence,
+               progress: Callable[[str], None] = print) -> dict | None:
+    """How many of `records` are (near-)copies of the data the model's input check was fitted on, its training
+    data: closer to one of those images than `seen_below` (cards fitted before it: exact copies only). None where
+    the model has no check."""
+    found = beside(model_path, card)
+    if found is None or not records:
+        return None
+    check = card["input_check"]
+    below = float(check.get("seen_below", EXACT_COPY))
+    nearest = distances(found.reference, embed_records(found.encoder, records, card["preprocessing"]["resize"],
+                                                       progress))
+    return {"items": int((nearest < below).sum()), "of": len(records), "copies": int((nearest < EXACT_COPY).sum()),
+            "below": below, "fitted_on": check["data"]}
+
+
 def fit_beside(model_path: str | Path, data: str, progress: Callable[[str], None] = print,
                false_alarm: float = FALSE_ALARM, weights: str = "imagenet") -> dict:
     """Fit the check on the images of `data` (KIND:PATH: the data the model was trained on) and write it beside the
@@ -160,8 +182,10 @@ def fit_beside(model_path: str | Path, data: str, progress: Callable[[str], None
              "data": data_source(data)["path"], "items": len(records), "groups": len({r.group for r in records}),
              "threshold": round(reference.threshold, 6), "false_alarm": false_alarm,
              "held_out_median": round(float(np.median(held_out)), 6),
+             "seen_below": round(float(np.quantile(held_out, SEEN_SHARE)), 6),
              "rule": "flag an input whose 1 - max cosine to the training images' embeddings exceeds the threshold, "
-                     "the (1 - false_alarm) quantile of the training images' distances to other near-duplicate groups"}
+                     "the (1 - false_alarm) quantile of the training images' distances to other near-duplicate groups; "
+                     f"an input under seen_below, their {SEEN_SHARE} quantile, counts as (nearly) a training image"}
     write_card(folder, {**card, "input_check": entry})
     return entry
 

@@ -83,6 +83,23 @@ def test_the_runner_flags_an_image_unlike_the_training_images(checked, trained, 
     assert csv.read_text().splitlines()[0].endswith(",unlike_training")
 
 
+def test_evaluate_says_when_the_items_are_the_training_images(checked, trained, tmp_path, capsys):
+    """The check's reference also tells a score on the model's own training data from a held-out one."""
+    card = json.loads((checked / "model_card.json").read_text())
+    assert 0 < card["input_check"]["seen_below"] < card["input_check"]["threshold"]
+    out = tmp_path / "own.json"
+    assert main(["evaluate", "--model", str(checked / "model.tflite"), "--data", f"folder:{BUSI_SAMPLE}",
+                 "--alias", "benign=alpha", "--alias", "malignant=beta", "--alias", "normal=gamma",
+                 "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["seen_in_training"]["items"] == 72 == \
+        json.loads(out.read_text())["seen_in_training"]["copies"]
+    assert "warning: 72 of 72 items" in capsys.readouterr().out
+    assert main(["evaluate", "--model", str(checked / "model.tflite"), "--data", f"folder:{trained['data']}",
+                 "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["seen_in_training"]["items"] == 0  # other images: no warning
+    assert "warning" not in capsys.readouterr().out
+
+
 def test_int8_encoder_keeps_the_keras_embeddings(checked):
     """Parity of the exported encoder: its embeddings point where the Keras ImageNet encoder's do."""
     import keras

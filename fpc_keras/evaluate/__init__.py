@@ -19,6 +19,7 @@ from ..card import card_path_for, provenance, read_card, write_card
 from ..data.datasets import RULE_DEFAULTS, parse_data_spec, read_dataset, split_records
 from ..data.records import Record, in_split, keep_classes, keep_training_fraction
 from ..errors import BadInputError
+from ..familiarity import seen_items
 from ..io import atomic_write_json, read_json
 from ..postprocess import choose_postprocessing, keep_candidates, settings
 from ..predictor import PredictFn, Predictor, keras_predict_fn
@@ -143,10 +144,22 @@ def evaluate_path(model: str, data: str, out: str | None = None, split: str | No
         records = _split_as_trained(records, predictor.card)
     records = in_split(records, split)
     results = evaluate(predictor, records, data, split, on_bad_input, progress=progress)
+    seen = seen_items(predictor.path, predictor.card, [r for r in records if r.source not in results["skipped"]],
+                      progress)
+    if seen is not None:
+        results["seen_in_training"] = seen
     if out:
         atomic_write_json(out, results)
     progress(summary_line(results))
+    if seen and seen["items"]:
+        progress(seen_warning(seen))
     return results
+
+
+def seen_warning(seen: dict) -> str:
+    return (f"warning: {seen['items']} of {seen['of']} items ({seen['copies']} exact copies) are (nearly) images the "
+            f"model was trained on ({seen['fitted_on']}, by its input check: closer to one than "
+            f"{seen['below']:.4f}); a score on them is not a held-out measure (the card's CV numbers are)")
 
 
 def _model_records(predictor: Predictor, model: str, data: str, aliases: dict[str, str] | None,
