@@ -165,6 +165,9 @@ def _classifier(predictor: Predictor, overlays: Path | None, check: Callable | N
     clip_length = int(predictor.card["preprocessing"].get("clip_length", 1))
     clips = int(predictor.card["preprocessing"].get("clips_per_video", 4))
     videos = task_of_card(predictor.card).inputs == "video"
+    if videos and overlays is not None:
+        raise BadInputError(f"--overlays draws maps over images; {predictor.path} classifies videos",
+                            "leave out --overlays for a video model")
     explain = _explainer(predictor, overlays)
 
     def row(name: str, probs: np.ndarray) -> dict:

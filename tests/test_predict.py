@@ -166,12 +166,14 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
                                    "--out", out], "broken.mp4"),
             "dicom without pixels": (["--model", str(CLASSIFIER), "--input", str(header_only), "--out", out],
                                      "without pixel data"),
+            "maps of a video model": (["--model", str(VIDEO_MODEL), "--input", str(tmp_path / "broken.mp4"),
+                                       "--out", out, "--overlays", str(tmp_path / "maps")], "classifies videos"),
             "read-only --out": (["--model", str(CLASSIFIER), "--input", str(image), "--out",
                                  str(locked / "p.csv")], str(locked))}
 
 
 @pytest.mark.parametrize("case", ["missing path", "empty folder", "text named .png", "undecodable video",
-                                  "dicom without pixels", "read-only --out"])
+                                  "dicom without pixels", "maps of a video model", "read-only --out"])
 def test_bad_input_gets_one_line_naming_the_file_and_the_fix(case, tmp_path):
     arguments, named = _bad_inputs(tmp_path)[case]
     done = subprocess.run([sys.executable, "-m", "fpc_keras.cli", "predict", *arguments], capture_output=True,
