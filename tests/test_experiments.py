@@ -82,6 +82,18 @@ def test_run_all_covers_every_experiment_script():
     assert bad.returncode != 0 and "unknown experiment" in bad.stderr
 
 
+def test_the_demo_trains_exports_explains_and_reports_on_the_shipped_sample(tmp_path):
+    """The README's first command (`make demo` = experiments/demo.py), into a temporary folder."""
+    runs, report = tmp_path / "runs", tmp_path / "index.html"
+    done = subprocess.run([sys.executable, str(REPO / "experiments" / "demo.py"), "--runs", str(runs),
+                           "--report", str(report)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = runs / "demo_busi_sample"
+    for made in ("model.keras", "results.json", "exports/int8/model.tflite", "gradcam.png", "occlusion_int8.png"):
+        assert (run / made).is_file(), made
+    assert "demo_busi_sample" in report.read_text() and f"open {report}" in done.stdout
+
+
 SCRIPTS = sorted([*(REPO / "experiments").glob("*.py"), REPO / "tflite" / "run.py"])
 
 
