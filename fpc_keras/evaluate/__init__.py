@@ -157,8 +157,8 @@ def evaluate_path(model: str, data: str, out: str | None = None, split: str | No
 
 
 def seen_warning(seen: dict) -> str:
-    return (f"warning: {seen['items']} of {seen['of']} items ({seen['copies']} exact copies) are (nearly) images the "
-            f"model was trained on ({seen['fitted_on']}, by its input check: closer to one than "
+    return (f"warning: {seen['items']} of {seen['of']} items ({seen['copies']} exact copies) are (nearly) the "
+            f"model's training data ({seen['fitted_on']}, by its input check: closer to a training item than "
             f"{seen['below']:.4f}); a score on them is not a held-out measure (the card's CV numbers are)")
 
 
