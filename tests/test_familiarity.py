@@ -98,6 +98,9 @@ def test_evaluate_says_when_the_items_are_the_training_images(checked, trained, 
                  "--out", str(out)]) == 0
     assert json.loads(out.read_text())["seen_in_training"]["items"] == 0  # other images: no warning
     assert "warning" not in capsys.readouterr().out
+    assert main(["evaluate", "--model", str(checked / "model.tflite"), "--data", f"folder:{trained['data']}",
+                 "--split", "test", "--out", str(out)]) == 0
+    assert "seen_in_training" not in json.loads(out.read_text())  # its own test split: held out by its split rule
 
 
 def test_int8_encoder_keeps_the_keras_embeddings(checked):
