@@ -33,10 +33,11 @@ def agreement_tables(folder: str | Path, least: int = 3, roots: Sequence[str | P
     for group in by_item_set(entries)[0]:
         if len(group) >= least:
             agreed = store_agreement(group)
-            parts = summary_table(summary(agreed)).split("\n\n")
+            counts = summary(agreed)
+            parts = summary_table(counts).split("\n\n")
             tables.append({"title": f"{len(agreed.files)} items ({', '.join(sorted(set(agreed.labels)))}), "
                                     f"{len(group)} CVs", "html": [markdown_table_html(part) for part in parts],
-                           "wrong_in_every_run": summary(agreed)["wrong_in_share"][1.0]["items"],
+                           "wrong_in_every_run": counts["wrong_in_share"][1.0]["items"],
                            "wrong": wrong_everywhere(agreed, roots)})
     return tables
 
@@ -46,9 +47,9 @@ def wrong_everywhere(agreed: Agreement, roots: Sequence[str | Path]) -> list[dic
     thumbnail from the first of `roots` that holds all of them by file name (the stores keep names, never pixels);
     none where no root does."""
     hard = hard_items(agreed, 1.0)[:SHOWN_WRONG]
-    for root in map(Path, roots):
+    for root in map(Path, roots if hard else ()):
         found = {path.name: path for path in root.rglob("*") if path.is_file()} if root.is_dir() else {}
-        if hard and all(item["file"] in found for item in hard):
+        if all(item["file"] in found for item in hard):
             return [{**item, "png": thumbnail_uri(found[item["file"]])} for item in hard]
     return []
 
