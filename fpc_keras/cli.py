@@ -200,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="evaluate a run folder, .keras or .tflite model on a dataset")
     p.add_argument("--model", required=True, help="run folder, .keras file or .tflite file (model card beside it)")
     p.add_argument("--data", required=True, metavar="KIND:PATH",
-                   help="fetal_planes:, folder:, prefix:, hc18: or videos: followed by the path")
+                   help="fetal_planes:, folder:, prefix:, csv:, hc18: or videos: followed by the path "
+                   "(`fpc-keras datasets` says what each kind reads)")
     p.add_argument("--split", choices=("train", "val", "test"), help="evaluate one split (default: all items; "
                    "FETAL_PLANES_DB: its official test split)")
     p.add_argument("--out", help="write the results JSON here")

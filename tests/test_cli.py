@@ -131,3 +131,12 @@ def test_heatmap_follows_the_evidence():
     image[16:, 16:, 1] = 200
     cam = heatmap(model, image, 1, "gradcam")
     assert cam[:16, :16].mean() > 2 * cam[16:, 16:].mean()
+
+
+def test_evaluate_help_names_every_dataset_kind():
+    from fpc_keras.cli import build_parser
+    from fpc_keras.data.datasets import KINDS
+
+    evaluate = build_parser()._subparsers._group_actions[0].choices["evaluate"]
+    data_help = next(a.help for a in evaluate._actions if "--data" in a.option_strings)
+    assert all(f"{kind}:" in data_help for kind in KINDS), data_help
