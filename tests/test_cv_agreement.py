@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO
+from conftest import REPO, write_mp4
 from fpc_keras.cv.agreement import agreement, by_item_set, hard_items, summary
 from fpc_keras.errors import BadInputError
 from fpc_keras.io import atomic_write_json
@@ -122,3 +122,30 @@ def test_the_report_draws_the_items_every_recipe_gets_wrong_from_the_dataset(tmp
     gallery = page[page.index('class="gallery"'):page.index('id="near-duplicates"')]
     assert gallery.count("<figure>") == 1 and 'alt="c.png"' in gallery  # c: the one item wrong in every run
     assert "y &rarr; x" in gallery and "data:image/png;base64," in gallery
+
+
+def test_the_videos_every_recipe_gets_wrong_are_drawn_from_a_frame(tmp_path):
+    """Video stores (items named by file) get a frame of each video every run gets wrong, from the folder that holds
+    them all; a folder where two files share a name is not used for that name."""
+    from fpc_keras.report.cross_validation import agreement_tables
+
+    videos = {name.replace(".png", ".mp4"): label for name, label in LABELS.items()}
+    runs = {run: {f.replace(".png", ".mp4"): p for f, p in predicted.items()} for run, predicted in RUNS.items()}
+    for run, predicted in runs.items():
+        for k in range(2):
+            files = sorted(predicted)[k::2]
+            atomic_write_json(tmp_path / "cv" / f"{run}_cv2" / f"fold{k}.json", {"fold": k, "folds": 2, "items": [
+                {"file": f, "label": videos[f], "float": predicted[f]} for f in files]})
+    frames = np.random.default_rng(0).integers(0, 255, (10, 32, 32, 3), np.uint8)
+    for name, label in videos.items():
+        (tmp_path / "videos" / label).mkdir(parents=True, exist_ok=True)
+        write_mp4(tmp_path / "videos" / label / name, frames)
+    (tmp_path / "twice" / "x").mkdir(parents=True)
+    (tmp_path / "twice" / "y").mkdir(parents=True)
+    for folder in ("x", "y"):
+        write_mp4(tmp_path / "twice" / folder / "c.mp4", frames)
+    twice, = agreement_tables(tmp_path / "cv", roots=[tmp_path / "twice"])
+    assert twice["wrong_in_every_run"] == 1 and twice["wrong"] == []  # c.mp4 is two files there
+    table, = agreement_tables(tmp_path / "cv", roots=[tmp_path / "twice", tmp_path / "videos"])
+    assert [(w["file"], w["label"], w["usual_prediction"]) for w in table["wrong"]] == [("c.mp4", "y", "x")]
+    assert table["wrong"][0]["png"].startswith("data:image/png;base64,")

@@ -13,7 +13,7 @@ from ..io import atomic_write_text, read_json
 from ..metrics import headline_metric
 from ..postprocess import invokes_per_item
 from ..tasks import task_of_card
-from .cross_validation import agreement_tables, cross_validation_tables
+from .cross_validation import agreement_tables, cross_validation_tables, dataset_folders
 from .duplicates import duplicate_sections
 from .figures import (bland_altman_figure, confusion_figure, history_figure, image_file_uri, latency_accuracy_figure,
                       overlay_figure, reliability_figure)
@@ -254,7 +254,7 @@ def build_report(runs_dir: str | Path = "runs", out: str | Path = "reports/index
     page = environment.get_template(TEMPLATE.name).render(
         tables=comparison_tables(runs, shipped), runs=runs, experiments=experiment_tables(runs_dir),
         cross_validations=cross_validation_tables(out.parent / "cv"),
-        agreements=agreement_tables(out.parent / "cv", roots=[d["root"] for d in duplicates if d["root_found"]]),
+        agreements=agreement_tables(out.parent / "cv", roots=dataset_folders(duplicates)),
         duplicates=duplicates,
         trade_offs=[(metric, figure) for metric, figure in trade_offs if figure])
     atomic_write_text(out, page)

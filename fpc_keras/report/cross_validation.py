@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import html
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
 from ..cv.agreement import Agreement, by_item_set, hard_items, store_agreement, summary, summary_table
+from ..data.sources import SHARED_DATA
 from .duplicates import thumbnail_uri
 
 SHOWN_WRONG = 60  # thumbnails of the items every run gets wrong, per dataset
@@ -48,10 +50,24 @@ def wrong_everywhere(agreed: Agreement, roots: Sequence[str | Path]) -> list[dic
     none where no root does."""
     hard = hard_items(agreed, 1.0)[:SHOWN_WRONG]
     for root in map(Path, roots if hard else ()):
-        found = {path.name: path for path in root.rglob("*") if path.is_file()} if root.is_dir() else {}
+        found = _files_by_name(root)
         if all(item["file"] in found for item in hard):
             return [{**item, "png": thumbnail_uri(found[item["file"]])} for item in hard]
     return []
+
+
+def _files_by_name(root: Path) -> dict[str, Path]:
+    """The files under `root` by file name, leaving out a name two files share (either could be the item)."""
+    paths = [path for path in root.rglob("*") if path.is_file()] if root.is_dir() else []
+    shared = {name for name, count in Counter(path.name for path in paths).items() if count > 1}
+    return {path.name: path for path in paths if path.name not in shared}
+
+
+def dataset_folders(duplicate_sections: Sequence[dict]) -> list[Path]:
+    """Where the stores' items may be found: the datasets whose near-duplicate summaries the report shows, then
+    every dataset folder of the data root (`../shared/data` or FPC_SHARED_DATA), where it is on this machine."""
+    shared = sorted(p for p in SHARED_DATA.iterdir() if p.is_dir()) if SHARED_DATA.is_dir() else []
+    return [Path(d["root"]) for d in duplicate_sections if d["root_found"]] + shared
 
 
 def markdown_table_html(text: str) -> str:

@@ -11,7 +11,9 @@ import numpy as np
 from PIL import Image
 
 from ..data.datasets import parse_data_spec
+from ..data.folders import VIDEO_EXTENSIONS
 from ..data.images import read_image
+from ..data.video import read_video
 from ..io import read_json
 
 THUMB = 64
@@ -48,6 +50,9 @@ def thumbnail_uri(path: str | Path) -> str:
 
 
 def grey_thumbnail(path: Path) -> Image.Image:
+    """An image, or a video's 8th frame (its first frames are often blank), THUMB pixels a side in grey."""
+    if path.suffix.lower() in VIDEO_EXTENSIONS:
+        return Image.fromarray(read_video(str(path), (THUMB, THUMB), 1, "pad", max_frames=8)[-1][..., 0])
     pixels = read_image(str(path), 1)[..., 0]
     return Image.fromarray(np.ascontiguousarray(pixels)).resize((THUMB, THUMB))
 
