@@ -31,6 +31,7 @@ from .tasks import task_of_card
 Progress = Callable[[str], None]
 DICOM = ".dcm"
 UNLIKE = "unlike_training"  # the input check's distance / threshold: above 1, unlike every training image
+SEEN = "seen_in_training"  # 1: (nearly) one of the training items (closer than the check's `seen_below`)
 PIXEL_HINT = ("give --pixel-mm MM (one size for every input), or --pixel-csv FILE (columns filename and pixel "
               "size in mm, e.g. HC18's pixel-size CSV), or DICOM files that state PixelSpacing")
 
@@ -110,7 +111,8 @@ def predict_inputs(predictor: Predictor, files: Sequence[Path], on_bad_input: st
     else:
         measure = _classifier(predictor, overlays, check)
         prediction = Prediction(["file", "label", *[f"p_{label}" for label in predictor.labels]])
-    prediction.columns += [UNLIKE] if check else []
+    seen = check is not None and "seen_below" in predictor.card["input_check"]
+    prediction.columns += ([SEEN] if seen else []) + ([UNLIKE] if check else [])
     every = max(10, len(files) // 10)
     for done, path in enumerate(files, start=1):
         try:
@@ -129,24 +131,31 @@ def predict_inputs(predictor: Predictor, files: Sequence[Path], on_bad_input: st
 
 
 def _input_check(predictor: Predictor) -> Callable | None:
-    """{UNLIKE: distance / threshold} of an image's pixels, or of a video (its path and the frames the model read),
-    where the model has an input check beside it (`familiarity`); None where it has none."""
+    """{UNLIKE: distance / threshold (and SEEN, where the card has `seen_below`)} of an image's pixels, or of a video
+    (its path and the frames the model read), where the model has an input check beside it (`familiarity`); None
+    where it has none."""
     from .familiarity import ENCODER_SIZE, beside
 
     found = beside(predictor.path, predictor.card)
     if found is None:
         return None
+    seen_below = predictor.card["input_check"].get("seen_below")
     spec = predictor.image_spec()
     resize = spec.resize
+
+    def cells(ratio: float) -> dict:
+        seen = {} if seen_below is None else {SEEN: str(int(ratio * found.reference.threshold < seen_below))}
+        return {**seen, UNLIKE: f"{ratio:.3f}"}
+
     if task_of_card(predictor.card).inputs == "video":
         on_grid = tuple(spec.size) == ENCODER_SIZE and spec.channels == 3
 
         def video_check(path: Path, frames: np.ndarray) -> dict:  # the model's frames, where on the encoder's grid
-            return {UNLIKE: f"{found.video_ratio(str(path), resize, frames if on_grid else None):.3f}"}
+            return cells(found.video_ratio(str(path), resize, frames if on_grid else None))
         return video_check
 
     def image_check(pixels: np.ndarray) -> dict:
-        return {UNLIKE: f"{found.ratio(fit_image(as_channels(pixels, 3), ENCODER_SIZE, resize)[None])[0]:.3f}"}
+        return cells(float(found.ratio(fit_image(as_channels(pixels, 3), ENCODER_SIZE, resize)[None])[0]))
     return image_check
 
 

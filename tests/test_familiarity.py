@@ -74,13 +74,16 @@ def test_the_runner_flags_an_image_unlike_the_training_images(checked, trained, 
                     ).save(unlike)
     done = run_blocked(tmp_path, "--model", checked / "model.tflite", "--json", busi, unlike)
     assert done.returncode == 0, done.stderr[-2000:]
-    ratios = [json.loads(line)["unlike_training"] for line in done.stdout.strip().splitlines()]
+    lines = [json.loads(line) for line in done.stdout.strip().splitlines()]
+    ratios = [line["unlike_training"] for line in lines]
     assert ratios[0] < 0.05 and ratios[1] > 1  # a training image lies on the reference; the blob far beyond it
-    text = run_blocked(tmp_path, "--model", checked / "model.tflite", unlike)
-    assert "unlike the training data" in text.stdout
+    assert [line["seen_in_training"] for line in lines] == [True, False]
+    text = run_blocked(tmp_path, "--model", checked / "model.tflite", unlike, busi)
+    assert "unlike the training data" in text.stdout.splitlines()[0]
+    assert "training items" in text.stdout.splitlines()[1] and "training items" not in text.stdout.splitlines()[0]
     csv = tmp_path / "rows.csv"
     assert run_blocked(tmp_path, "--model", checked / "model.tflite", "--csv", csv, busi).returncode == 0
-    assert csv.read_text().splitlines()[0].endswith(",unlike_training")
+    assert csv.read_text().splitlines()[0].endswith(",seen_in_training,unlike_training")
 
 
 def test_evaluate_says_when_the_items_are_the_training_images(checked, trained, tmp_path, capsys):

@@ -34,7 +34,7 @@ if (REPO / "fpc_keras").is_dir() and str(REPO) not in sys.path:
 from fpc_keras.card import read_card, write_card  # noqa: E402
 from fpc_keras.errors import exit_code_of  # noqa: E402
 from fpc_keras.litert import TFLiteModel  # noqa: E402
-from fpc_keras.predict import (UNLIKE, check_writable, collect_inputs, predict_inputs,  # noqa: E402
+from fpc_keras.predict import (SEEN, UNLIKE, check_writable, collect_inputs, predict_inputs,  # noqa: E402
                                read_pixel_csv, write_csv)
 from fpc_keras.predictor import Predictor  # noqa: E402
 
@@ -43,6 +43,7 @@ def result_of(row: dict, top: int) -> dict:
     """A CSV row as the JSON line: the top classes, or the measurement; and the input check's ratio where the model
     has one (`unlike_training`: above 1, the input is unlike every training image)."""
     check = {UNLIKE: float(row[UNLIKE])} if row.get(UNLIKE) else {}
+    check.update({SEEN: row[SEEN] == "1"} if row.get(SEEN) else {})
     if "label" in row:
         probs = sorted(((float(v), k[2:]) for k, v in row.items() if k.startswith("p_")), reverse=True)[:top]
         return {"input": row["file"], "top": [{"label": label, "probability": p} for p, label in probs], **check}
@@ -54,6 +55,8 @@ def result_of(row: dict, top: int) -> dict:
 def _line(result: dict) -> str:
     warning = (f" [unlike the training data: {result[UNLIKE]:.2f}x the usual distance; the result may be "
                "meaningless]" if result.get(UNLIKE, 0) > 1 else "")
+    warning += (" [(nearly) one of the model's training items: its result says nothing about new scans]"
+                if result.get(SEEN) else "")
     if "top" in result:
         return (f"{result['input']}: " + ", ".join(f"{t['label']} {t['probability']:.3f}" for t in result["top"])
                 + warning)
