@@ -31,26 +31,26 @@ def agreement_tables(folder: str | Path, least: int = 3, roots: Sequence[str | P
     top-1, their majority vote, how many items (nearly) every recipe gets wrong (`cv.agreement`), and those wrong in
     every run drawn from whichever of the dataset folders `roots` holds them."""
     entries = sorted(Path(folder).iterdir()) if Path(folder).is_dir() else []  # non-stores: left out by by_item_set
+    groups = [group for group in by_item_set(entries)[0] if len(group) >= least]
+    listings = [_files_by_name(Path(root)) for root in roots] if groups else []  # each folder walked once
     tables = []
-    for group in by_item_set(entries)[0]:
-        if len(group) >= least:
-            agreed = store_agreement(group)
-            counts = summary(agreed)
-            parts = summary_table(counts).split("\n\n")
-            tables.append({"title": f"{len(agreed.files)} items ({', '.join(sorted(set(agreed.labels)))}), "
-                                    f"{len(group)} CVs", "html": [markdown_table_html(part) for part in parts],
-                           "wrong_in_every_run": counts["wrong_in_share"][1.0]["items"],
-                           "wrong": wrong_everywhere(agreed, roots)})
+    for group in groups:
+        agreed = store_agreement(group)
+        counts = summary(agreed)
+        parts = summary_table(counts).split("\n\n")
+        tables.append({"title": f"{len(agreed.files)} items ({', '.join(sorted(set(agreed.labels)))}), "
+                                f"{len(group)} CVs", "html": [markdown_table_html(part) for part in parts],
+                       "wrong_in_every_run": counts["wrong_in_share"][1.0]["items"],
+                       "wrong": wrong_everywhere(agreed, listings)})
     return tables
 
 
-def wrong_everywhere(agreed: Agreement, roots: Sequence[str | Path]) -> list[dict]:
+def wrong_everywhere(agreed: Agreement, listings: Sequence[dict[str, Path]]) -> list[dict]:
     """The first SHOWN_WRONG items every run gets wrong (file, label, the label most runs gave), each with a
-    thumbnail from the first of `roots` that holds all of them by file name (the stores keep names, never pixels);
-    none where no root does."""
+    thumbnail from the first of the dataset folders' `listings` (file name -> path) that holds all of them by name
+    (the stores keep names, never pixels); none where no folder does."""
     hard = hard_items(agreed, 1.0)[:SHOWN_WRONG]
-    for root in map(Path, roots if hard else ()):
-        found = _files_by_name(root)
+    for found in listings if hard else ():
         if all(item["file"] in found for item in hard):
             return [{**item, "png": thumbnail_uri(found[item["file"]])} for item in hard]
     return []
@@ -67,7 +67,8 @@ def dataset_folders(duplicate_sections: Sequence[dict]) -> list[Path]:
     """Where the stores' items may be found: the datasets whose near-duplicate summaries the report shows, then
     every dataset folder of the data root (`../shared/data` or FPC_SHARED_DATA), where it is on this machine."""
     shared = sorted(p for p in SHARED_DATA.iterdir() if p.is_dir()) if SHARED_DATA.is_dir() else []
-    return [Path(d["root"]) for d in duplicate_sections if d["root_found"]] + shared
+    found = [Path(d["root"]) for d in duplicate_sections if d["root_found"]] + shared
+    return list(dict.fromkeys(path.resolve() for path in found))  # a summary's folder is often a data-root one too
 
 
 def markdown_table_html(text: str) -> str:
