@@ -190,11 +190,11 @@ def _classifier(predictor: Predictor, overlays: Path | None, check: Callable | N
                      **(check(path, frames) if check else {})}]
         rows = []
         for name, pixels in _images_of(path):
-            x = fit_image(as_channels(pixels, spec.channels), spec.size, spec.resize)
-            rows.append({**row(name, predictor.predict(x[None].astype(np.float32))[0]),
-                         **(check(pixels) if check else {})})
+            x = fit_image(as_channels(pixels, spec.channels), spec.size, spec.resize).astype(np.float32)
+            probs = predictor.predict(x[None])[0]
+            rows.append({**row(name, probs), **(check(pixels) if check else {})})
             if explain is not None:
-                explain(name, pixels, x)
+                explain(name, pixels, x, int(np.argmax(probs)))
         return rows
     return measure
 
@@ -221,9 +221,7 @@ def _explainer(predictor: Predictor, overlays: Path | None) -> Callable | None:
     else:
         method, explain = "occlusion", lambda x, target: occlusion_map(predictor.predict, x, target)
 
-    def draw(name: str, pixels: np.ndarray, x: np.ndarray) -> None:
-        x = x.astype(np.float32)
-        target = int(np.argmax(np.asarray(predictor.predict(x[None]))[0]))
+    def draw(name: str, pixels: np.ndarray, x: np.ndarray, target: int) -> None:  # target: the predicted class
         cam = np.clip(unfit_image(explain(x, target), pixels.shape[:2], resize), 0, 1)
         _save_png(overlays / f"{_stem(name)}_{method}.png", Image.fromarray(overlay(pixels, cam)))
     return draw
